@@ -1,0 +1,271 @@
+//! The contract every broker backend honours. This rustdoc is the specification; the
+//! conformance suite in [`testkit`](crate) checks it.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::error::Result;
+use crate::message::{Message, MessageId, MessageView};
+use crate::subscription::{ConsumeFrom, Subscription};
+
+/// RocketMQ's default number of queues of an auto-created topic.
+pub const DEFAULT_QUEUE_COUNT: u32 = 4;
+
+/// RocketMQ's default `consume-timeout`: 15 minutes.
+pub const DEFAULT_CONSUME_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+
+/// RocketMQ's `pullThresholdForQueue`: unacknowledged messages a queue may have out at once.
+pub const DEFAULT_MAX_IN_FLIGHT_PER_QUEUE: usize = 1000;
+
+/// How a send picks the queue of its topic.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum QueueSelector {
+    /// The next queue in turn (the default).
+    #[default]
+    RoundRobin,
+    /// `hash(key) % queue count`: every message with one key lands on one queue, so an orderly
+    /// consumer sees them in send order.
+    ShardingKey(String),
+    /// This queue id.
+    Queue(u32),
+}
+
+impl QueueSelector {
+    /// The queue for a sharding key among `queue_count` queues; stable across processes and
+    /// backends (CRC32C of the key).
+    pub fn queue_for_key(key: &str, queue_count: u32) -> u32 {
+        crc32c::crc32c(key.as_bytes()) % queue_count.max(1)
+    }
+}
+
+/// Options of one send.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SendOptions {
+    /// How the queue is picked.
+    pub queue: QueueSelector,
+}
+
+impl SendOptions {
+    /// Round-robin send.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Orderly send: every message with `key` goes to the same queue.
+    pub fn sharding_key(key: impl Into<String>) -> Self {
+        SendOptions {
+            queue: QueueSelector::ShardingKey(key.into()),
+        }
+    }
+
+    /// Send to one queue.
+    pub fn queue(queue_id: u32) -> Self {
+        SendOptions {
+            queue: QueueSelector::Queue(queue_id),
+        }
+    }
+}
+
+/// What a successful send returns: the message id and where it was stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct SendResult {
+    /// The message id.
+    pub message_id: MessageId,
+    /// The queue it went to.
+    pub queue_id: u32,
+    /// Its offset in that queue.
+    pub queue_offset: u64,
+}
+
+/// Options of one consumer instance.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ConsumerOptions {
+    /// The instance name, unique among the live members of a group. Broadcasting progress is
+    /// kept per instance name, so name instances explicitly to keep it across restarts. The
+    /// default is unique per process and per consumer.
+    pub instance: String,
+    /// Where a group with no stored progress starts.
+    pub consume_from: ConsumeFrom,
+    /// A message not acknowledged within this time is delivered again.
+    pub consume_timeout: Duration,
+    /// Unacknowledged messages one queue may have out at once (concurrent mode).
+    pub max_in_flight_per_queue: usize,
+}
+
+impl Default for ConsumerOptions {
+    fn default() -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        ConsumerOptions {
+            instance: format!(
+                "{}@{}",
+                std::process::id(),
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            ),
+            consume_from: ConsumeFrom::Last,
+            consume_timeout: DEFAULT_CONSUME_TIMEOUT,
+            max_in_flight_per_queue: DEFAULT_MAX_IN_FLIGHT_PER_QUEUE,
+        }
+    }
+}
+
+impl ConsumerOptions {
+    /// Default options.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the instance name.
+    pub fn instance(mut self, name: impl Into<String>) -> Self {
+        self.instance = name.into();
+        self
+    }
+
+    /// Sets where a new group starts.
+    pub fn consume_from(mut self, from: ConsumeFrom) -> Self {
+        self.consume_from = from;
+        self
+    }
+
+    /// Sets the consume timeout.
+    pub fn consume_timeout(mut self, timeout: Duration) -> Self {
+        self.consume_timeout = timeout;
+        self
+    }
+
+    /// Sets the per-queue in-flight limit (at least 1).
+    pub fn max_in_flight_per_queue(mut self, limit: usize) -> Self {
+        self.max_in_flight_per_queue = limit.max(1);
+        self
+    }
+}
+
+/// Identifies one delivery so that the consumer can acknowledge it or hand it back.
+///
+/// Opaque: its fields mean something only to the backend that issued it.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Receipt {
+    pub(crate) queue_id: u32,
+    pub(crate) offset: u64,
+    pub(crate) token: u64,
+}
+
+impl Receipt {
+    /// The queue of the delivered message.
+    pub fn queue_id(&self) -> u32 {
+        self.queue_id
+    }
+
+    /// The queue offset of the delivered message.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+}
+
+impl fmt::Debug for Receipt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Receipt({}@{}#{})", self.queue_id, self.offset, self.token)
+    }
+}
+
+/// One delivered message and the receipt that settles it.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// The message.
+    pub message: MessageView,
+    /// Pass it to [`Consumer::ack`] or [`Consumer::redeliver`].
+    pub receipt: Receipt,
+}
+
+/// A broker: stores messages in topics of queues and delivers them to consumer groups.
+///
+/// Used as `Arc<dyn Broker>` so that the backend is chosen by configuration at run time.
+///
+/// # Contract
+/// - **Send**: a send that returns `Ok` is stored (durably, as the backend's flush policy
+///   promises) and gets a per-queue offset one higher than the previous message of that queue.
+///   Messages are validated first ([`Message::validate`]). Topics are created on first use
+///   with the backend's default queue count unless created beforehand.
+/// - **Groups**: every group subscribed to a topic receives every message that matches its tag
+///   filter and that was stored after the group's starting point.
+/// - **Clustering**: each message goes to one live member; the topic's queues are shared among
+///   the members (RocketMQ's "averagely" allocation over member names in order) and shared again
+///   when a member joins or leaves. Progress is kept per (group, queue).
+/// - **Broadcasting**: every member receives every message; progress is kept per member.
+/// - **Orderly**: a queue has at most one unacknowledged message out at a time, delivered in
+///   offset order; a message handed back is delivered again before any later one.
+/// - **At least once**: a message is delivered again when it is handed back, when its consumer
+///   is closed or dropped with it unacknowledged, when `consume_timeout` passes, and after a
+///   restart if it was not acknowledged. Stored progress never passes an unacknowledged message,
+///   even when later ones are acknowledged.
+#[async_trait]
+pub trait Broker: Send + Sync + 'static {
+    /// A short name of the backend (`"embedded"`, `"redis"`).
+    fn backend(&self) -> &'static str;
+
+    /// Creates `topic` with `queue_count` queues, or does nothing if it exists.
+    async fn create_topic(&self, topic: &str, queue_count: u32) -> Result<()>;
+
+    /// The queue count of `topic`, `None` if it does not exist.
+    async fn queue_count(&self, topic: &str) -> Result<Option<u32>>;
+
+    /// Stores one message.
+    async fn send(&self, message: Message, options: SendOptions) -> Result<SendResult>;
+
+    /// Stores messages of one topic atomically, on one queue, in order.
+    async fn send_batch(
+        &self,
+        messages: Vec<Message>,
+        options: SendOptions,
+    ) -> Result<Vec<SendResult>>;
+
+    /// Joins `subscription.group` as a new member and returns its consumer.
+    ///
+    /// Fails if the subscription is invalid, differs from the one the group's live members
+    /// use, or the instance name is already live in the group.
+    async fn subscribe(
+        &self,
+        subscription: Subscription,
+        options: ConsumerOptions,
+    ) -> Result<Box<dyn Consumer>>;
+
+    /// Makes everything stored and every acknowledged progress durable.
+    async fn flush(&self) -> Result<()>;
+
+    /// Stops the broker: flushes, persists progress and releases its resources. Later calls
+    /// fail with [`BrokerError::Closed`](crate::BrokerError::Closed).
+    async fn shutdown(&self) -> Result<()>;
+}
+
+/// One member of a consumer group. Dropping it leaves the group, like [`Consumer::close`].
+#[async_trait]
+pub trait Consumer: Send + Sync {
+    /// The subscription.
+    fn subscription(&self) -> &Subscription;
+
+    /// The instance name.
+    fn instance(&self) -> &str;
+
+    /// Up to `max` deliveries; waits up to `wait` for the first and returns an empty list if
+    /// none came. Fails with [`BrokerError::Closed`](crate::BrokerError::Closed) once closed.
+    async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>>;
+
+    /// Acknowledges deliveries: they will not be delivered to this group (or, broadcasting,
+    /// this member) again. Acknowledging twice, or after a redelivery, is harmless.
+    async fn ack(&self, receipts: &[Receipt]) -> Result<()>;
+
+    /// Hands a delivery back: it is delivered again after `delay`, with its reconsume count
+    /// increased.
+    async fn redeliver(&self, receipt: &Receipt, delay: Duration) -> Result<()>;
+
+    /// The queue ids this member currently consumes.
+    async fn assignment(&self) -> Result<Vec<u32>>;
+
+    /// Leaves the group: unacknowledged deliveries go to the remaining members, progress is
+    /// persisted.
+    async fn close(&self) -> Result<()>;
+}

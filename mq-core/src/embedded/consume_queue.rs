@@ -1,0 +1,350 @@
+//! The consume queue: per (topic, queue), an index of fixed-size entries pointing into the
+//! commit log, so that consumers read a queue sequentially and filter by tag without reading
+//! message bodies.
+//!
+//! An entry is 24 bytes: commit-log position (u64), record size (u32), tag code (u32: 0 for no
+//! tag, else CRC32C of the tag, never 0) and store time (u64, ms). Entries live in segment files
+//! of a fixed number of entries, named after the queue offset of their first entry.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+
+use crate::error::{BrokerError, Result};
+
+/// Size of one entry.
+pub(crate) const ENTRY_LEN: usize = 24;
+
+/// One index entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CqEntry {
+    pub position: u64,
+    pub size: u32,
+    pub tag_code: u32,
+    pub store_timestamp: u64,
+}
+
+impl CqEntry {
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.position.to_le_bytes());
+        out.extend_from_slice(&self.size.to_le_bytes());
+        out.extend_from_slice(&self.tag_code.to_le_bytes());
+        out.extend_from_slice(&self.store_timestamp.to_le_bytes());
+    }
+
+    fn decode(b: &[u8]) -> Self {
+        let mut p = [0u8; 8];
+        p.copy_from_slice(&b[0..8]);
+        let mut s = [0u8; 4];
+        s.copy_from_slice(&b[8..12]);
+        let mut t = [0u8; 4];
+        t.copy_from_slice(&b[12..16]);
+        let mut ts = [0u8; 8];
+        ts.copy_from_slice(&b[16..24]);
+        CqEntry {
+            position: u64::from_le_bytes(p),
+            size: u32::from_le_bytes(s),
+            tag_code: u32::from_le_bytes(t),
+            store_timestamp: u64::from_le_bytes(ts),
+        }
+    }
+}
+
+/// The tag code stored in an entry.
+pub(crate) fn tag_code(tag: Option<&str>) -> u32 {
+    match tag {
+        None => 0,
+        Some(t) => crc32c::crc32c(t.as_bytes()).max(1),
+    }
+}
+
+#[derive(Debug)]
+struct CqSegment {
+    first: u64,
+    path: PathBuf,
+    file: File,
+}
+
+/// The index of one queue.
+#[derive(Debug)]
+pub(crate) struct ConsumeQueue {
+    pub queue_id: u32,
+    dir: PathBuf,
+    per_segment: u64,
+    segments: RwLock<BTreeMap<u64, Arc<CqSegment>>>,
+    min_offset: AtomicU64,
+    max_offset: AtomicU64,
+}
+
+impl ConsumeQueue {
+    /// Opens (or creates) the index in `dir`, dropping a partly written last entry.
+    pub fn open(queue_id: u32, dir: &Path, per_segment: u64) -> Result<Self> {
+        fs::create_dir_all(dir).map_err(|e| BrokerError::io("create directory", dir, e))?;
+        let mut segments = BTreeMap::new();
+        let entries = fs::read_dir(dir).map_err(|e| BrokerError::io("list directory", dir, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| BrokerError::io("list directory", dir, e))?;
+            let Some(first) = entry.file_name().to_str().and_then(|n| n.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            segments.insert(first, Arc::new(open_segment(dir, first)?));
+        }
+        if segments.is_empty() {
+            segments.insert(0, Arc::new(open_segment(dir, 0)?));
+        }
+        let min = segments.keys().next().copied().unwrap_or(0);
+        let mut max = min;
+        if let Some(last) = segments.values().next_back() {
+            let len = file_len(last)?;
+            let whole = len - len % ENTRY_LEN as u64;
+            if whole != len {
+                last.file
+                    .set_len(whole)
+                    .map_err(|e| BrokerError::io("truncate consume queue", &last.path, e))?;
+            }
+            max = last.first + whole / ENTRY_LEN as u64;
+        }
+        Ok(ConsumeQueue {
+            queue_id,
+            dir: dir.to_owned(),
+            per_segment,
+            segments: RwLock::new(segments),
+            min_offset: AtomicU64::new(min),
+            max_offset: AtomicU64::new(max),
+        })
+    }
+
+    /// The offset of the oldest entry still stored.
+    pub fn min_offset(&self) -> u64 {
+        self.min_offset.load(Ordering::Acquire)
+    }
+
+    /// The offset the next entry gets (one past the newest).
+    pub fn max_offset(&self) -> u64 {
+        self.max_offset.load(Ordering::Acquire)
+    }
+
+    /// Appends encoded entries starting at [`max_offset`](Self::max_offset). Writer only.
+    pub fn append(&self, mut encoded: &[u8]) -> Result<()> {
+        let mut offset = self.max_offset();
+        while !encoded.is_empty() {
+            let seg_first = offset - offset % self.per_segment;
+            let seg = self.segment_for_write(seg_first)?;
+            let room = (seg_first + self.per_segment - offset) as usize * ENTRY_LEN;
+            let n = room.min(encoded.len());
+            seg.file
+                .write_all_at(&encoded[..n], (offset - seg_first) * ENTRY_LEN as u64)
+                .map_err(|e| BrokerError::io("write consume queue", &seg.path, e))?;
+            encoded = &encoded[n..];
+            offset += (n / ENTRY_LEN) as u64;
+        }
+        self.max_offset.store(offset, Ordering::Release);
+        Ok(())
+    }
+
+    fn segment_for_write(&self, first: u64) -> Result<Arc<CqSegment>> {
+        if let Some(seg) = self.segments.read().get(&first) {
+            return Ok(seg.clone());
+        }
+        let seg = Arc::new(open_segment(&self.dir, first)?);
+        self.segments.write().insert(first, seg.clone());
+        Ok(seg)
+    }
+
+    /// Up to `max` entries from `from` (fewer at the end or at a segment boundary).
+    pub fn read(&self, from: u64, max: usize) -> Result<Vec<CqEntry>> {
+        let end = self.max_offset();
+        if from >= end || max == 0 {
+            return Ok(Vec::new());
+        }
+        let seg = {
+            let segments = self.segments.read();
+            match segments.range(..=from).next_back() {
+                Some((_, s)) => s.clone(),
+                None => return Ok(Vec::new()),
+            }
+        };
+        let seg_end = seg.first + self.per_segment;
+        let count = (end.min(seg_end) - from).min(max as u64) as usize;
+        let mut buf = vec![0u8; count * ENTRY_LEN];
+        seg.file
+            .read_exact_at(&mut buf, (from - seg.first) * ENTRY_LEN as u64)
+            .map_err(|e| BrokerError::io("read consume queue", &seg.path, e))?;
+        Ok(buf.chunks_exact(ENTRY_LEN).map(CqEntry::decode).collect())
+    }
+
+    /// The entry at `offset`, if stored.
+    pub fn entry(&self, offset: u64) -> Result<Option<CqEntry>> {
+        if offset < self.min_offset() {
+            return Ok(None);
+        }
+        Ok(self.read(offset, 1)?.into_iter().next())
+    }
+
+    /// The first offset whose message was stored at or after `timestamp` (ms).
+    pub fn offset_for_timestamp(&self, timestamp: u64) -> Result<u64> {
+        let (mut lo, mut hi) = (self.min_offset(), self.max_offset());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            match self.entry(mid)? {
+                Some(e) if e.store_timestamp < timestamp => lo = mid + 1,
+                _ => hi = mid,
+            }
+        }
+        Ok(lo)
+    }
+
+    /// Drops entries from `offset` on (recovery after the commit log was cut).
+    pub fn truncate(&self, offset: u64) -> Result<()> {
+        if offset >= self.max_offset() {
+            return Ok(());
+        }
+        let mut segments = self.segments.write();
+        let doomed: Vec<u64> = segments.range(offset + 1..).map(|(k, _)| *k).collect();
+        for first in doomed {
+            if let Some(seg) = segments.remove(&first) {
+                fs::remove_file(&seg.path)
+                    .map_err(|e| BrokerError::io("delete consume queue", &seg.path, e))?;
+            }
+        }
+        if let Some((_, seg)) = segments.range(..=offset).next_back() {
+            let len = (offset - seg.first) * ENTRY_LEN as u64;
+            seg.file
+                .set_len(len)
+                .map_err(|e| BrokerError::io("truncate consume queue", &seg.path, e))?;
+        }
+        self.max_offset.store(offset, Ordering::Release);
+        Ok(())
+    }
+
+    /// Forces the index files to disk.
+    pub fn sync(&self) -> Result<()> {
+        let last = self.segments.read().values().next_back().cloned();
+        if let Some(seg) = last {
+            seg.file
+                .sync_data()
+                .map_err(|e| BrokerError::io("sync consume queue", &seg.path, e))?;
+        }
+        Ok(())
+    }
+
+    /// Deletes whole index segments whose every entry points below `min_position`; never the
+    /// last segment. Returns the new minimum offset.
+    pub fn remove_below(&self, min_position: u64) -> Result<u64> {
+        loop {
+            let (first, seg, is_last) = {
+                let segments = self.segments.read();
+                let Some((first, seg)) = segments.iter().next() else {
+                    break;
+                };
+                (*first, seg.clone(), segments.len() == 1)
+            };
+            if is_last {
+                break;
+            }
+            let last_offset = first + self.per_segment - 1;
+            let Some(last) = self.read(last_offset, 1)?.into_iter().next() else {
+                break;
+            };
+            if last.position + u64::from(last.size) > min_position {
+                break;
+            }
+            self.segments.write().remove(&first);
+            fs::remove_file(&seg.path)
+                .map_err(|e| BrokerError::io("delete consume queue", &seg.path, e))?;
+            self.min_offset
+                .store(first + self.per_segment, Ordering::Release);
+        }
+        Ok(self.min_offset())
+    }
+}
+
+fn open_segment(dir: &Path, first: u64) -> Result<CqSegment> {
+    let path = dir.join(format!("{first:020}"));
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| BrokerError::io("open consume queue", &path, e))?;
+    Ok(CqSegment { first, path, file })
+}
+
+fn file_len(seg: &CqSegment) -> Result<u64> {
+    seg.file
+        .metadata()
+        .map(|m| m.len())
+        .map_err(|e| BrokerError::io("stat consume queue", &seg.path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(i: u64) -> CqEntry {
+        CqEntry {
+            position: i * 100,
+            size: 100,
+            tag_code: tag_code(Some("t")),
+            store_timestamp: 1000 + i,
+        }
+    }
+
+    #[test]
+    fn appends_across_segments_and_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let cq = ConsumeQueue::open(0, dir.path(), 4).unwrap();
+        let mut buf = Vec::new();
+        for i in 0..10 {
+            entry(i).encode(&mut buf);
+        }
+        cq.append(&buf).unwrap();
+        assert_eq!(cq.max_offset(), 10);
+        let mut got = Vec::new();
+        let mut from = 0;
+        while from < 10 {
+            let batch = cq.read(from, 100).unwrap();
+            assert!(!batch.is_empty());
+            from += batch.len() as u64;
+            got.extend(batch);
+        }
+        assert_eq!(got, (0..10).map(entry).collect::<Vec<_>>());
+        assert_eq!(cq.offset_for_timestamp(1005).unwrap(), 5);
+        assert_eq!(cq.offset_for_timestamp(0).unwrap(), 0);
+        assert_eq!(cq.offset_for_timestamp(9999).unwrap(), 10);
+
+        drop(cq);
+        let cq = ConsumeQueue::open(0, dir.path(), 4).unwrap();
+        assert_eq!(cq.max_offset(), 10);
+        cq.truncate(5).unwrap();
+        assert_eq!(cq.max_offset(), 5);
+        assert_eq!(cq.read(3, 10).unwrap().len(), 1);
+        assert_eq!(cq.read(4, 10).unwrap(), vec![entry(4)]);
+        assert_eq!(cq.remove_below(450).unwrap(), 4);
+        assert_eq!(cq.entry(2).unwrap(), None);
+    }
+
+    #[test]
+    fn partial_entry_is_dropped_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let cq = ConsumeQueue::open(0, dir.path(), 100).unwrap();
+        let mut buf = Vec::new();
+        entry(0).encode(&mut buf);
+        entry(1).encode(&mut buf);
+        buf.truncate(ENTRY_LEN + 7);
+        cq.append(&buf[..ENTRY_LEN]).unwrap();
+        let path = dir.path().join(format!("{:020}", 0));
+        let f = OpenOptions::new().write(true).open(path).unwrap();
+        f.write_all_at(&buf[ENTRY_LEN..], ENTRY_LEN as u64).unwrap();
+        drop(cq);
+        let cq = ConsumeQueue::open(0, dir.path(), 100).unwrap();
+        assert_eq!(cq.max_offset(), 1);
+    }
+}

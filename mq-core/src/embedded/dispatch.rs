@@ -1,0 +1,849 @@
+//! Delivery to consumer groups: progress per queue, in-flight tracking, redelivery, orderly
+//! queues and the rebalancing of queues among a group's members.
+//!
+//! Each (group, topic) keeps, per queue, a window of the offsets handed out but not yet
+//! settled (RocketMQ's process queue). The committed offset is the front of the window, so it
+//! never passes an unacknowledged message however many later ones are acknowledged. Because
+//! every member lives in this process, the windows belong to the group, not to a member: when a
+//! queue moves to another member nothing is delivered twice, and when a member leaves its
+//! unacknowledged messages are handed to the others at once.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::consume_queue::{tag_code, ConsumeQueue, CqEntry};
+use super::offsets::{OffsetStore, ProgressKey};
+use super::store::{MessageStore, Topic};
+use crate::broker::{Consumer, ConsumerOptions, Delivery, Receipt};
+use crate::error::{BrokerError, Result};
+use crate::subscription::{ConsumeFrom, ConsumeMode, MessageModel, Subscription, TagFilter};
+
+/// Entries read from a consume queue per look.
+const READ_AHEAD: usize = 64;
+
+#[derive(Debug, Clone, Copy)]
+enum Slot {
+    Done,
+    InFlight {
+        member: u64,
+        token: u64,
+        deadline: Instant,
+        reconsume: u32,
+    },
+    Ready {
+        due: Instant,
+        reconsume: u32,
+    },
+}
+
+#[derive(Debug)]
+struct QueueProgress {
+    /// Every offset below is settled: this is the committed offset.
+    base: u64,
+    /// Slots for `base..base + window.len()`.
+    window: VecDeque<Slot>,
+    in_flight: usize,
+    ready: usize,
+}
+
+impl QueueProgress {
+    fn new(base: u64) -> Self {
+        QueueProgress {
+            base,
+            window: VecDeque::new(),
+            in_flight: 0,
+            ready: 0,
+        }
+    }
+
+    fn next(&self) -> u64 {
+        self.base + self.window.len() as u64
+    }
+
+    fn slot(&mut self, offset: u64) -> Option<&mut Slot> {
+        offset
+            .checked_sub(self.base)
+            .and_then(|i| self.window.get_mut(i as usize))
+    }
+
+    fn compact(&mut self) {
+        while let Some(Slot::Done) = self.window.front() {
+            self.window.pop_front();
+            self.base += 1;
+        }
+    }
+
+    /// Settles `offset`; returns whether it was outstanding.
+    fn settle(&mut self, offset: u64) -> bool {
+        let Some(slot) = self.slot(offset) else {
+            return false;
+        };
+        let was = *slot;
+        *slot = Slot::Done;
+        match was {
+            Slot::InFlight { .. } => self.in_flight -= 1,
+            Slot::Ready { .. } => self.ready -= 1,
+            Slot::Done => return false,
+        }
+        self.compact();
+        true
+    }
+
+    /// Hands back deliveries whose consumer is gone or whose deadline passed.
+    fn reclaim(&mut self, now: Instant, gone: Option<u64>) -> bool {
+        if self.in_flight == 0 {
+            return false;
+        }
+        let mut any = false;
+        for slot in self.window.iter_mut() {
+            if let Slot::InFlight {
+                member,
+                deadline,
+                reconsume,
+                ..
+            } = *slot
+            {
+                if Some(member) == gone || deadline <= now {
+                    *slot = Slot::Ready {
+                        due: now,
+                        reconsume: reconsume.saturating_add(1),
+                    };
+                    self.in_flight -= 1;
+                    self.ready += 1;
+                    any = true;
+                }
+            }
+        }
+        any
+    }
+
+    /// The earliest instant something in this window needs attention.
+    fn next_wake(&self) -> Option<Instant> {
+        if self.in_flight == 0 && self.ready == 0 {
+            return None;
+        }
+        self.window
+            .iter()
+            .filter_map(|s| match *s {
+                Slot::InFlight { deadline, .. } => Some(deadline),
+                Slot::Ready { due, .. } => Some(due),
+                Slot::Done => None,
+            })
+            .min()
+    }
+}
+
+#[derive(Debug)]
+struct Member {
+    id: u64,
+    options: ConsumerOptions,
+    assigned: Vec<u32>,
+    cursor: usize,
+}
+
+#[derive(Debug)]
+struct GroupInner {
+    subscription: Subscription,
+    /// Tag codes the filter accepts; `None` accepts all.
+    codes: Option<Vec<u32>>,
+    members: BTreeMap<String, Member>,
+    /// Clustering progress, by queue id.
+    shared: Vec<QueueProgress>,
+    /// Broadcasting progress, by member instance and queue id.
+    own: HashMap<String, Vec<QueueProgress>>,
+}
+
+/// One (group, topic).
+#[derive(Debug)]
+pub(crate) struct Group {
+    topic: Arc<Topic>,
+    inner: Mutex<GroupInner>,
+    changed: watch::Sender<u64>,
+}
+
+impl Group {
+    fn bump(&self) {
+        self.changed.send_modify(|v| *v = v.wrapping_add(1));
+    }
+}
+
+/// Every consumer group of the broker.
+#[derive(Debug)]
+pub(crate) struct Groups {
+    store: Arc<MessageStore>,
+    offsets: OffsetStore,
+    groups: Mutex<HashMap<(String, String), Arc<Group>>>,
+    next_id: AtomicU64,
+    closed: AtomicBool,
+}
+
+impl Groups {
+    pub fn new(store: Arc<MessageStore>, offsets: OffsetStore) -> Self {
+        Groups {
+            store,
+            offsets,
+            groups: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    pub fn offsets(&self) -> &OffsetStore {
+        &self.offsets
+    }
+
+    /// Joins a member to its group and returns its consumer.
+    pub fn join(
+        self: &Arc<Self>,
+        subscription: Subscription,
+        options: ConsumerOptions,
+    ) -> Result<EmbeddedConsumer> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(BrokerError::Closed);
+        }
+        subscription.validate()?;
+        let topic = self.store.topic_for_send(&subscription.topic)?;
+        let key = (subscription.group.clone(), subscription.topic.clone());
+        let group = {
+            let mut groups = self.groups.lock();
+            groups
+                .entry(key)
+                .or_insert_with(|| {
+                    Arc::new(Group {
+                        topic: topic.clone(),
+                        inner: Mutex::new(GroupInner {
+                            subscription: subscription.clone(),
+                            codes: codes(&subscription.filter),
+                            members: BTreeMap::new(),
+                            shared: Vec::new(),
+                            own: HashMap::new(),
+                        }),
+                        changed: watch::channel(0).0,
+                    })
+                })
+                .clone()
+        };
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut inner = group.inner.lock();
+            if inner.members.is_empty() {
+                inner.codes = codes(&subscription.filter);
+                inner.subscription = subscription.clone();
+            } else if inner.subscription != subscription {
+                return Err(BrokerError::InvalidSubscription {
+                    group: subscription.group.clone(),
+                    reason: format!(
+                        "members of a group must subscribe identically: live members use topic {:?}, tags {:?}, {:?}, {:?}",
+                        inner.subscription.topic,
+                        inner.subscription.filter.to_string(),
+                        inner.subscription.model,
+                        inner.subscription.mode
+                    ),
+                });
+            }
+            if inner.members.contains_key(&options.instance) {
+                return Err(BrokerError::InvalidSubscription {
+                    group: subscription.group.clone(),
+                    reason: format!("instance {:?} is already a live member", options.instance),
+                });
+            }
+            let start = |queue: &ConsumeQueue, instance: Option<&str>| -> Result<u64> {
+                let key = ProgressKey {
+                    topic: subscription.topic.clone(),
+                    group: subscription.group.clone(),
+                    instance: instance.map(str::to_owned),
+                    queue: queue.queue_id,
+                };
+                let offset = match self.offsets.get(&key) {
+                    Some(stored) => stored.clamp(queue.min_offset(), queue.max_offset()),
+                    None => match options.consume_from {
+                        ConsumeFrom::Last => queue.max_offset(),
+                        ConsumeFrom::First => queue.min_offset(),
+                        ConsumeFrom::Timestamp(t) => queue.offset_for_timestamp(
+                            t.duration_since(std::time::UNIX_EPOCH)
+                                .map(|d| d.as_millis() as u64)
+                                .unwrap_or(0),
+                        )?,
+                    },
+                };
+                // Record the group at once so that retention keeps what it has not consumed.
+                self.offsets.set(key, offset);
+                Ok(offset)
+            };
+            match subscription.model {
+                MessageModel::Clustering => {
+                    if inner.shared.is_empty() {
+                        let mut shared = Vec::with_capacity(topic.queues.len());
+                        for q in &topic.queues {
+                            shared.push(QueueProgress::new(start(q, None)?));
+                        }
+                        inner.shared = shared;
+                    }
+                }
+                MessageModel::Broadcasting => {
+                    let mut own = Vec::with_capacity(topic.queues.len());
+                    for q in &topic.queues {
+                        own.push(QueueProgress::new(start(q, Some(&options.instance))?));
+                    }
+                    inner.own.insert(options.instance.clone(), own);
+                }
+            }
+            inner.members.insert(
+                options.instance.clone(),
+                Member {
+                    id,
+                    options: options.clone(),
+                    assigned: Vec::new(),
+                    cursor: 0,
+                },
+            );
+            rebalance(&mut inner, topic.queues.len() as u32);
+            tracing::info!(
+                group = %subscription.group,
+                topic = %subscription.topic,
+                instance = %options.instance,
+                members = inner.members.len(),
+                "consumer joined"
+            );
+        }
+        group.bump();
+        Ok(EmbeddedConsumer {
+            groups: self.clone(),
+            group,
+            subscription,
+            instance: options.instance,
+            id,
+            left: AtomicBool::new(false),
+        })
+    }
+
+    /// Removes a member: its unacknowledged deliveries go back to the group.
+    fn leave(&self, group: &Group, instance: &str, id: u64) {
+        let mut inner = group.inner.lock();
+        if inner.members.get(instance).map(|m| m.id) != Some(id) {
+            return;
+        }
+        inner.members.remove(instance);
+        let now = Instant::now();
+        for p in inner.shared.iter_mut() {
+            p.reclaim(now, Some(id));
+        }
+        if let Some(own) = inner.own.remove(instance) {
+            for (q, p) in own.iter().enumerate() {
+                self.offsets.set(
+                    ProgressKey {
+                        topic: inner.subscription.topic.clone(),
+                        group: inner.subscription.group.clone(),
+                        instance: Some(instance.to_owned()),
+                        queue: q as u32,
+                    },
+                    p.base,
+                );
+            }
+        }
+        rebalance(&mut inner, group.topic.queues.len() as u32);
+        tracing::info!(
+            group = %inner.subscription.group,
+            topic = %inner.subscription.topic,
+            instance,
+            members = inner.members.len(),
+            "consumer left"
+        );
+        drop(inner);
+        group.bump();
+    }
+
+    /// Copies every group's committed offsets into the table and saves it.
+    pub fn persist(&self) -> Result<()> {
+        let groups: Vec<Arc<Group>> = self.groups.lock().values().cloned().collect();
+        for group in groups {
+            let inner = group.inner.lock();
+            let topic = &inner.subscription.topic;
+            let name = &inner.subscription.group;
+            for (q, p) in inner.shared.iter().enumerate() {
+                self.offsets.set(
+                    ProgressKey {
+                        topic: topic.clone(),
+                        group: name.clone(),
+                        instance: None,
+                        queue: q as u32,
+                    },
+                    p.base,
+                );
+            }
+            for (instance, own) in &inner.own {
+                for (q, p) in own.iter().enumerate() {
+                    self.offsets.set(
+                        ProgressKey {
+                            topic: topic.clone(),
+                            group: name.clone(),
+                            instance: Some(instance.clone()),
+                            queue: q as u32,
+                        },
+                        p.base,
+                    );
+                }
+            }
+        }
+        self.offsets.save()
+    }
+
+    /// Wakes every waiting consumer and makes later calls fail with `Closed`.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        for g in self.groups.lock().values() {
+            g.bump();
+        }
+    }
+
+    /// Hands back deliveries whose consume timeout passed, in every group.
+    fn collect(
+        &self,
+        group: &Group,
+        instance: &str,
+        id: u64,
+        max: usize,
+    ) -> Result<(Vec<Delivery>, Option<Instant>)> {
+        let mut inner = group.inner.lock();
+        let GroupInner {
+            subscription,
+            codes,
+            members,
+            shared,
+            own,
+        } = &mut *inner;
+        let member = match members.get_mut(instance) {
+            Some(m) if m.id == id => m,
+            _ => return Err(BrokerError::Closed),
+        };
+        let progress: &mut Vec<QueueProgress> = match subscription.model {
+            MessageModel::Clustering => shared,
+            MessageModel::Broadcasting => own.get_mut(instance).ok_or(BrokerError::Closed)?,
+        };
+        let now = Instant::now();
+        let orderly = subscription.mode == ConsumeMode::Orderly;
+        let mut out = Vec::new();
+        let mut wake: Option<Instant> = None;
+        let n = member.assigned.len();
+        for k in 0..n {
+            if out.len() >= max {
+                break;
+            }
+            let q = member.assigned[(member.cursor + k) % n];
+            let Some(p) = progress.get_mut(q as usize) else {
+                continue;
+            };
+            let cq = &group.topic.queues[q as usize];
+            p.reclaim(now, None);
+            let mut plan: Vec<(u64, u32)> = Vec::new(); // (offset, reconsume) of slots to send again
+            let room = max - out.len();
+            if orderly {
+                match p.window.front().copied() {
+                    Some(Slot::InFlight { .. }) => {}
+                    Some(Slot::Ready { due, reconsume }) if due <= now => {
+                        plan.push((p.base, reconsume))
+                    }
+                    Some(_) => {}
+                    None => {
+                        self.pull(p, cq, codes, subscription, member, now, 1, &mut out)?;
+                    }
+                }
+            } else {
+                if p.ready > 0 {
+                    for (i, slot) in p.window.iter().enumerate() {
+                        if plan.len() >= room {
+                            break;
+                        }
+                        if let Slot::Ready { due, reconsume } = *slot {
+                            if due <= now {
+                                plan.push((p.base + i as u64, reconsume));
+                            }
+                        }
+                    }
+                }
+                let limit = member
+                    .options
+                    .max_in_flight_per_queue
+                    .saturating_sub(p.in_flight + p.ready);
+                let want = (room - plan.len()).min(limit);
+                if want > 0 {
+                    self.pull(p, cq, codes, subscription, member, now, want, &mut out)?;
+                }
+            }
+            for (offset, reconsume) in plan {
+                self.resend(p, cq, member, offset, reconsume, now, &mut out)?;
+            }
+            if let Some(w) = p.next_wake() {
+                wake = Some(wake.map_or(w, |x| x.min(w)));
+            }
+        }
+        if n > 0 {
+            member.cursor = (member.cursor + 1) % n;
+        }
+        Ok((out, wake))
+    }
+
+    /// Reads new messages of a queue into the window.
+    #[allow(clippy::too_many_arguments)]
+    fn pull(
+        &self,
+        p: &mut QueueProgress,
+        cq: &ConsumeQueue,
+        codes: &Option<Vec<u32>>,
+        subscription: &Subscription,
+        member: &Member,
+        now: Instant,
+        want: usize,
+        out: &mut Vec<Delivery>,
+    ) -> Result<()> {
+        let mut taken = 0;
+        let min_position = self.store.commit_log().min_position();
+        while taken < want {
+            let from = p.next().max(cq.min_offset());
+            if from > p.next() {
+                // Retention removed what this group had not reached; skip the gap.
+                for _ in p.next()..from {
+                    p.window.push_back(Slot::Done);
+                }
+                p.compact();
+            }
+            let entries = cq.read(from, READ_AHEAD.min(want - taken + 16))?;
+            if entries.is_empty() {
+                break;
+            }
+            // Keep only what the tag codes accept; the rest is settled without a read.
+            let mut wanted: Vec<(usize, CqEntry)> = Vec::new();
+            let mut consumed = 0;
+            for (i, e) in entries.iter().enumerate() {
+                if wanted.len() + taken >= want {
+                    break;
+                }
+                consumed = i + 1;
+                let pass = codes.as_ref().is_none_or(|c| c.contains(&e.tag_code))
+                    && e.position >= min_position;
+                if pass {
+                    wanted.push((i, *e));
+                }
+            }
+            let records = {
+                let list: Vec<CqEntry> = wanted.iter().map(|(_, e)| *e).collect();
+                self.store.read_records(&list)
+            };
+            let mut records = wanted.iter().map(|(i, _)| *i).zip(records).peekable();
+            for i in 0..consumed {
+                let offset = from + i as u64;
+                let record = match records.peek() {
+                    Some((j, _)) if *j == i => records.next().map(|(_, r)| r),
+                    _ => None,
+                };
+                let Some(record) = record else {
+                    p.window.push_back(Slot::Done);
+                    continue;
+                };
+                let rec = match record {
+                    Ok(rec) => rec,
+                    Err(_) => {
+                        // Reported by the store; a bad record is never served.
+                        p.window.push_back(Slot::Done);
+                        continue;
+                    }
+                };
+                if rec.placement.queue_offset != offset || !subscription.filter.matches(rec.message.tag.as_deref()) {
+                    p.window.push_back(Slot::Done);
+                    continue;
+                }
+                let token = self.next_id.fetch_add(1, Ordering::Relaxed);
+                p.window.push_back(Slot::InFlight {
+                    member: member.id,
+                    token,
+                    deadline: now + member.options.consume_timeout,
+                    reconsume: rec.message.reconsume_times,
+                });
+                p.in_flight += 1;
+                taken += 1;
+                out.push(Delivery {
+                    message: rec.message,
+                    receipt: Receipt {
+                        queue_id: cq.queue_id,
+                        offset,
+                        token,
+                    },
+                });
+            }
+            p.compact();
+            if consumed < entries.len() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Delivers again a slot that was handed back or timed out.
+    #[allow(clippy::too_many_arguments)]
+    fn resend(
+        &self,
+        p: &mut QueueProgress,
+        cq: &ConsumeQueue,
+        member: &Member,
+        offset: u64,
+        reconsume: u32,
+        now: Instant,
+        out: &mut Vec<Delivery>,
+    ) -> Result<()> {
+        let record = match cq.entry(offset)? {
+            Some(e) => self.store.read_records(&[e]).pop(),
+            None => None,
+        };
+        let token = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let Some(slot) = p.slot(offset) else {
+            return Ok(());
+        };
+        match record {
+            Some(Ok(rec)) => {
+                *slot = Slot::InFlight {
+                    member: member.id,
+                    token,
+                    deadline: now + member.options.consume_timeout,
+                    reconsume,
+                };
+                p.ready -= 1;
+                p.in_flight += 1;
+                let mut message = rec.message;
+                message.reconsume_times = reconsume;
+                out.push(Delivery {
+                    message,
+                    receipt: Receipt {
+                        queue_id: cq.queue_id,
+                        offset,
+                        token,
+                    },
+                });
+            }
+            _ => {
+                // Gone (retention) or corrupt (reported): nothing left to deliver.
+                p.settle(offset);
+            }
+        }
+        Ok(())
+    }
+
+    fn ack(&self, group: &Group, instance: &str, receipts: &[Receipt]) -> Result<()> {
+        let freed = {
+            let mut guard = group.inner.lock();
+            let inner = &mut *guard;
+            let progress = match inner.subscription.model {
+                MessageModel::Clustering => &mut inner.shared,
+                MessageModel::Broadcasting => match inner.own.get_mut(instance) {
+                    Some(own) => own,
+                    None => return Err(BrokerError::Closed),
+                },
+            };
+            let mut freed = false;
+            for r in receipts {
+                let p = progress
+                    .get_mut(r.queue_id as usize)
+                    .ok_or_else(|| BrokerError::UnknownReceipt(format!("{r:?}")))?;
+                freed |= p.settle(r.offset);
+            }
+            freed
+        };
+        if freed && self.has_waiters(group) {
+            group.bump();
+        }
+        Ok(())
+    }
+
+    fn has_waiters(&self, group: &Group) -> bool {
+        group.changed.receiver_count() > 0
+    }
+
+    fn redeliver(&self, group: &Group, instance: &str, receipt: &Receipt, delay: Duration) -> Result<()> {
+        let mut inner = group.inner.lock();
+        let inner = &mut *inner;
+        let progress = match inner.subscription.model {
+            MessageModel::Clustering => &mut inner.shared,
+            MessageModel::Broadcasting => match inner.own.get_mut(instance) {
+                Some(own) => own,
+                None => return Err(BrokerError::Closed),
+            },
+        };
+        let p = progress
+            .get_mut(receipt.queue_id as usize)
+            .ok_or_else(|| BrokerError::UnknownReceipt(format!("{receipt:?}")))?;
+        if let Some(slot) = p.slot(receipt.offset) {
+            if let Slot::InFlight { token, reconsume, .. } = *slot {
+                if token == receipt.token {
+                    *slot = Slot::Ready {
+                        due: Instant::now() + delay,
+                        reconsume: reconsume.saturating_add(1),
+                    };
+                    p.in_flight -= 1;
+                    p.ready += 1;
+                }
+            }
+        }
+        group.bump();
+        Ok(())
+    }
+}
+
+fn codes(filter: &TagFilter) -> Option<Vec<u32>> {
+    match filter {
+        TagFilter::All => None,
+        TagFilter::Tags(tags) => Some(tags.iter().map(|t| tag_code(Some(t))).collect()),
+    }
+}
+
+/// RocketMQ's `AllocateMessageQueueAveragely` over members sorted by name (clustering), or
+/// every queue to every member (broadcasting).
+fn rebalance(inner: &mut GroupInner, queue_count: u32) {
+    let broadcasting = inner.subscription.model == MessageModel::Broadcasting;
+    let m = inner.members.len() as u32;
+    for (i, member) in inner.members.values_mut().enumerate() {
+        member.assigned = if broadcasting {
+            (0..queue_count).collect()
+        } else {
+            allocate(queue_count, m, i as u32)
+        };
+        member.cursor = 0;
+    }
+}
+
+fn allocate(queues: u32, members: u32, index: u32) -> Vec<u32> {
+    if members == 0 || index >= queues {
+        return Vec::new();
+    }
+    let rem = queues % members;
+    let size = if queues <= members {
+        1
+    } else if rem > 0 && index < rem {
+        queues / members + 1
+    } else {
+        queues / members
+    };
+    let start = if rem > 0 && index < rem {
+        index * size
+    } else {
+        index * size + rem
+    };
+    (start..(start + size).min(queues)).collect()
+}
+
+/// A member of a consumer group of the embedded broker.
+#[derive(Debug)]
+pub(crate) struct EmbeddedConsumer {
+    groups: Arc<Groups>,
+    group: Arc<Group>,
+    subscription: Subscription,
+    instance: String,
+    id: u64,
+    left: AtomicBool,
+}
+
+impl EmbeddedConsumer {
+    fn leave(&self) {
+        if !self.left.swap(true, Ordering::AcqRel) {
+            self.groups.leave(&self.group, &self.instance, self.id);
+        }
+    }
+}
+
+impl Drop for EmbeddedConsumer {
+    fn drop(&mut self) {
+        self.leave();
+    }
+}
+
+#[async_trait]
+impl Consumer for EmbeddedConsumer {
+    fn subscription(&self) -> &Subscription {
+        &self.subscription
+    }
+
+    fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>> {
+        let deadline = Instant::now() + wait;
+        let mut appended = self.groups.store.subscribe_appends();
+        let mut changed = self.group.changed.subscribe();
+        loop {
+            if self.groups.closed.load(Ordering::Acquire) || self.left.load(Ordering::Acquire) {
+                return Err(BrokerError::Closed);
+            }
+            appended.borrow_and_update();
+            changed.borrow_and_update();
+            let (out, wake) = self
+                .groups
+                .collect(&self.group, &self.instance, self.id, max.max(1))?;
+            if !out.is_empty() {
+                return Ok(out);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(Vec::new());
+            }
+            let until = wake.map_or(deadline, |w| w.min(deadline)).max(now);
+            tokio::select! {
+                r = appended.changed() => if r.is_err() { return Err(BrokerError::Closed) },
+                r = changed.changed() => if r.is_err() { return Err(BrokerError::Closed) },
+                _ = tokio::time::sleep_until(until) => {}
+            }
+        }
+    }
+
+    async fn ack(&self, receipts: &[Receipt]) -> Result<()> {
+        self.groups.ack(&self.group, &self.instance, receipts)
+    }
+
+    async fn redeliver(&self, receipt: &Receipt, delay: Duration) -> Result<()> {
+        self.groups
+            .redeliver(&self.group, &self.instance, receipt, delay)
+    }
+
+    async fn assignment(&self) -> Result<Vec<u32>> {
+        let inner = self.group.inner.lock();
+        match inner.members.get(&self.instance) {
+            Some(m) if m.id == self.id => Ok(m.assigned.clone()),
+            _ => Err(BrokerError::Closed),
+        }
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.leave();
+        self.groups.persist()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::allocate;
+
+    #[test]
+    fn allocation_matches_rocketmq_averagely() {
+        assert_eq!(allocate(4, 2, 0), vec![0, 1]);
+        assert_eq!(allocate(4, 2, 1), vec![2, 3]);
+        assert_eq!(allocate(5, 2, 0), vec![0, 1, 2]);
+        assert_eq!(allocate(5, 2, 1), vec![3, 4]);
+        assert_eq!(allocate(4, 3, 0), vec![0, 1]);
+        assert_eq!(allocate(4, 3, 2), vec![3]);
+        assert_eq!(allocate(2, 3, 2), Vec::<u32>::new());
+        assert_eq!(allocate(4, 1, 0), vec![0, 1, 2, 3]);
+        // Every queue is allocated exactly once.
+        for q in 1..10 {
+            for m in 1..6 {
+                let mut all: Vec<u32> = (0..m).flat_map(|i| allocate(q, m, i)).collect();
+                all.sort();
+                assert_eq!(all, (0..q).collect::<Vec<_>>(), "{q} queues, {m} members");
+            }
+        }
+    }
+}

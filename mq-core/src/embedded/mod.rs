@@ -1,0 +1,410 @@
+//! The embedded broker: a durable, single-process message store with RocketMQ's delivery
+//! semantics, and the default backend of mq.
+//!
+//! Layout under the data directory:
+//! ```text
+//! LOCK                               held while a broker has the directory open
+//! checkpoint                         commit-log position recovery starts from
+//! commitlog/<20-digit position>      segments of the commit log (record.rs has the format)
+//! consumequeue/<topic>/<queue>/<20-digit offset>   index segments
+//! config/topics.json                 queue count of every topic
+//! config/consumer_offsets.json       committed progress of every group
+//! ```
+//!
+//! ```
+//! use std::time::Duration;
+//! use mq_core::{Broker, ConsumerOptions, Message, SendOptions, Subscription};
+//! use mq_core::embedded::{EmbeddedBroker, EmbeddedConfig};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), mq_core::BrokerError> {
+//! let dir = tempfile::tempdir().map_err(|e| mq_core::BrokerError::io("tempdir", "/tmp", e))?;
+//! let broker = EmbeddedBroker::open(EmbeddedConfig::new(dir.path())).await?;
+//! let consumer = broker
+//!     .subscribe(Subscription::new("greetings", "printer"), ConsumerOptions::new())
+//!     .await?;
+//! broker.send(Message::new("greetings", "hello"), SendOptions::new()).await?;
+//! let got = consumer.receive(10, Duration::from_secs(1)).await?;
+//! assert_eq!(&got[0].message.body[..], b"hello");
+//! consumer.ack(&[got[0].receipt.clone()]).await?;
+//! broker.shutdown().await?;
+//! # Ok(()) }
+//! ```
+
+mod commit_log;
+mod consume_queue;
+mod dispatch;
+mod flush;
+mod offsets;
+mod record;
+mod retention;
+mod store;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+pub use commit_log::Corruption;
+pub use flush::{FlushPolicy, DEFAULT_FLUSH_INTERVAL};
+pub use retention::RetentionReport;
+
+use crate::broker::{
+    Broker, Consumer, ConsumerOptions, SendOptions, SendResult, DEFAULT_QUEUE_COUNT,
+};
+use crate::error::{BrokerError, Result};
+use crate::message::{validate_topic, Message, DEFAULT_MAX_MESSAGE_SIZE};
+use crate::subscription::Subscription;
+use dispatch::Groups;
+use offsets::OffsetStore;
+use store::MessageStore;
+
+/// RocketMQ's commit-log segment size: 1 GiB.
+pub const DEFAULT_SEGMENT_SIZE: u64 = 1024 * 1024 * 1024;
+/// RocketMQ's consume-queue segment: 300,000 entries.
+pub const DEFAULT_CONSUME_QUEUE_ENTRIES: u64 = 300_000;
+/// RocketMQ's `fileReservedTime`: 72 hours.
+pub const DEFAULT_FILE_RESERVED_TIME: Duration = Duration::from_secs(72 * 3600);
+/// RocketMQ's `persistConsumerOffsetInterval`: 5 s.
+pub const DEFAULT_OFFSET_PERSIST_INTERVAL: Duration = Duration::from_secs(5);
+/// RocketMQ's `cleanResourceInterval`: 10 s.
+pub const DEFAULT_RETENTION_CHECK_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Settings of the embedded broker; every field has RocketMQ's default.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct EmbeddedConfig {
+    /// Where the data lives.
+    pub data_dir: PathBuf,
+    /// Size of a commit-log segment file.
+    pub segment_size: u64,
+    /// Entries per consume-queue segment file.
+    pub consume_queue_entries: u64,
+    /// When sends are acknowledged relative to fsync.
+    pub flush: FlushPolicy,
+    /// Queue count of topics created on first use.
+    pub default_queues: u32,
+    /// Whether a send or subscription to an unknown topic creates it.
+    pub auto_create_topics: bool,
+    /// Largest accepted body.
+    pub max_message_size: usize,
+    /// How long deleted-eligible segments are kept at least.
+    pub file_reserved_time: Duration,
+    /// How often retention runs.
+    pub retention_check_interval: Duration,
+    /// How often consumer progress is saved.
+    pub offset_persist_interval: Duration,
+}
+
+impl EmbeddedConfig {
+    /// Defaults, with data under `data_dir`.
+    pub fn new(data_dir: impl AsRef<Path>) -> Self {
+        EmbeddedConfig {
+            data_dir: data_dir.as_ref().to_owned(),
+            segment_size: DEFAULT_SEGMENT_SIZE,
+            consume_queue_entries: DEFAULT_CONSUME_QUEUE_ENTRIES,
+            flush: FlushPolicy::default(),
+            default_queues: DEFAULT_QUEUE_COUNT,
+            auto_create_topics: true,
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            file_reserved_time: DEFAULT_FILE_RESERVED_TIME,
+            retention_check_interval: DEFAULT_RETENTION_CHECK_INTERVAL,
+            offset_persist_interval: DEFAULT_OFFSET_PERSIST_INTERVAL,
+        }
+    }
+
+    /// Sets the flush policy.
+    pub fn flush(mut self, policy: FlushPolicy) -> Self {
+        self.flush = policy;
+        self
+    }
+
+    /// Sets the commit-log segment size.
+    pub fn segment_size(mut self, bytes: u64) -> Self {
+        self.segment_size = bytes;
+        self
+    }
+
+    /// Sets the entries per consume-queue segment.
+    pub fn consume_queue_entries(mut self, entries: u64) -> Self {
+        self.consume_queue_entries = entries;
+        self
+    }
+
+    /// Sets the queue count of auto-created topics.
+    pub fn default_queues(mut self, queues: u32) -> Self {
+        self.default_queues = queues;
+        self
+    }
+
+    /// Sets the retention time and how often retention runs.
+    pub fn retention(mut self, reserved: Duration, check_interval: Duration) -> Self {
+        self.file_reserved_time = reserved;
+        self.retention_check_interval = check_interval;
+        self
+    }
+
+    /// Sets how often consumer progress is saved.
+    pub fn offset_persist_interval(mut self, interval: Duration) -> Self {
+        self.offset_persist_interval = interval;
+        self
+    }
+
+    /// Sets the largest accepted body.
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.max_message_size = bytes;
+        self
+    }
+
+    fn validate(&self) -> Result<()> {
+        let need = self.max_message_size as u64 + 64 * 1024;
+        if self.segment_size < need {
+            return Err(BrokerError::InvalidConfig(format!(
+                "segment-size {} must exceed max-message-size by 64 KiB at least ({need})",
+                self.segment_size
+            )));
+        }
+        if self.consume_queue_entries == 0 {
+            return Err(BrokerError::InvalidConfig(
+                "consume-queue entries per segment must be at least 1".into(),
+            ));
+        }
+        if self.default_queues == 0 || self.default_queues > 1024 {
+            return Err(BrokerError::InvalidConfig(
+                "default queue count must be 1 to 1024".into(),
+            ));
+        }
+        if let FlushPolicy::Async { interval } = self.flush {
+            if interval.is_zero() {
+                return Err(BrokerError::InvalidConfig(
+                    "async flush interval must be above zero".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The embedded broker. Cheap to share as `Arc<EmbeddedBroker>` or `Arc<dyn Broker>`.
+#[derive(Debug)]
+pub struct EmbeddedBroker {
+    store: Arc<MessageStore>,
+    groups: Arc<Groups>,
+}
+
+impl EmbeddedBroker {
+    /// Opens the data directory (creating it), recovers, and starts the background flush,
+    /// progress and retention tasks. Must be called inside a tokio runtime.
+    pub async fn open(config: EmbeddedConfig) -> Result<Arc<Self>> {
+        config.validate()?;
+        let store = tokio::task::spawn_blocking(move || MessageStore::open(config))
+            .await
+            .map_err(|e| BrokerError::Backend {
+                backend: "embedded",
+                message: format!("open task failed: {e}"),
+            })??;
+        let offsets = OffsetStore::open(
+            store
+                .data_dir()
+                .join("config")
+                .join("consumer_offsets.json"),
+        )?;
+        let broker = Arc::new(EmbeddedBroker {
+            groups: Arc::new(Groups::new(store.clone(), offsets)),
+            store,
+        });
+        broker.spawn_background();
+        tracing::info!(data_dir = %broker.store.data_dir().display(), "embedded broker open");
+        Ok(broker)
+    }
+
+    fn spawn_background(self: &Arc<Self>) {
+        let config = self.store.config().clone();
+        if let Some(interval) = self.store.flush_interval() {
+            spawn_every(Arc::downgrade(self), interval, |b| {
+                if b.store.is_stopped() {
+                    return;
+                }
+                if let Err(e) = b.store.sync() {
+                    tracing::error!(error = %e, "periodic flush failed");
+                }
+            });
+        } else {
+            // Sync flush keeps the log durable; the indexes and checkpoint still follow.
+            spawn_every(Arc::downgrade(self), DEFAULT_FLUSH_INTERVAL, |b| {
+                if !b.store.is_stopped() {
+                    if let Err(e) = b.store.sync() {
+                        tracing::error!(error = %e, "periodic index flush failed");
+                    }
+                }
+            });
+        }
+        spawn_every(Arc::downgrade(self), config.offset_persist_interval, |b| {
+            if let Err(e) = b.groups.persist() {
+                tracing::error!(error = %e, "saving consumer progress failed");
+            }
+        });
+        spawn_every(Arc::downgrade(self), config.retention_check_interval, move |b| {
+            if let Err(e) = b.run_retention() {
+                tracing::error!(error = %e, "retention failed");
+            }
+        });
+    }
+
+    /// Runs one retention pass now (it also runs every `retention_check_interval`).
+    pub fn run_retention(&self) -> Result<RetentionReport> {
+        retention::run(
+            &self.store,
+            &self.groups,
+            self.store.config().file_reserved_time,
+        )
+    }
+
+    /// Damage found in stored records: during recovery, and by reads that refused to serve a
+    /// record whose checksum failed.
+    pub fn corruptions(&self) -> Vec<Corruption> {
+        self.store.corruptions()
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        self.store.data_dir()
+    }
+
+    /// The segment files of the commit log, oldest first (for operators and tests).
+    pub fn commit_log_segments(&self) -> Vec<PathBuf> {
+        self.store
+            .commit_log()
+            .segments()
+            .iter()
+            .map(|s| s.path.clone())
+            .collect()
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.store.is_stopped() {
+            Err(BrokerError::Closed)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+fn spawn_every(
+    broker: Weak<EmbeddedBroker>,
+    interval: Duration,
+    tick: impl Fn(&EmbeddedBroker) + Send + Sync + 'static,
+) {
+    let tick = Arc::new(tick);
+    tokio::spawn(async move {
+        let mut timer = tokio::time::interval(interval);
+        timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        timer.tick().await;
+        loop {
+            timer.tick().await;
+            let Some(b) = broker.upgrade() else { return };
+            if b.store.is_stopped() {
+                return;
+            }
+            // File I/O and fsync block: keep them off the async workers.
+            let tick = tick.clone();
+            let _ = tokio::task::spawn_blocking(move || tick(&b)).await;
+        }
+    });
+}
+
+impl Drop for EmbeddedBroker {
+    fn drop(&mut self) {
+        // Best effort for a broker dropped without `shutdown`: keep the progress made so far.
+        self.groups.close();
+        if !self.store.is_stopped() {
+            let _ = self.store.sync();
+        }
+        let _ = self.groups.persist();
+    }
+}
+
+#[async_trait]
+impl Broker for EmbeddedBroker {
+    fn backend(&self) -> &'static str {
+        "embedded"
+    }
+
+    async fn create_topic(&self, topic: &str, queue_count: u32) -> Result<()> {
+        self.check_open()?;
+        validate_topic(topic)?;
+        self.store.create_topic(topic, queue_count).map(|_| ())
+    }
+
+    async fn queue_count(&self, topic: &str) -> Result<Option<u32>> {
+        Ok(self.store.topic(topic).map(|t| t.queues.len() as u32))
+    }
+
+    async fn send(&self, message: Message, options: SendOptions) -> Result<SendResult> {
+        let mut results = self.send_batch(vec![message], options).await?;
+        results.pop().ok_or(BrokerError::Closed)
+    }
+
+    async fn send_batch(
+        &self,
+        messages: Vec<Message>,
+        options: SendOptions,
+    ) -> Result<Vec<SendResult>> {
+        let Some(first) = messages.first() else {
+            return Ok(Vec::new());
+        };
+        let topic_name = first.topic().to_owned();
+        let max = self.store.config().max_message_size;
+        for m in &messages {
+            m.validate(max)?;
+            if m.topic() != topic_name {
+                return Err(BrokerError::InvalidConfig(format!(
+                    "a batch goes to one topic: {:?} and {:?} differ",
+                    topic_name,
+                    m.topic()
+                )));
+            }
+        }
+        let topic = self.store.topic_for_send(&topic_name)?;
+        let queue = topic.queue(&options.queue)?;
+        self.store
+            .append(queue, messages.into_iter().map(Message::into_parts).collect())
+            .await
+    }
+
+    async fn subscribe(
+        &self,
+        subscription: Subscription,
+        options: ConsumerOptions,
+    ) -> Result<Box<dyn Consumer>> {
+        self.check_open()?;
+        Ok(Box::new(self.groups.join(subscription, options)?))
+    }
+
+    async fn flush(&self) -> Result<()> {
+        self.check_open()?;
+        let store = self.store.clone();
+        let groups = self.groups.clone();
+        tokio::task::spawn_blocking(move || {
+            store.sync()?;
+            groups.persist()
+        })
+        .await
+        .map_err(|e| BrokerError::Backend {
+            backend: "embedded",
+            message: format!("flush task failed: {e}"),
+        })?
+    }
+
+    async fn shutdown(&self) -> Result<()> {
+        if self.store.is_stopped() {
+            return Ok(());
+        }
+        self.groups.close();
+        self.store.stop().await?;
+        self.groups.persist()?;
+        tracing::info!(data_dir = %self.store.data_dir().display(), "embedded broker shut down");
+        Ok(())
+    }
+}

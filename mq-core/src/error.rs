@@ -1,0 +1,170 @@
+//! Typed errors of the model and of every broker backend.
+
+use std::path::PathBuf;
+
+/// A message or destination that breaks a rule of the model.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MessageError {
+    /// The topic is empty, too long or uses a character outside `[%|a-zA-Z0-9_-]`.
+    #[error("invalid topic {topic:?}: {reason}")]
+    InvalidTopic {
+        /// The rejected topic.
+        topic: String,
+        /// Which rule it breaks.
+        reason: &'static str,
+    },
+    /// The consumer group name breaks the same rules as a topic.
+    #[error("invalid consumer group {group:?}: {reason}")]
+    InvalidGroup {
+        /// The rejected group.
+        group: String,
+        /// Which rule it breaks.
+        reason: &'static str,
+    },
+    /// The tag is empty, has surrounding blanks or contains `||`.
+    #[error("invalid tag {tag:?}: {reason}")]
+    InvalidTag {
+        /// The rejected tag.
+        tag: String,
+        /// Which rule it breaks.
+        reason: &'static str,
+    },
+    /// A tag expression such as `a || b` that cannot be parsed.
+    #[error("invalid tag expression {expression:?}: {reason}")]
+    InvalidTagExpression {
+        /// The rejected expression.
+        expression: String,
+        /// Which rule it breaks.
+        reason: &'static str,
+    },
+    /// The body is larger than `max-message-size`.
+    #[error("message body of {size} bytes exceeds max-message-size of {max} bytes")]
+    BodyTooLarge {
+        /// Size of the rejected body.
+        size: usize,
+        /// The configured limit.
+        max: usize,
+    },
+    /// A key, property name or property value that cannot be stored.
+    #[error("invalid {what}: {reason}")]
+    InvalidField {
+        /// Which field.
+        what: &'static str,
+        /// Which rule it breaks.
+        reason: &'static str,
+    },
+}
+
+/// Why a stored record cannot be read as a message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    /// Fewer bytes than the record needs (a torn write or a truncated file).
+    #[error("record truncated: {needed} bytes needed, {available} available")]
+    Truncated {
+        /// Bytes the record claims or needs.
+        needed: usize,
+        /// Bytes present.
+        available: usize,
+    },
+    /// The record does not start with the record magic number.
+    #[error("bad magic number {found:#010x}")]
+    BadMagic {
+        /// The four bytes found instead.
+        found: u32,
+    },
+    /// The CRC32C stored in the record does not match its contents.
+    #[error("checksum mismatch: stored {stored:#010x}, computed {computed:#010x}")]
+    Checksum {
+        /// The checksum written with the record.
+        stored: u32,
+        /// The checksum of the bytes read.
+        computed: u32,
+    },
+    /// The record is intact but is not the one the index points at, or a field is malformed.
+    #[error("malformed record: {0}")]
+    Malformed(&'static str),
+}
+
+/// Any failure of a [`Broker`](crate::Broker) or [`Consumer`](crate::Consumer).
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// The message or destination breaks a rule of the model.
+    #[error(transparent)]
+    Message(#[from] MessageError),
+    /// The topic does not exist and automatic creation is off.
+    #[error("topic {0:?} does not exist")]
+    TopicNotFound(String),
+    /// The topic exists but has no queue with this id.
+    #[error("topic {topic:?} has no queue {queue_id}")]
+    QueueNotFound {
+        /// The topic.
+        topic: String,
+        /// The queue id asked for.
+        queue_id: u32,
+    },
+    /// A subscription the broker refuses (orderly with broadcasting, a member that subscribes
+    /// differently from its group, a duplicate instance name...).
+    #[error("invalid subscription for group {group:?}: {reason}")]
+    InvalidSubscription {
+        /// The consumer group.
+        group: String,
+        /// Why it is refused.
+        reason: String,
+    },
+    /// A configuration value that the broker cannot work with.
+    #[error("invalid broker configuration: {0}")]
+    InvalidConfig(String),
+    /// A filesystem operation failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What the broker was doing.
+        op: &'static str,
+        /// The file or directory involved.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Stored bytes failed their checksum or framing; the record is not served.
+    #[error("corrupt record in {segment} at offset {offset}: {source}")]
+    Corrupt {
+        /// The segment file.
+        segment: PathBuf,
+        /// Byte offset of the record inside the segment.
+        offset: u64,
+        /// What is wrong with it.
+        #[source]
+        source: RecordError,
+    },
+    /// Another process holds the data directory.
+    #[error("data directory {0} is locked by another process")]
+    Locked(PathBuf),
+    /// The broker or consumer was shut down.
+    #[error("broker is shut down")]
+    Closed,
+    /// The receipt does not belong to this consumer or is malformed.
+    #[error("unknown receipt: {0}")]
+    UnknownReceipt(String),
+    /// A backend-specific failure (connection lost, protocol error...).
+    #[error("{backend} backend: {message}")]
+    Backend {
+        /// Which backend.
+        backend: &'static str,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+impl BrokerError {
+    /// Wraps an I/O error with what was being done and where.
+    pub fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        BrokerError::Io {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+/// Short name for results of broker operations.
+pub type Result<T, E = BrokerError> = std::result::Result<T, E>;

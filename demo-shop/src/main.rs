@@ -3,19 +3,26 @@
 
 use std::time::Duration;
 
-use mq_starter::core::embedded::{EmbeddedBroker, EmbeddedConfig};
+use mq_starter::core::embedded::{EmbeddedBroker, EmbeddedConfig, FlushPolicy};
 use mq_starter::core::{Broker, ConsumeFrom, ConsumerOptions, Message, SendOptions, Subscription};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
-    let data_dir = std::env::var("MQ_DATA_DIR").unwrap_or_else(|_| "data/mq".into());
-    let broker = EmbeddedBroker::open(EmbeddedConfig::new(&data_dir)).await?;
+    let settings = load_settings()?;
+    tracing::info!(data_dir = %settings.data_dir, flush = %settings.flush, "embedded broker");
+    let flush = match settings.flush.as_str() {
+        "sync" => FlushPolicy::Sync,
+        "async" => FlushPolicy::default(),
+        other => {
+            return Err(format!("mq.broker.flush: expected async or sync, got {other:?}").into())
+        }
+    };
+    let broker = EmbeddedBroker::open(EmbeddedConfig::new(&settings.data_dir).flush(flush)).await?;
     let consumer = broker
         .subscribe(
             Subscription::new("order-created", "demo-shop"),
@@ -43,4 +50,31 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     broker.shutdown().await?;
     tracing::info!("the HTTP shop arrives with the demo-shop issue; the embedded broker works");
     Ok(())
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+struct BrokerSettings {
+    data_dir: String,
+    #[serde(default = "default_flush")]
+    flush: String,
+}
+
+fn default_flush() -> String {
+    "async".into()
+}
+
+/// `config/application.yaml` (or `$MQ_CONFIG_DIR/application.yaml`), then `MQ__A__B` variables.
+fn load_settings() -> Result<BrokerSettings, config::ConfigError> {
+    let dir = std::env::var("MQ_CONFIG_DIR").unwrap_or_else(|_| "config".into());
+    config::Config::builder()
+        .set_default("mq.broker.data-dir", "data/mq")?
+        .add_source(config::File::with_name(&format!("{dir}/application")).required(false))
+        .add_source(
+            config::Environment::with_prefix("MQ")
+                .prefix_separator("__")
+                .separator("__"),
+        )
+        .build()?
+        .get::<BrokerSettings>("mq.broker")
 }

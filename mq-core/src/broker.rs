@@ -168,7 +168,11 @@ impl Receipt {
 
 impl fmt::Debug for Receipt {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Receipt({}@{}#{})", self.queue_id, self.offset, self.token)
+        write!(
+            f,
+            "Receipt({}@{}#{})",
+            self.queue_id, self.offset, self.token
+        )
     }
 }
 

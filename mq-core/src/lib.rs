@@ -43,5 +43,7 @@ pub use broker::{
     DEFAULT_CONSUME_TIMEOUT, DEFAULT_QUEUE_COUNT,
 };
 pub use error::{BrokerError, MessageError, RecordError};
-pub use message::{Destination, Message, MessageId, MessageParts, MessageView, DEFAULT_MAX_MESSAGE_SIZE};
+pub use message::{
+    Destination, Message, MessageId, MessageParts, MessageView, DEFAULT_MAX_MESSAGE_SIZE,
+};
 pub use subscription::{ConsumeFrom, ConsumeMode, MessageModel, Subscription, TagFilter};

@@ -74,7 +74,9 @@ impl fmt::Display for TagFilter {
 }
 
 /// How a group's members share messages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum MessageModel {
     /// Each message goes to one member; queues are balanced across members (the default).
@@ -85,7 +87,9 @@ pub enum MessageModel {
 }
 
 /// How messages of one queue are processed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum ConsumeMode {
     /// Messages of a queue may be processed in parallel (the default).

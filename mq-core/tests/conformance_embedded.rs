@@ -1,5 +1,8 @@
 //! The conformance suite against the embedded broker.
 
+// A failed step is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::sync::Arc;
 
 use mq_core::embedded::{EmbeddedBroker, EmbeddedConfig};

@@ -148,7 +148,8 @@ impl CommitLog {
             segments.remove(&base)
         };
         if let Some(seg) = seg {
-            fs::remove_file(&seg.path).map_err(|e| BrokerError::io("delete segment", &seg.path, e))?;
+            fs::remove_file(&seg.path)
+                .map_err(|e| BrokerError::io("delete segment", &seg.path, e))?;
             return Ok(true);
         }
         Ok(false)
@@ -156,11 +157,13 @@ impl CommitLog {
 
     /// Reads `len` bytes at `position`; they must lie in one segment.
     pub fn read(&self, position: u64, len: usize) -> Result<Bytes> {
-        let seg = self.segment_of(position).ok_or_else(|| BrokerError::Corrupt {
-            segment: self.dir.clone(),
-            offset: position,
-            source: RecordError::Malformed("position lies before the oldest segment"),
-        })?;
+        let seg = self
+            .segment_of(position)
+            .ok_or_else(|| BrokerError::Corrupt {
+                segment: self.dir.clone(),
+                offset: position,
+                source: RecordError::Malformed("position lies before the oldest segment"),
+            })?;
         let mut buf = vec![0u8; len];
         seg.file
             .read_exact_at(&mut buf, position - seg.base)
@@ -237,12 +240,28 @@ impl CommitLog {
                                 off += bytes.len() as u64;
                             }
                             Err(err) => {
-                                off = self.skip_damage(&seg, &mut reader, off, seg_len, is_last, err.to_string(), &mut report)?;
+                                off = self.skip_damage(
+                                    &seg,
+                                    &mut reader,
+                                    off,
+                                    seg_len,
+                                    is_last,
+                                    err.to_string(),
+                                    &mut report,
+                                )?;
                             }
                         }
                     }
                     Err(err) => {
-                        off = self.skip_damage(&seg, &mut reader, off, seg_len, is_last, err.to_string(), &mut report)?;
+                        off = self.skip_damage(
+                            &seg,
+                            &mut reader,
+                            off,
+                            seg_len,
+                            is_last,
+                            err.to_string(),
+                            &mut report,
+                        )?;
                     }
                 }
             }

@@ -30,6 +30,14 @@ pub(crate) struct CqEntry {
 }
 
 impl CqEntry {
+    /// The entry of a record lost to damage: it keeps later offsets in place and is skipped.
+    pub const EMPTY: CqEntry = CqEntry {
+        position: 0,
+        size: 0,
+        tag_code: 0,
+        store_timestamp: 0,
+    };
+
     pub fn encode(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.position.to_le_bytes());
         out.extend_from_slice(&self.size.to_le_bytes());
@@ -89,7 +97,10 @@ impl ConsumeQueue {
         let entries = fs::read_dir(dir).map_err(|e| BrokerError::io("list directory", dir, e))?;
         for entry in entries {
             let entry = entry.map_err(|e| BrokerError::io("list directory", dir, e))?;
-            let Some(first) = entry.file_name().to_str().and_then(|n| n.parse::<u64>().ok())
+            let Some(first) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u64>().ok())
             else {
                 continue;
             };

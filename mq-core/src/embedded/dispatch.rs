@@ -526,7 +526,8 @@ impl Groups {
                     break;
                 }
                 consumed = i + 1;
-                let pass = codes.as_ref().is_none_or(|c| c.contains(&e.tag_code))
+                let pass = e.size > 0
+                    && codes.as_ref().is_none_or(|c| c.contains(&e.tag_code))
                     && e.position >= min_position;
                 if pass {
                     wanted.push((i, *e));
@@ -555,7 +556,9 @@ impl Groups {
                         continue;
                     }
                 };
-                if rec.placement.queue_offset != offset || !subscription.filter.matches(rec.message.tag.as_deref()) {
+                if rec.placement.queue_offset != offset
+                    || !subscription.filter.matches(rec.message.tag.as_deref())
+                {
                     p.window.push_back(Slot::Done);
                     continue;
                 }
@@ -664,7 +667,13 @@ impl Groups {
         group.changed.receiver_count() > 0
     }
 
-    fn redeliver(&self, group: &Group, instance: &str, receipt: &Receipt, delay: Duration) -> Result<()> {
+    fn redeliver(
+        &self,
+        group: &Group,
+        instance: &str,
+        receipt: &Receipt,
+        delay: Duration,
+    ) -> Result<()> {
         let mut inner = group.inner.lock();
         let inner = &mut *inner;
         let progress = match inner.subscription.model {
@@ -678,7 +687,10 @@ impl Groups {
             .get_mut(receipt.queue_id as usize)
             .ok_or_else(|| BrokerError::UnknownReceipt(format!("{receipt:?}")))?;
         if let Some(slot) = p.slot(receipt.offset) {
-            if let Slot::InFlight { token, reconsume, .. } = *slot {
+            if let Slot::InFlight {
+                token, reconsume, ..
+            } = *slot
+            {
                 if token == receipt.token {
                     *slot = Slot::Ready {
                         due: Instant::now() + delay,
@@ -781,9 +793,9 @@ impl Consumer for EmbeddedConsumer {
             }
             appended.borrow_and_update();
             changed.borrow_and_update();
-            let (out, wake) = self
-                .groups
-                .collect(&self.group, &self.instance, self.id, max.max(1))?;
+            let (out, wake) =
+                self.groups
+                    .collect(&self.group, &self.instance, self.id, max.max(1))?;
             if !out.is_empty() {
                 return Ok(out);
             }

@@ -245,11 +245,15 @@ impl EmbeddedBroker {
                 tracing::error!(error = %e, "saving consumer progress failed");
             }
         });
-        spawn_every(Arc::downgrade(self), config.retention_check_interval, move |b| {
-            if let Err(e) = b.run_retention() {
-                tracing::error!(error = %e, "retention failed");
-            }
-        });
+        spawn_every(
+            Arc::downgrade(self),
+            config.retention_check_interval,
+            move |b| {
+                if let Err(e) = b.run_retention() {
+                    tracing::error!(error = %e, "retention failed");
+                }
+            },
+        );
     }
 
     /// Runs one retention pass now (it also runs every `retention_check_interval`).
@@ -369,7 +373,10 @@ impl Broker for EmbeddedBroker {
         let topic = self.store.topic_for_send(&topic_name)?;
         let queue = topic.queue(&options.queue)?;
         self.store
-            .append(queue, messages.into_iter().map(Message::into_parts).collect())
+            .append(
+                queue,
+                messages.into_iter().map(Message::into_parts).collect(),
+            )
             .await
     }
 
@@ -402,8 +409,11 @@ impl Broker for EmbeddedBroker {
             return Ok(());
         }
         self.groups.close();
-        self.store.stop().await?;
-        self.groups.persist()?;
+        let stopped = self.store.stop().await;
+        let persisted = self.groups.persist();
+        self.store.release();
+        stopped?;
+        persisted?;
         tracing::info!(data_dir = %self.store.data_dir().display(), "embedded broker shut down");
         Ok(())
     }

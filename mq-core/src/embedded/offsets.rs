@@ -108,14 +108,13 @@ impl OffsetStore {
                 return Ok(());
             }
             t.1 = false;
-            let rows: Vec<Row> = t
-                .0
-                .iter()
-                .map(|(k, v)| Row {
-                    key: k.clone(),
-                    offset: *v,
-                })
-                .collect();
+            let rows: Vec<Row> =
+                t.0.iter()
+                    .map(|(k, v)| Row {
+                        key: k.clone(),
+                        offset: *v,
+                    })
+                    .collect();
             serde_json::to_vec_pretty(&rows)
                 .map_err(|e| BrokerError::io("encode", &self.path, std::io::Error::other(e)))?
         };

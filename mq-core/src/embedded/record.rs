@@ -62,7 +62,12 @@ pub(crate) fn encoded_len(msg: &MessageParts) -> Option<usize> {
 }
 
 /// Appends the record of `msg` at `placement` to `out`. `len` is [`encoded_len`] of `msg`.
-pub(crate) fn encode_into(out: &mut Vec<u8>, msg: &MessageParts, placement: &Placement, len: usize) {
+pub(crate) fn encode_into(
+    out: &mut Vec<u8>,
+    msg: &MessageParts,
+    placement: &Placement,
+    len: usize,
+) {
     let start = out.len();
     out.reserve(len);
     out.put_u32_le(MAGIC);
@@ -184,7 +189,9 @@ pub(crate) fn decode(buf: &Bytes) -> Result<DecodedRecord, RecordError> {
     }
     let body_len = take_len(&mut b, 4)?;
     if b.remaining() != body_len {
-        return Err(RecordError::Malformed("body length does not match record size"));
+        return Err(RecordError::Malformed(
+            "body length does not match record size",
+        ));
     }
     let body = b.split_to(body_len);
     Ok(DecodedRecord {

@@ -23,7 +23,11 @@ pub struct RetentionReport {
 }
 
 /// Runs one retention pass.
-pub(crate) fn run(store: &MessageStore, groups: &Groups, reserved: Duration) -> Result<RetentionReport> {
+pub(crate) fn run(
+    store: &MessageStore,
+    groups: &Groups,
+    reserved: Duration,
+) -> Result<RetentionReport> {
     groups.persist()?;
     // The lowest commit-log position some group still needs.
     let mut needed = u64::MAX;

@@ -79,7 +79,8 @@ pub(crate) struct MessageStore {
     writer: mpsc::Sender<WriterMsg>,
     writer_thread: Mutex<Option<JoinHandle<()>>>,
     corruptions: Mutex<Vec<Corruption>>,
-    _lock: fs::File,
+    /// Held while open; released by [`MessageStore::stop`] so the directory can be reopened.
+    lock: Mutex<Option<fs::File>>,
 }
 
 impl std::fmt::Debug for MessageStore {
@@ -124,7 +125,7 @@ impl MessageStore {
             writer: tx,
             writer_thread: Mutex::new(None),
             corruptions: Mutex::new(Vec::new()),
-            _lock: lock,
+            lock: Mutex::new(Some(lock)),
             config,
         };
         for (name, count) in store.load_topic_table()? {
@@ -168,14 +169,13 @@ impl MessageStore {
         let path = self.topic_table_path();
         match fs::read(&path) {
             Ok(bytes) => {
-                let table: HashMap<String, u32> =
-                    serde_json::from_slice(&bytes).map_err(|e| {
-                        BrokerError::io(
-                            "parse",
-                            &path,
-                            std::io::Error::new(std::io::ErrorKind::InvalidData, e),
-                        )
-                    })?;
+                let table: HashMap<String, u32> = serde_json::from_slice(&bytes).map_err(|e| {
+                    BrokerError::io(
+                        "parse",
+                        &path,
+                        std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+                    )
+                })?;
                 Ok(table.into_iter().collect())
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
@@ -191,11 +191,7 @@ impl MessageStore {
             .map(|t| (t.name.to_string(), t.queues.len() as u32))
             .collect();
         let bytes = serde_json::to_vec_pretty(&table).map_err(|e| {
-            BrokerError::io(
-                "encode",
-                self.topic_table_path(),
-                std::io::Error::other(e),
-            )
+            BrokerError::io("encode", self.topic_table_path(), std::io::Error::other(e))
         })?;
         write_atomically(&self.topic_table_path(), &bytes)
     }
@@ -279,23 +275,28 @@ impl MessageStore {
                 _ => {
                     // The topic table lags the log only if the process died right after the
                     // topic's first message: recreate it big enough for this queue.
-                    let count = self
-                        .config
-                        .default_queues
-                        .max(rec.placement.queue_id + 1);
+                    let count = self.config.default_queues.max(rec.placement.queue_id + 1);
                     self.open_topic(rec.topic(), count)?
                 }
             };
             let cq = &topic.queues[rec.placement.queue_id as usize];
             let key = (topic.name.clone(), cq.queue_id);
-            let next = next_offsets.entry(key.clone()).or_insert_with(|| cq.max_offset());
+            let next = next_offsets
+                .entry(key.clone())
+                .or_insert_with(|| cq.max_offset());
             let off = rec.placement.queue_offset;
             if off < *next {
                 return Ok(());
             }
             if off > *next {
-                gaps.push((rec.placement.position, off, *next));
-                return Ok(());
+                // Records in between were lost to damage: keep the offsets aligned with empty
+                // entries, which consumers skip, rather than renumber what follows.
+                gaps.push((rec.placement.position, *next, off));
+                let entries = pending.entry(key.clone()).or_default();
+                for _ in *next..off {
+                    CqEntry::EMPTY.encode(entries);
+                }
+                *next = off;
             }
             CqEntry {
                 position: rec.placement.position,
@@ -312,8 +313,8 @@ impl MessageStore {
                 t.queues[queue_id as usize].append(&bytes)?;
             }
         }
-        for (position, found, expected) in gaps {
-            tracing::error!(position, found, expected, "queue offset gap during recovery; record not indexed");
+        for (position, from, to) in gaps {
+            tracing::error!(position, from, to, "queue offsets lost to damage; skipped");
         }
         // Index entries that point past the recovered end belong to a torn write.
         for topic in self.topics() {
@@ -374,6 +375,15 @@ impl MessageStore {
         let mut out = Vec::with_capacity(entries.len());
         let mut i = 0;
         while i < entries.len() {
+            if entries[i].size == 0 {
+                out.push(Err(BrokerError::Corrupt {
+                    segment: self.config.data_dir.join("consumequeue"),
+                    offset: 0,
+                    source: crate::error::RecordError::Malformed("index entry of a lost record"),
+                }));
+                i += 1;
+                continue;
+            }
             let start = entries[i].position;
             let seg_end = self
                 .commit_log()
@@ -384,12 +394,16 @@ impl MessageStore {
             let mut j = i + 1;
             while j < entries.len() {
                 let e = entries[j];
+                if e.size == 0 {
+                    break;
+                }
                 let e_end = e.position + u64::from(e.size);
                 if e.position < start || e_end > seg_end {
                     break;
                 }
                 let new_end = end.max(e_end);
-                if new_end - start > MAX_SPAN || new_end - start > 4 * (useful + u64::from(e.size)) {
+                if new_end - start > MAX_SPAN || new_end - start > 4 * (useful + u64::from(e.size))
+                {
                     break;
                 }
                 end = new_end;
@@ -407,7 +421,13 @@ impl MessageStore {
                 Err(_) => {
                     // Fall back to one read per record so that one bad record spoils nothing else.
                     for e in &entries[i..j] {
-                        out.push(self.check(self.shared.commit_log.read_record(e.position, e.size as usize)));
+                        out.push(
+                            self.check(
+                                self.shared
+                                    .commit_log
+                                    .read_record(e.position, e.size as usize),
+                            ),
+                        );
                     }
                 }
             }
@@ -475,6 +495,11 @@ impl MessageStore {
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;
         }
         self.sync()
+    }
+
+    /// Releases the directory lock (after [`stop`](Self::stop) and the last write).
+    pub fn release(&self) {
+        self.lock.lock().take();
     }
 
     /// Whether the writer is gone.
@@ -569,7 +594,10 @@ impl Writer {
         let mut failed: Option<BrokerError> = None;
 
         for req in batch.iter() {
-            let qi = match queues.iter().position(|(q, _, _)| Arc::ptr_eq(q, &req.queue)) {
+            let qi = match queues
+                .iter()
+                .position(|(q, _, _)| Arc::ptr_eq(q, &req.queue))
+            {
                 Some(i) => i,
                 None => {
                     let next = req.queue.max_offset();
@@ -643,7 +671,9 @@ impl Writer {
         };
         match outcome {
             Ok(()) => {
-                self.shared.dispatched.store(self.write_pos, Ordering::Release);
+                self.shared
+                    .dispatched
+                    .store(self.write_pos, Ordering::Release);
                 for (req, result) in batch.drain(..).zip(results) {
                     let _ = req.reply.send(result);
                 }

@@ -71,7 +71,7 @@ pub async fn assert_quiet(consumer: &dyn Consumer, wait: Duration) {
     assert!(
         got.is_empty(),
         "expected no delivery, got {:?}",
-        got.iter().map(|d| body(d)).collect::<Vec<_>>()
+        got.iter().map(body).collect::<Vec<_>>()
     );
 }
 
@@ -114,7 +114,9 @@ pub async fn send_assigns_offsets(h: &dyn Harness) {
         assert_eq!(r.queue_offset, i);
         assert!(ids.insert(r.message_id));
     }
-    let batch: Vec<Message> = (0..5).map(|i| Message::new(&topic, format!("b{i}"))).collect();
+    let batch: Vec<Message> = (0..5)
+        .map(|i| Message::new(&topic, format!("b{i}")))
+        .collect();
     let results = broker
         .send_batch(batch, SendOptions::queue(2))
         .await
@@ -264,7 +266,10 @@ pub async fn clustering_balances_and_rebalances(h: &dyn Harness) {
     drop(b);
     let deadline = tokio::time::Instant::now() + WAIT;
     while a.assignment().await.expect("assignment").len() != 4 {
-        assert!(tokio::time::Instant::now() < deadline, "no rebalance after leave");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no rebalance after leave"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let more = send_n(&*broker, &topic, 8, SendOptions::new()).await;
@@ -354,7 +359,10 @@ pub async fn orderly_one_at_a_time_per_queue(h: &dyn Harness) {
         .expect("subscribe");
     for i in 0..4 {
         broker
-            .send(Message::new(&topic, format!("{i}")), SendOptions::sharding_key("order-1"))
+            .send(
+                Message::new(&topic, format!("{i}")),
+                SendOptions::sharding_key("order-1"),
+            )
             .await
             .expect("send");
     }
@@ -370,7 +378,10 @@ pub async fn orderly_one_at_a_time_per_queue(h: &dyn Harness) {
     assert_eq!(again.len(), 1);
     assert_eq!(body(&again[0]), "0");
     assert_eq!(again[0].message.reconsume_times, 1);
-    consumer.ack(&[again[0].receipt.clone()]).await.expect("ack");
+    consumer
+        .ack(&[again[0].receipt.clone()])
+        .await
+        .expect("ack");
     let mut seen = Vec::new();
     for _ in 0..3 {
         let d = consumer.receive(10, WAIT).await.expect("receive");
@@ -465,7 +476,10 @@ pub async fn progress_never_skips_unacked(h: &dyn Harness) {
         .expect("subscribe");
     let again = drain(&*consumer, 1, WAIT, true).await;
     assert_eq!(again.len(), 1);
-    assert_eq!(again[0].message.id, unacked, "the unacknowledged message comes first");
+    assert_eq!(
+        again[0].message.id, unacked,
+        "the unacknowledged message comes first"
+    );
     // At least once: later messages may come again, but the group must finish.
     let _ = drain(&*consumer, 100, QUIET, true).await;
     assert_quiet(&*consumer, QUIET).await;
@@ -503,7 +517,11 @@ pub async fn redelivery_after_restart(h: &dyn Harness) {
         .subscribe(Subscription::new(&topic, &group), first())
         .await
         .expect("subscribe");
-    let got: Vec<String> = drain(&*consumer, 4, WAIT, true).await.iter().map(body).collect();
+    let got: Vec<String> = drain(&*consumer, 4, WAIT, true)
+        .await
+        .iter()
+        .map(body)
+        .collect();
     assert_eq!(got, unacked);
     assert!(got.iter().all(|b| !acked.contains(b)));
     assert_quiet(&*consumer, QUIET).await;
@@ -516,7 +534,10 @@ pub async fn consume_from_last_and_first(h: &dyn Harness) {
     let topic = unique("from");
     send_n(&*broker, &topic, 3, SendOptions::new()).await;
     let last = broker
-        .subscribe(Subscription::new(&topic, unique("last")), ConsumerOptions::new())
+        .subscribe(
+            Subscription::new(&topic, unique("last")),
+            ConsumerOptions::new(),
+        )
         .await
         .expect("subscribe");
     let from_first = broker
@@ -527,7 +548,11 @@ pub async fn consume_from_last_and_first(h: &dyn Harness) {
         .send(Message::new(&topic, "after"), SendOptions::new())
         .await
         .expect("send");
-    let got: Vec<String> = drain(&*last, 1, WAIT, true).await.iter().map(body).collect();
+    let got: Vec<String> = drain(&*last, 1, WAIT, true)
+        .await
+        .iter()
+        .map(body)
+        .collect();
     assert_eq!(got, vec!["after"]);
     assert_quiet(&*last, QUIET).await;
     assert_eq!(drain(&*from_first, 4, WAIT, true).await.len(), 4);
@@ -564,7 +589,10 @@ pub async fn invalid_input_is_rejected(h: &dyn Harness) {
     assert!(err.to_string().contains("broadcasting"), "{err}");
     let group = unique("g");
     let _a = broker
-        .subscribe(Subscription::new(&topic, &group), ConsumerOptions::new().instance("a"))
+        .subscribe(
+            Subscription::new(&topic, &group),
+            ConsumerOptions::new().instance("a"),
+        )
         .await
         .expect("a");
     let err = broker
@@ -577,7 +605,10 @@ pub async fn invalid_input_is_rejected(h: &dyn Harness) {
         .expect("different filter");
     assert!(err.to_string().contains("identically"), "{err}");
     let err = broker
-        .subscribe(Subscription::new(&topic, &group), ConsumerOptions::new().instance("a"))
+        .subscribe(
+            Subscription::new(&topic, &group),
+            ConsumerOptions::new().instance("a"),
+        )
         .await
         .err()
         .expect("duplicate instance");

@@ -600,9 +600,12 @@ impl Groups {
         now: Instant,
         out: &mut Vec<Delivery>,
     ) -> Result<()> {
+        let min_position = self.store.commit_log().min_position();
         let record = match cq.entry(offset)? {
-            Some(e) => self.store.read_records(&[e]).pop(),
-            None => None,
+            Some(e) if e.size > 0 && e.position >= min_position => {
+                self.store.read_records(&[e]).pop()
+            }
+            _ => None,
         };
         let token = self.next_id.fetch_add(1, Ordering::Relaxed);
         let Some(slot) = p.slot(offset) else {

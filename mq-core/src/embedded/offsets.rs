@@ -38,6 +38,8 @@ struct Row {
 pub(crate) struct OffsetStore {
     path: PathBuf,
     table: Mutex<(BTreeMap<ProgressKey, u64>, bool)>,
+    /// One save at a time: concurrent saves would race on the temporary file.
+    save_lock: Mutex<()>,
 }
 
 impl OffsetStore {
@@ -60,6 +62,7 @@ impl OffsetStore {
         Ok(OffsetStore {
             path,
             table: Mutex::new((table, false)),
+            save_lock: Mutex::new(()),
         })
     }
 
@@ -77,10 +80,20 @@ impl OffsetStore {
         }
     }
 
-    /// The lowest offset any group still needs in each (topic, queue).
+    /// The lowest offset any clustering group still needs in each (topic, queue).
+    ///
+    /// Broadcasting progress does not hold retention back: as in RocketMQ, where it lives on
+    /// the client, a broadcasting member that stays away longer than the retention time misses
+    /// what was deleted. Otherwise every member that ever ran would pin the log forever.
     pub fn min_offsets(&self) -> BTreeMap<(String, u32), u64> {
         let mut out: BTreeMap<(String, u32), u64> = BTreeMap::new();
-        for (k, v) in self.table.lock().0.iter() {
+        for (k, v) in self
+            .table
+            .lock()
+            .0
+            .iter()
+            .filter(|(k, _)| k.instance.is_none())
+        {
             let e = out.entry((k.topic.clone(), k.queue)).or_insert(*v);
             *e = (*e).min(*v);
         }
@@ -102,6 +115,7 @@ impl OffsetStore {
 
     /// Writes the table if it changed since the last save.
     pub fn save(&self) -> Result<()> {
+        let _one_at_a_time = self.save_lock.lock();
         let bytes = {
             let mut t = self.table.lock();
             if !t.1 {
@@ -147,6 +161,7 @@ mod tests {
         let store = OffsetStore::open(path).unwrap();
         assert_eq!(store.get(&key("g", None, 0)), Some(5));
         assert_eq!(store.get(&key("g", Some("i1"), 1)), Some(7));
+        store.set(key("g", Some("i1"), 0), 1);
         assert_eq!(store.min_offsets()[&("t".to_string(), 0)], 3);
         store.clamp("t", 0, 4);
         assert_eq!(store.get(&key("h", None, 0)), Some(4));

@@ -79,6 +79,8 @@ pub(crate) struct MessageStore {
     writer: mpsc::Sender<WriterMsg>,
     writer_thread: Mutex<Option<JoinHandle<()>>>,
     corruptions: Mutex<Vec<Corruption>>,
+    /// One sync at a time: the periodic flush and a shutdown would race on the checkpoint file.
+    sync_lock: Mutex<()>,
     /// Held while open; released by [`MessageStore::stop`] so the directory can be reopened.
     lock: Mutex<Option<fs::File>>,
 }
@@ -125,6 +127,7 @@ impl MessageStore {
             writer: tx,
             writer_thread: Mutex::new(None),
             corruptions: Mutex::new(Vec::new()),
+            sync_lock: Mutex::new(()),
             lock: Mutex::new(Some(lock)),
             config,
         };
@@ -472,6 +475,7 @@ impl MessageStore {
 
     /// Forces the log and the indexes to disk and moves the checkpoint.
     pub fn sync(&self) -> Result<()> {
+        let _one_at_a_time = self.sync_lock.lock();
         let pos = self.dispatched();
         if let Some(seg) = self.shared.commit_log.last_segment() {
             sync_segment(&seg)?;

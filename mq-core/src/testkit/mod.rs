@@ -393,6 +393,27 @@ pub async fn orderly_one_at_a_time_per_queue(h: &dyn Harness) {
     broker.shutdown().await.expect("shutdown");
 }
 
+/// Concurrent mode: a queue has at most `max_in_flight_per_queue` unacknowledged deliveries.
+pub async fn in_flight_limit_per_queue(h: &dyn Harness) {
+    let broker = h.open().await;
+    let topic = unique("inflight");
+    let consumer = broker
+        .subscribe(
+            Subscription::new(&topic, unique("g")),
+            first().max_in_flight_per_queue(3),
+        )
+        .await
+        .expect("subscribe");
+    send_n(&*broker, &topic, 10, SendOptions::queue(0)).await;
+    let got = drain(&*consumer, 10, Duration::from_secs(1), false).await;
+    assert_eq!(got.len(), 3, "the limit holds");
+    consumer.ack(&[got[1].receipt.clone()]).await.expect("ack");
+    let more = drain(&*consumer, 10, Duration::from_secs(1), false).await;
+    assert_eq!(more.len(), 1, "one slot freed, one more delivery");
+    assert_eq!(body(&more[0]), "m3");
+    broker.shutdown().await.expect("shutdown");
+}
+
 /// A handed-back message comes again after its delay, counting the attempt.
 pub async fn redeliver_after_delay(h: &dyn Harness) {
     let broker = h.open().await;
@@ -630,6 +651,7 @@ macro_rules! conformance_suite {
             dropped_member_messages_are_redelivered,
             broadcasting_reaches_every_member,
             orderly_one_at_a_time_per_queue,
+            in_flight_limit_per_queue,
             redeliver_after_delay,
             consume_timeout_redelivers,
             progress_never_skips_unacked,

@@ -45,6 +45,12 @@ pub enum MessageError {
         /// The configured limit.
         max: usize,
     },
+    /// A delay level outside the table, or a delay longer than the maximum.
+    #[error("invalid delay: {reason}")]
+    InvalidDelay {
+        /// Why it is refused.
+        reason: String,
+    },
     /// A key, property name or property value that cannot be stored.
     #[error("invalid {what}: {reason}")]
     InvalidField {

@@ -31,12 +31,15 @@
 //! ```
 
 pub mod broker;
+pub mod clock;
+pub mod delay;
 pub mod embedded;
 pub mod error;
 pub mod message;
 pub mod subscription;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+pub mod transaction;
 
 pub use broker::{
     Broker, Consumer, ConsumerOptions, Delivery, QueueSelector, Receipt, SendOptions, SendResult,

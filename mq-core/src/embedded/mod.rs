@@ -204,6 +204,7 @@ impl EmbeddedBroker {
                 backend: "embedded",
                 message: format!("open task failed: {e}"),
             })??;
+        store.start_writer();
         let offsets = OffsetStore::open(
             store
                 .data_dir()

@@ -6,7 +6,6 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -77,7 +76,8 @@ pub(crate) struct MessageStore {
     topics: RwLock<HashMap<Arc<str>, Arc<Topic>>>,
     topic_lock: Mutex<()>,
     writer: mpsc::Sender<WriterMsg>,
-    writer_thread: Mutex<Option<JoinHandle<()>>>,
+    /// The writer task, and before it starts, its state and inbox.
+    writer_task: Mutex<WriterSlot>,
     corruptions: Mutex<Vec<Corruption>>,
     /// One sync at a time: the periodic flush and a shutdown would race on the checkpoint file.
     sync_lock: Mutex<()>,
@@ -125,7 +125,7 @@ impl MessageStore {
             topics: RwLock::new(HashMap::new()),
             topic_lock: Mutex::new(()),
             writer: tx,
-            writer_thread: Mutex::new(None),
+            writer_task: Mutex::new(WriterSlot::Idle(None)),
             corruptions: Mutex::new(Vec::new()),
             sync_lock: Mutex::new(()),
             lock: Mutex::new(Some(lock)),
@@ -147,12 +147,18 @@ impl MessageStore {
             buf: Vec::with_capacity(1 << 20),
             failed: None,
         };
-        let handle = std::thread::Builder::new()
-            .name("mq-commitlog-writer".into())
-            .spawn(move || writer.run(rx))
-            .map_err(|e| BrokerError::io("spawn writer thread", &dir, e))?;
-        *store.writer_thread.lock() = Some(handle);
+        *store.writer_task.lock() = WriterSlot::Idle(Some((writer, rx)));
         Ok(store)
+    }
+
+    /// Starts the writer task on the current tokio runtime.
+    pub fn start_writer(&self) {
+        let mut slot = self.writer_task.lock();
+        if let WriterSlot::Idle(parts) = &mut *slot {
+            if let Some((writer, rx)) = parts.take() {
+                *slot = WriterSlot::Running(tokio::spawn(writer.run(rx)));
+            }
+        }
     }
 
     pub fn config(&self) -> &EmbeddedConfig {
@@ -494,9 +500,9 @@ impl MessageStore {
         if self.writer.send(WriterMsg::Stop(tx)).await.is_ok() {
             let _ = rx.await;
         }
-        let handle = self.writer_thread.lock().take();
-        if let Some(handle) = handle {
-            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        let slot = std::mem::replace(&mut *self.writer_task.lock(), WriterSlot::Idle(None));
+        if let WriterSlot::Running(handle) = slot {
+            let _ = handle.await;
         }
         self.sync()
     }
@@ -531,7 +537,12 @@ fn sync_segment(seg: &Segment) -> Result<()> {
         .map_err(|e| BrokerError::io("sync segment", &seg.path, e))
 }
 
-/// The one thread that appends: it drains every waiting request into one write (and one fsync
+enum WriterSlot {
+    Idle(Option<(Writer, mpsc::Receiver<WriterMsg>)>),
+    Running(tokio::task::JoinHandle<()>),
+}
+
+/// The one writer that appends: it drains every waiting request into one write (and one fsync
 /// under the sync policy), indexes the records, then answers the senders.
 struct Writer {
     shared: Arc<Shared>,
@@ -546,9 +557,12 @@ struct Writer {
 const MAX_BATCH: usize = 4096;
 
 impl Writer {
-    fn run(mut self, mut rx: mpsc::Receiver<WriterMsg>) {
+    /// Collects requests and writes each batch on the blocking pool: file I/O stays off the
+    /// async workers, and a test on a paused tokio clock does not see time jump during a write.
+    async fn run(self, mut rx: mpsc::Receiver<WriterMsg>) {
+        let mut writer = Some(self);
         let mut batch = Vec::with_capacity(MAX_BATCH);
-        while let Some(msg) = rx.blocking_recv() {
+        while let Some(msg) = rx.recv().await {
             let mut stop = None;
             match msg {
                 WriterMsg::Append(req) => batch.push(req),
@@ -562,7 +576,34 @@ impl Writer {
                 }
             }
             if !batch.is_empty() {
-                self.write_batch(&mut batch);
+                match writer.take() {
+                    Some(mut w) => {
+                        let mut b = std::mem::take(&mut batch);
+                        match tokio::task::spawn_blocking(move || {
+                            w.write_batch(&mut b);
+                            (w, b)
+                        })
+                        .await
+                        {
+                            Ok((w, b)) => {
+                                writer = Some(w);
+                                batch = b;
+                            }
+                            Err(e) => {
+                                // The senders of that batch see their reply dropped (Closed).
+                                tracing::error!(error = %e, "commit-log writer failed; the store refuses writes until reopened");
+                            }
+                        }
+                    }
+                    None => {
+                        for req in batch.drain(..) {
+                            let _ = req.reply.send(Err(BrokerError::Backend {
+                                backend: "embedded",
+                                message: "the commit-log writer failed; reopen the store".into(),
+                            }));
+                        }
+                    }
+                }
             }
             if let Some(ack) = stop {
                 rx.close();

@@ -1,0 +1,66 @@
+//! Wall-clock time as the broker sees it: anchored once to the system clock and advanced by
+//! tokio's clock, so that a test on a paused tokio clock drives delays, back-off and check-back
+//! without waiting, and a wall-clock jump does not reorder due times inside one run.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::time::Instant;
+
+/// Milliseconds since the Unix epoch, advancing with tokio's clock.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    anchor_ms: u64,
+    anchor: Instant,
+}
+
+impl Clock {
+    /// A clock anchored now. Must be created inside a tokio runtime.
+    pub fn new() -> Self {
+        Clock {
+            anchor_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+            anchor: Instant::now(),
+        }
+    }
+
+    /// The current time in milliseconds since the Unix epoch.
+    pub fn now_ms(&self) -> u64 {
+        self.anchor_ms + self.anchor.elapsed().as_millis() as u64
+    }
+
+    /// The tokio instant at which this clock shows `ms` (now, if that is past).
+    pub fn instant_at(&self, ms: u64) -> Instant {
+        let now_ms = self.now_ms();
+        Instant::now() + Duration::from_millis(ms.saturating_sub(now_ms))
+    }
+
+    /// A wall-clock time in milliseconds since the Unix epoch.
+    pub fn to_ms(time: SystemTime) -> u64 {
+        time.duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn follows_the_paused_tokio_clock() {
+        let clock = Clock::new();
+        let t0 = clock.now_ms();
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert_eq!(clock.now_ms() - t0, 10_000);
+        let at = clock.instant_at(t0 + 15_000);
+        assert_eq!(at - Instant::now(), Duration::from_secs(5));
+    }
+}

@@ -5,11 +5,16 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 
+use crate::dead_letter::DeadLetter;
+use crate::delay::{Backoff, Delay};
 use crate::error::Result;
 use crate::message::{Message, MessageId, MessageView};
 use crate::subscription::{ConsumeFrom, Subscription};
+use crate::transaction::{TransactionChecker, TxState};
 
 /// RocketMQ's default number of queues of an auto-created topic.
 pub const DEFAULT_QUEUE_COUNT: u32 = 4;
@@ -19,6 +24,14 @@ pub const DEFAULT_CONSUME_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 
 /// RocketMQ's `pullThresholdForQueue`: unacknowledged messages a queue may have out at once.
 pub const DEFAULT_MAX_IN_FLIGHT_PER_QUEUE: usize = 1000;
+
+/// RocketMQ's `maxReconsumeTimes` for concurrent consumers: 16 retries, then the dead-letter
+/// queue. mq applies the same limit to orderly consumers (RocketMQ retries those forever).
+pub const DEFAULT_MAX_RECONSUME_TIMES: u32 = 16;
+
+/// RocketMQ's `suspendCurrentQueueTimeMillis`: an orderly queue pauses this long after a
+/// failure before the same message is tried again.
+pub const DEFAULT_SUSPEND_CURRENT_QUEUE_TIME: Duration = Duration::from_secs(1);
 
 /// How a send picks the queue of its topic.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -47,6 +60,8 @@ impl QueueSelector {
 pub struct SendOptions {
     /// How the queue is picked.
     pub queue: QueueSelector,
+    /// When the message becomes visible; `None` is at once.
+    pub delay: Option<Delay>,
 }
 
 impl SendOptions {
@@ -59,6 +74,7 @@ impl SendOptions {
     pub fn sharding_key(key: impl Into<String>) -> Self {
         SendOptions {
             queue: QueueSelector::ShardingKey(key.into()),
+            delay: None,
         }
     }
 
@@ -66,11 +82,21 @@ impl SendOptions {
     pub fn queue(queue_id: u32) -> Self {
         SendOptions {
             queue: QueueSelector::Queue(queue_id),
+            delay: None,
         }
+    }
+
+    /// Makes the message visible only after `delay`.
+    pub fn delayed(mut self, delay: Delay) -> Self {
+        self.delay = Some(delay);
+        self
     }
 }
 
 /// What a successful send returns: the message id and where it was stored.
+///
+/// For a delayed message the queue is the one it will be delivered on and the offset is its
+/// place in the broker's delay schedule; its offset in the queue is assigned when it is due.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct SendResult {
     /// The message id.
@@ -95,6 +121,12 @@ pub struct ConsumerOptions {
     pub consume_timeout: Duration,
     /// Unacknowledged messages one queue may have out at once (concurrent mode).
     pub max_in_flight_per_queue: usize,
+    /// Failed deliveries retried before the message goes to the dead-letter queue.
+    pub max_reconsume_times: u32,
+    /// Delay before each retry (concurrent and broadcasting consumers).
+    pub backoff: Backoff,
+    /// Pause of an orderly queue before it retries a failed message in place.
+    pub suspend_current_queue_time: Duration,
 }
 
 impl Default for ConsumerOptions {
@@ -109,6 +141,9 @@ impl Default for ConsumerOptions {
             consume_from: ConsumeFrom::Last,
             consume_timeout: DEFAULT_CONSUME_TIMEOUT,
             max_in_flight_per_queue: DEFAULT_MAX_IN_FLIGHT_PER_QUEUE,
+            max_reconsume_times: DEFAULT_MAX_RECONSUME_TIMES,
+            backoff: Backoff::default(),
+            suspend_current_queue_time: DEFAULT_SUSPEND_CURRENT_QUEUE_TIME,
         }
     }
 }
@@ -142,6 +177,92 @@ impl ConsumerOptions {
         self.max_in_flight_per_queue = limit.max(1);
         self
     }
+
+    /// Sets how many retries come before the dead-letter queue.
+    pub fn max_reconsume_times(mut self, times: u32) -> Self {
+        self.max_reconsume_times = times;
+        self
+    }
+
+    /// Sets the retry back-off.
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// Sets the pause of an orderly queue after a failure.
+    pub fn suspend_current_queue_time(mut self, pause: Duration) -> Self {
+        self.suspend_current_queue_time = pause;
+        self
+    }
+}
+
+/// Why a delivery failed, and when to try again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// What went wrong; kept with the message and shown in the dead-letter queue.
+    pub reason: String,
+    /// Retry after this long instead of the back-off schedule.
+    pub retry_after: Option<Duration>,
+}
+
+impl Failure {
+    /// A failure retried on the back-off schedule.
+    pub fn new(reason: impl Into<String>) -> Self {
+        Failure {
+            reason: reason.into(),
+            retry_after: None,
+        }
+    }
+
+    /// A failure retried after `delay`.
+    pub fn retry_after(reason: impl Into<String>, delay: Duration) -> Self {
+        Failure {
+            reason: reason.into(),
+            retry_after: Some(delay),
+        }
+    }
+}
+
+/// What became of a failed delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    /// It will be delivered again after `after`, as retry number `retry`.
+    Retry {
+        /// 1 for the first retry.
+        retry: u32,
+        /// The delay before it.
+        after: Duration,
+    },
+    /// It went to the group's dead-letter queue.
+    DeadLettered,
+    /// The receipt was stale (the message had been redelivered or settled): nothing changed.
+    Stale,
+}
+
+/// A half message waiting for its transaction's outcome.
+#[derive(Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct TransactionId(pub String);
+
+impl fmt::Display for TransactionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for TransactionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TransactionId({})", self.0)
+    }
+}
+
+/// A stored half message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prepared {
+    /// Pass it to [`Broker::end_transaction`].
+    pub transaction: TransactionId,
+    /// The id the message keeps when committed.
+    pub message_id: MessageId,
 }
 
 /// Identifies one delivery so that the consumer can acknowledge it or hand it back.
@@ -154,18 +275,6 @@ pub struct Receipt {
     pub(crate) token: u64,
 }
 
-impl Receipt {
-    /// The queue of the delivered message.
-    pub fn queue_id(&self) -> u32 {
-        self.queue_id
-    }
-
-    /// The queue offset of the delivered message.
-    pub fn offset(&self) -> u64 {
-        self.offset
-    }
-}
-
 impl fmt::Debug for Receipt {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
@@ -176,7 +285,7 @@ impl fmt::Debug for Receipt {
     }
 }
 
-/// One delivered message and the receipt that settles it.
+/// One delivered message and the receipt that settles it (ack, nack or dead-letter).
 #[derive(Debug, Clone)]
 pub struct Delivery {
     /// The message.
@@ -202,6 +311,17 @@ pub struct Delivery {
 /// - **Broadcasting**: every member receives every message; progress is kept per member.
 /// - **Orderly**: a queue has at most one unacknowledged message out at a time, delivered in
 ///   offset order; a message handed back is delivered again before any later one.
+/// - **Delays**: a message sent with a delay is stored at once and delivered at its due time,
+///   also after a restart; one that fell due while the broker was down comes promptly after
+///   start, in due order.
+/// - **Retries**: a failed delivery ([`Consumer::nack`]) comes back to the same group only,
+///   after the back-off for its retry (or the delay asked for), with its reconsume count
+///   increased; after `max_reconsume_times` retries it goes to the group's dead-letter queue.
+///   Orderly queues retry in place after `suspend_current_queue_time`, so order holds.
+/// - **Transactions**: a prepared (half) message is invisible until committed; a rollback
+///   discards it; without an answer the broker asks the producer's registered checker after
+///   the transaction timeout, then every check interval, at most `max checks` times, then
+///   discards it with a warning.
 /// - **At least once**: a message is delivered again when it is handed back, when its consumer
 ///   is closed or dropped with it unacknowledged, when `consume_timeout` passes, and after a
 ///   restart if it was not acknowledged. Stored progress never passes an unacknowledged message,
@@ -237,6 +357,44 @@ pub trait Broker: Send + Sync + 'static {
         options: ConsumerOptions,
     ) -> Result<Box<dyn Consumer>>;
 
+    /// Stores a half message for `producer`: invisible to consumers until committed.
+    async fn prepare(
+        &self,
+        message: Message,
+        options: SendOptions,
+        producer: &str,
+    ) -> Result<Prepared>;
+
+    /// Commits (delivers) or rolls back (discards) a half message; `Unknown` leaves it to
+    /// check-back. Returns where a committed message was stored. Fails if the transaction is
+    /// unknown or already ended.
+    async fn end_transaction(
+        &self,
+        transaction: &TransactionId,
+        state: TxState,
+    ) -> Result<Option<SendResult>>;
+
+    /// Registers the checker that answers check-back for half messages of `producer`,
+    /// replacing an earlier one. Half messages of a producer without a checker wait for one.
+    async fn register_checker(
+        &self,
+        producer: &str,
+        checker: Arc<dyn TransactionChecker>,
+    ) -> Result<()>;
+
+    /// Up to `limit` dead letters of `group` from position `from`, oldest first.
+    async fn dead_letters(&self, group: &str, from: u64, limit: usize) -> Result<Vec<DeadLetter>>;
+
+    /// How many dead letters each group has.
+    async fn dead_letter_counts(&self) -> Result<Vec<(String, u64)>>;
+
+    /// Delivers a dead letter again to its group (only), as a fresh message. Returns whether
+    /// it was there.
+    async fn resend_dead_letter(&self, group: &str, seq: u64) -> Result<bool>;
+
+    /// Removes a dead letter. Returns whether it was there.
+    async fn delete_dead_letter(&self, group: &str, seq: u64) -> Result<bool>;
+
     /// Makes everything stored and every acknowledged progress durable.
     async fn flush(&self) -> Result<()>;
 
@@ -262,9 +420,12 @@ pub trait Consumer: Send + Sync {
     /// this member) again. Acknowledging twice, or after a redelivery, is harmless.
     async fn ack(&self, receipts: &[Receipt]) -> Result<()>;
 
-    /// Hands a delivery back: it is delivered again after `delay`, with its reconsume count
-    /// increased.
-    async fn redeliver(&self, receipt: &Receipt, delay: Duration) -> Result<()>;
+    /// Reports a failed delivery: it is retried (see [`Disposition`]) or, past
+    /// `max_reconsume_times`, dead-lettered.
+    async fn nack(&self, receipt: &Receipt, failure: Failure) -> Result<Disposition>;
+
+    /// Sends a delivery to the group's dead-letter queue at once (a poison message).
+    async fn dead_letter(&self, receipt: &Receipt, reason: &str) -> Result<()>;
 
     /// The queue ids this member currently consumes.
     async fn assignment(&self) -> Result<Vec<u32>>;

@@ -63,12 +63,11 @@ impl DelayPolicy {
     /// The due time, in ms since the Unix epoch, of a message sent at `now_ms` with `delay`.
     pub fn due_ms(&self, delay: Delay, now_ms: u64) -> Result<u64, MessageError> {
         let after = match delay {
-            Delay::Level(level) => *self
-                .levels
-                .get((level as usize).wrapping_sub(1))
-                .ok_or(MessageError::InvalidDelay {
+            Delay::Level(level) => *self.levels.get((level as usize).wrapping_sub(1)).ok_or(
+                MessageError::InvalidDelay {
                     reason: format!("delay level {level} is outside 1..={}", self.levels.len()),
-                })?,
+                },
+            )?,
             Delay::After(d) => d,
             Delay::At(at) => {
                 return {
@@ -119,7 +118,10 @@ impl Backoff {
     /// The delay before retry number `retry` (1 for the first retry).
     pub fn delay(&self, retry: u32) -> Duration {
         let i = (retry.max(1) as usize - 1).min(self.steps.len().saturating_sub(1));
-        self.steps.get(i).copied().unwrap_or(Duration::from_secs(10))
+        self.steps
+            .get(i)
+            .copied()
+            .unwrap_or(Duration::from_secs(10))
     }
 }
 
@@ -150,7 +152,8 @@ mod tests {
             .is_err());
         // A time in the past is due now.
         assert_eq!(
-            p.due_ms(Delay::At(now - Duration::from_secs(5)), now_ms).unwrap(),
+            p.due_ms(Delay::At(now - Duration::from_secs(5)), now_ms)
+                .unwrap(),
             now_ms
         );
     }

@@ -145,6 +145,9 @@ pub enum BrokerError {
     /// Another process holds the data directory.
     #[error("data directory {0} is locked by another process")]
     Locked(PathBuf),
+    /// No half message waits under this transaction id (unknown, or already ended).
+    #[error("no pending transaction {0:?} (unknown or already ended)")]
+    UnknownTransaction(String),
     /// The broker or consumer was shut down.
     #[error("broker is shut down")]
     Closed,

@@ -32,6 +32,7 @@
 
 pub mod broker;
 pub mod clock;
+pub mod dead_letter;
 pub mod delay;
 pub mod embedded;
 pub mod error;
@@ -42,11 +43,14 @@ pub mod testkit;
 pub mod transaction;
 
 pub use broker::{
-    Broker, Consumer, ConsumerOptions, Delivery, QueueSelector, Receipt, SendOptions, SendResult,
-    DEFAULT_CONSUME_TIMEOUT, DEFAULT_QUEUE_COUNT,
+    Broker, Consumer, ConsumerOptions, Delivery, Disposition, Failure, Prepared, QueueSelector,
+    Receipt, SendOptions, SendResult, TransactionId, DEFAULT_CONSUME_TIMEOUT, DEFAULT_QUEUE_COUNT,
 };
+pub use dead_letter::DeadLetter;
+pub use delay::{Backoff, Delay, DelayPolicy};
 pub use error::{BrokerError, MessageError, RecordError};
 pub use message::{
     Destination, Message, MessageId, MessageParts, MessageView, DEFAULT_MAX_MESSAGE_SIZE,
 };
 pub use subscription::{ConsumeFrom, ConsumeMode, MessageModel, Subscription, TagFilter};
+pub use transaction::{CheckPolicy, TransactionChecker, TxState};

@@ -318,6 +318,12 @@ impl Message {
             }
         }
         for (name, value) in &self.properties {
+            if name.starts_with('%') {
+                return Err(MessageError::InvalidField {
+                    what: "property name",
+                    reason: "names starting with '%' are reserved for the broker",
+                });
+            }
             if name.is_empty() || name.len() > u16::MAX as usize {
                 return Err(MessageError::InvalidField {
                     what: "property name",
@@ -332,6 +338,19 @@ impl Message {
             }
         }
         Ok(())
+    }
+
+    /// Rebuilds a message from its parts (for backends that re-send stored messages).
+    pub fn from_parts(parts: MessageParts) -> Self {
+        Message {
+            id: parts.id,
+            topic: parts.topic,
+            tag: parts.tag,
+            keys: parts.keys,
+            properties: parts.properties,
+            body: parts.body,
+            born_timestamp: parts.born_timestamp,
+        }
     }
 
     /// Splits the message into its parts (for backends that store it).

@@ -20,9 +20,14 @@ use tokio::time::Instant;
 
 use super::consume_queue::{tag_code, ConsumeQueue, CqEntry};
 use super::offsets::{OffsetStore, ProgressKey};
-use super::store::{MessageStore, Topic};
-use crate::broker::{Consumer, ConsumerOptions, Delivery, Receipt};
+use super::scheduler::DelayScheduler;
+use super::store::{MessageStore, Outgoing};
+use super::system_topics::{self, dlq_topic, retry_topic, ORIGIN_TOPIC};
+use crate::broker::{Consumer, ConsumerOptions, Delivery, Disposition, Failure, Receipt};
+use crate::clock::Clock;
+use crate::dead_letter::property;
 use crate::error::{BrokerError, Result};
+use crate::message::MessageView;
 use crate::subscription::{ConsumeFrom, ConsumeMode, MessageModel, Subscription, TagFilter};
 
 /// Entries read from a consume queue per look.
@@ -43,6 +48,13 @@ enum Slot {
     },
 }
 
+/// What is known of the failures of a message retried in place (orderly, broadcasting).
+#[derive(Debug, Clone)]
+struct FailureNote {
+    first_ms: u64,
+    last_error: String,
+}
+
 #[derive(Debug)]
 struct QueueProgress {
     /// Every offset below is settled: this is the committed offset.
@@ -51,6 +63,7 @@ struct QueueProgress {
     window: VecDeque<Slot>,
     in_flight: usize,
     ready: usize,
+    failures: BTreeMap<u64, FailureNote>,
 }
 
 impl QueueProgress {
@@ -60,6 +73,7 @@ impl QueueProgress {
             window: VecDeque::new(),
             in_flight: 0,
             ready: 0,
+            failures: BTreeMap::new(),
         }
     }
 
@@ -91,6 +105,9 @@ impl QueueProgress {
             Slot::InFlight { .. } => self.in_flight -= 1,
             Slot::Ready { .. } => self.ready -= 1,
             Slot::Done => return false,
+        }
+        if !self.failures.is_empty() {
+            self.failures.remove(&offset);
         }
         self.compact();
         true
@@ -163,7 +180,10 @@ struct GroupInner {
 /// One (group, topic).
 #[derive(Debug)]
 pub(crate) struct Group {
-    topic: Arc<Topic>,
+    /// The topic's queues, then the group's retry queue (index `real_queues`).
+    sources: Vec<Arc<ConsumeQueue>>,
+    real_queues: u32,
+    retry_topic: String,
     inner: Mutex<GroupInner>,
     changed: watch::Sender<u64>,
 }
@@ -172,30 +192,63 @@ impl Group {
     fn bump(&self) {
         self.changed.send_modify(|v| *v = v.wrapping_add(1));
     }
+
+    /// The progress key of source `index` for `instance` (broadcasting) or the group.
+    fn key(&self, sub: &Subscription, index: usize, instance: Option<&str>) -> ProgressKey {
+        let (topic, queue) = if index as u32 >= self.real_queues {
+            (self.retry_topic.clone(), 0)
+        } else {
+            (sub.topic.clone(), index as u32)
+        };
+        ProgressKey {
+            topic,
+            group: sub.group.clone(),
+            instance: instance.map(str::to_owned),
+            queue,
+        }
+    }
+}
+
+/// What a nack found in the slot of a delivery.
+struct Nacked {
+    model: MessageModel,
+    mode: ConsumeMode,
+    options: ConsumerOptions,
+    reconsume: u32,
+    note: Option<FailureNote>,
 }
 
 /// Every consumer group of the broker.
 #[derive(Debug)]
 pub(crate) struct Groups {
     store: Arc<MessageStore>,
-    offsets: OffsetStore,
+    offsets: Arc<OffsetStore>,
+    scheduler: Arc<DelayScheduler>,
+    clock: Clock,
     groups: Mutex<HashMap<(String, String), Arc<Group>>>,
     next_id: AtomicU64,
     closed: AtomicBool,
 }
 
 impl Groups {
-    pub fn new(store: Arc<MessageStore>, offsets: OffsetStore) -> Self {
+    pub fn new(
+        store: Arc<MessageStore>,
+        offsets: Arc<OffsetStore>,
+        scheduler: Arc<DelayScheduler>,
+        clock: Clock,
+    ) -> Self {
         Groups {
             store,
             offsets,
+            scheduler,
+            clock,
             groups: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             closed: AtomicBool::new(false),
         }
     }
 
-    pub fn offsets(&self) -> &OffsetStore {
+    pub fn offsets(&self) -> &Arc<OffsetStore> {
         &self.offsets
     }
 
@@ -210,14 +263,20 @@ impl Groups {
         }
         subscription.validate()?;
         let topic = self.store.topic_for_send(&subscription.topic)?;
+        let retry_name = retry_topic(&subscription.group, &subscription.topic);
+        let retry = self.store.create_topic(&retry_name, 1)?;
         let key = (subscription.group.clone(), subscription.topic.clone());
         let group = {
             let mut groups = self.groups.lock();
             groups
                 .entry(key)
                 .or_insert_with(|| {
+                    let mut sources = topic.queues.clone();
+                    sources.extend(retry.queues.iter().cloned());
                     Arc::new(Group {
-                        topic: topic.clone(),
+                        sources,
+                        real_queues: topic.queues.len() as u32,
+                        retry_topic: retry_name.clone(),
                         inner: Mutex::new(GroupInner {
                             subscription: subscription.clone(),
                             codes: codes(&subscription.filter),
@@ -254,13 +313,9 @@ impl Groups {
                     reason: format!("instance {:?} is already a live member", options.instance),
                 });
             }
-            let start = |queue: &ConsumeQueue, instance: Option<&str>| -> Result<u64> {
-                let key = ProgressKey {
-                    topic: subscription.topic.clone(),
-                    group: subscription.group.clone(),
-                    instance: instance.map(str::to_owned),
-                    queue: queue.queue_id,
-                };
+            let start = |index: usize, instance: Option<&str>| -> Result<u64> {
+                let queue = &group.sources[index];
+                let key = group.key(&subscription, index, instance);
                 let offset = match self.offsets.get(&key) {
                     Some(stored) => stored.clamp(queue.min_offset(), queue.max_offset()),
                     None => match options.consume_from {
@@ -280,17 +335,17 @@ impl Groups {
             match subscription.model {
                 MessageModel::Clustering => {
                     if inner.shared.is_empty() {
-                        let mut shared = Vec::with_capacity(topic.queues.len());
-                        for q in &topic.queues {
-                            shared.push(QueueProgress::new(start(q, None)?));
+                        let mut shared = Vec::with_capacity(group.sources.len());
+                        for i in 0..group.sources.len() {
+                            shared.push(QueueProgress::new(start(i, None)?));
                         }
                         inner.shared = shared;
                     }
                 }
                 MessageModel::Broadcasting => {
-                    let mut own = Vec::with_capacity(topic.queues.len());
-                    for q in &topic.queues {
-                        own.push(QueueProgress::new(start(q, Some(&options.instance))?));
+                    let mut own = Vec::with_capacity(group.sources.len());
+                    for i in 0..group.sources.len() {
+                        own.push(QueueProgress::new(start(i, Some(&options.instance))?));
                     }
                     inner.own.insert(options.instance.clone(), own);
                 }
@@ -304,7 +359,7 @@ impl Groups {
                     cursor: 0,
                 },
             );
-            rebalance(&mut inner, topic.queues.len() as u32);
+            rebalance(&mut inner, group.real_queues);
             tracing::info!(
                 group = %subscription.group,
                 topic = %subscription.topic,
@@ -337,18 +392,11 @@ impl Groups {
         }
         if let Some(own) = inner.own.remove(instance) {
             for (q, p) in own.iter().enumerate() {
-                self.offsets.set(
-                    ProgressKey {
-                        topic: inner.subscription.topic.clone(),
-                        group: inner.subscription.group.clone(),
-                        instance: Some(instance.to_owned()),
-                        queue: q as u32,
-                    },
-                    p.base,
-                );
+                self.offsets
+                    .set(group.key(&inner.subscription, q, Some(instance)), p.base);
             }
         }
-        rebalance(&mut inner, group.topic.queues.len() as u32);
+        rebalance(&mut inner, group.real_queues);
         tracing::info!(
             group = %inner.subscription.group,
             topic = %inner.subscription.topic,
@@ -365,30 +413,14 @@ impl Groups {
         let groups: Vec<Arc<Group>> = self.groups.lock().values().cloned().collect();
         for group in groups {
             let inner = group.inner.lock();
-            let topic = &inner.subscription.topic;
-            let name = &inner.subscription.group;
             for (q, p) in inner.shared.iter().enumerate() {
-                self.offsets.set(
-                    ProgressKey {
-                        topic: topic.clone(),
-                        group: name.clone(),
-                        instance: None,
-                        queue: q as u32,
-                    },
-                    p.base,
-                );
+                self.offsets
+                    .set(group.key(&inner.subscription, q, None), p.base);
             }
             for (instance, own) in &inner.own {
                 for (q, p) in own.iter().enumerate() {
-                    self.offsets.set(
-                        ProgressKey {
-                            topic: topic.clone(),
-                            group: name.clone(),
-                            instance: Some(instance.clone()),
-                            queue: q as u32,
-                        },
-                        p.base,
-                    );
+                    self.offsets
+                        .set(group.key(&inner.subscription, q, Some(instance)), p.base);
                 }
             }
         }
@@ -432,15 +464,20 @@ impl Groups {
         let mut out = Vec::new();
         let mut wake: Option<Instant> = None;
         let n = member.assigned.len();
-        for k in 0..n {
+        // The member's queues in turn, then the group's retry queue, which every member serves.
+        for k in 0..=n {
             if out.len() >= max {
                 break;
             }
-            let q = member.assigned[(member.cursor + k) % n];
+            let q = if k < n {
+                member.assigned[(member.cursor + k) % n]
+            } else {
+                group.real_queues
+            };
             let Some(p) = progress.get_mut(q as usize) else {
                 continue;
             };
-            let cq = &group.topic.queues[q as usize];
+            let cq = &group.sources[q as usize];
             p.reclaim(now, None);
             let mut plan: Vec<(u64, u32)> = Vec::new(); // (offset, reconsume) of slots to send again
             let room = max - out.len();
@@ -452,7 +489,18 @@ impl Groups {
                     }
                     Some(_) => {}
                     None => {
-                        self.pull(p, cq, codes, subscription, member, now, 1, &mut out)?;
+                        let retry = q == group.real_queues;
+                        self.pull(
+                            p,
+                            (q, retry),
+                            cq,
+                            codes,
+                            subscription,
+                            member,
+                            now,
+                            1,
+                            &mut out,
+                        )?;
                     }
                 }
             } else {
@@ -474,11 +522,22 @@ impl Groups {
                     .saturating_sub(p.in_flight + p.ready);
                 let want = (room - plan.len()).min(limit);
                 if want > 0 {
-                    self.pull(p, cq, codes, subscription, member, now, want, &mut out)?;
+                    let retry = q == group.real_queues;
+                    self.pull(
+                        p,
+                        (q, retry),
+                        cq,
+                        codes,
+                        subscription,
+                        member,
+                        now,
+                        want,
+                        &mut out,
+                    )?;
                 }
             }
             for (offset, reconsume) in plan {
-                self.resend(p, cq, member, offset, reconsume, now, &mut out)?;
+                self.resend(p, q, cq, member, offset, reconsume, now, &mut out)?;
             }
             if let Some(w) = p.next_wake() {
                 wake = Some(wake.map_or(w, |x| x.min(w)));
@@ -495,6 +554,7 @@ impl Groups {
     fn pull(
         &self,
         p: &mut QueueProgress,
+        (source, retry): (u32, bool),
         cq: &ConsumeQueue,
         codes: &Option<Vec<u32>>,
         subscription: &Subscription,
@@ -526,8 +586,9 @@ impl Groups {
                     break;
                 }
                 consumed = i + 1;
+                // Retried messages passed the filter on their first delivery.
                 let pass = e.size > 0
-                    && codes.as_ref().is_none_or(|c| c.contains(&e.tag_code))
+                    && (retry || codes.as_ref().is_none_or(|c| c.contains(&e.tag_code)))
                     && e.position >= min_position;
                 if pass {
                     wanted.push((i, *e));
@@ -557,7 +618,7 @@ impl Groups {
                     }
                 };
                 if rec.placement.queue_offset != offset
-                    || !subscription.filter.matches(rec.message.tag.as_deref())
+                    || !(retry || subscription.filter.matches(rec.message.tag.as_deref()))
                 {
                     p.window.push_back(Slot::Done);
                     continue;
@@ -572,9 +633,9 @@ impl Groups {
                 p.in_flight += 1;
                 taken += 1;
                 out.push(Delivery {
-                    message: rec.message,
+                    message: system_topics::user_view(rec.message),
                     receipt: Receipt {
-                        queue_id: cq.queue_id,
+                        queue_id: source,
                         offset,
                         token,
                     },
@@ -593,6 +654,7 @@ impl Groups {
     fn resend(
         &self,
         p: &mut QueueProgress,
+        source: u32,
         cq: &ConsumeQueue,
         member: &Member,
         offset: u64,
@@ -621,12 +683,12 @@ impl Groups {
                 };
                 p.ready -= 1;
                 p.in_flight += 1;
-                let mut message = rec.message;
+                let mut message = system_topics::user_view(rec.message);
                 message.reconsume_times = reconsume;
                 out.push(Delivery {
                     message,
                     receipt: Receipt {
-                        queue_id: cq.queue_id,
+                        queue_id: source,
                         offset,
                         token,
                     },
@@ -670,41 +732,243 @@ impl Groups {
         group.changed.receiver_count() > 0
     }
 
-    fn redeliver(
+    /// The slot of a live delivery, with what a nack needs to know.
+    fn nacked(
         &self,
         group: &Group,
         instance: &str,
+        id: u64,
         receipt: &Receipt,
-        delay: Duration,
-    ) -> Result<()> {
-        let mut inner = group.inner.lock();
-        let inner = &mut *inner;
-        let progress = match inner.subscription.model {
+    ) -> Result<Option<Nacked>> {
+        let mut guard = group.inner.lock();
+        let inner = &mut *guard;
+        let options = match inner.members.get(instance) {
+            Some(m) if m.id == id => m.options.clone(),
+            _ => return Err(BrokerError::Closed),
+        };
+        let (model, mode) = (inner.subscription.model, inner.subscription.mode);
+        let progress = match model {
             MessageModel::Clustering => &mut inner.shared,
-            MessageModel::Broadcasting => match inner.own.get_mut(instance) {
-                Some(own) => own,
-                None => return Err(BrokerError::Closed),
-            },
+            MessageModel::Broadcasting => inner.own.get_mut(instance).ok_or(BrokerError::Closed)?,
         };
         let p = progress
             .get_mut(receipt.queue_id as usize)
             .ok_or_else(|| BrokerError::UnknownReceipt(format!("{receipt:?}")))?;
-        if let Some(slot) = p.slot(receipt.offset) {
-            if let Slot::InFlight {
+        let note = p.failures.get(&receipt.offset).cloned();
+        match p.slot(receipt.offset) {
+            Some(Slot::InFlight {
                 token, reconsume, ..
-            } = *slot
-            {
-                if token == receipt.token {
-                    *slot = Slot::Ready {
-                        due: Instant::now() + delay,
-                        reconsume: reconsume.saturating_add(1),
-                    };
+            }) if *token == receipt.token => Ok(Some(Nacked {
+                model,
+                mode,
+                options,
+                reconsume: *reconsume,
+                note,
+            })),
+            _ => Ok(None),
+        }
+    }
+
+    /// The stored message of a delivery, reserved properties included.
+    fn stored(&self, group: &Group, receipt: &Receipt) -> Result<Option<MessageView>> {
+        let Some(cq) = group.sources.get(receipt.queue_id as usize) else {
+            return Ok(None);
+        };
+        let Some(entry) = cq.entry(receipt.offset)?.filter(|e| e.size > 0) else {
+            return Ok(None);
+        };
+        Ok(self
+            .store
+            .read_records(&[entry])
+            .pop()
+            .and_then(|r| r.ok())
+            .map(|r| r.message))
+    }
+
+    /// Settles a slot whatever its state (the message went to retry or dead letters).
+    fn settle(&self, group: &Group, instance: &str, receipt: &Receipt) {
+        let mut guard = group.inner.lock();
+        let inner = &mut *guard;
+        let progress = match inner.subscription.model {
+            MessageModel::Clustering => Some(&mut inner.shared),
+            MessageModel::Broadcasting => inner.own.get_mut(instance),
+        };
+        if let Some(p) = progress.and_then(|p| p.get_mut(receipt.queue_id as usize)) {
+            p.settle(receipt.offset);
+        }
+        drop(guard);
+        group.bump();
+    }
+
+    async fn nack(
+        &self,
+        group: &Group,
+        instance: &str,
+        id: u64,
+        receipt: &Receipt,
+        failure: Failure,
+    ) -> Result<Disposition> {
+        let Some(n) = self.nacked(group, instance, id, receipt)? else {
+            return Ok(Disposition::Stale);
+        };
+        let retry = n.reconsume.saturating_add(1);
+        let now_ms = self.clock.now_ms();
+        if retry > n.options.max_reconsume_times {
+            self.bury(group, receipt, &failure.reason, n.reconsume, n.note, now_ms)
+                .await?;
+            self.settle(group, instance, receipt);
+            return Ok(Disposition::DeadLettered);
+        }
+        let in_place = n.mode == ConsumeMode::Orderly || n.model == MessageModel::Broadcasting;
+        if in_place {
+            let after = failure
+                .retry_after
+                .unwrap_or(if n.mode == ConsumeMode::Orderly {
+                    n.options.suspend_current_queue_time
+                } else {
+                    n.options.backoff.delay(retry)
+                });
+            let mut guard = group.inner.lock();
+            let inner = &mut *guard;
+            let progress = match n.model {
+                MessageModel::Clustering => Some(&mut inner.shared),
+                MessageModel::Broadcasting => inner.own.get_mut(instance),
+            };
+            if let Some(p) = progress.and_then(|p| p.get_mut(receipt.queue_id as usize)) {
+                let mut retried = false;
+                if let Some(slot) = p.slot(receipt.offset) {
+                    if let Slot::InFlight { token, .. } = *slot {
+                        if token == receipt.token {
+                            *slot = Slot::Ready {
+                                due: Instant::now() + after,
+                                reconsume: retry,
+                            };
+                            retried = true;
+                        }
+                    }
+                }
+                if retried {
                     p.in_flight -= 1;
                     p.ready += 1;
+                    let note = p.failures.entry(receipt.offset).or_insert(FailureNote {
+                        first_ms: now_ms,
+                        last_error: String::new(),
+                    });
+                    note.last_error = failure.reason;
                 }
             }
+            drop(guard);
+            group.bump();
+            return Ok(Disposition::Retry { retry, after });
         }
-        group.bump();
+        // Concurrent clustering: a copy waits in the schedule for the group's retry queue, and
+        // the queue's progress moves on.
+        let after = failure
+            .retry_after
+            .unwrap_or_else(|| n.options.backoff.delay(retry));
+        let Some(mut view) = self.stored(group, receipt)? else {
+            self.settle(group, instance, receipt);
+            return Ok(Disposition::Stale);
+        };
+        let origin = view
+            .properties
+            .get(ORIGIN_TOPIC)
+            .cloned()
+            .unwrap_or_else(|| view.topic.clone());
+        let props = &mut view.properties;
+        props.insert(ORIGIN_TOPIC.into(), origin);
+        props
+            .entry(property::FIRST_FAILURE_TIME.into())
+            .or_insert_with(|| now_ms.to_string());
+        props.insert(property::LAST_ERROR.into(), failure.reason);
+        view.topic = group.retry_topic.clone();
+        let retry_queue = &group.sources[group.real_queues as usize];
+        self.scheduler
+            .put(
+                Outgoing {
+                    parts: system_topics::parts_of(view),
+                    reconsume_times: retry,
+                    index_time: None,
+                },
+                &group.retry_topic,
+                retry_queue,
+                now_ms + after.as_millis() as u64,
+            )
+            .await?;
+        self.settle(group, instance, receipt);
+        Ok(Disposition::Retry { retry, after })
+    }
+
+    async fn dead_letter(
+        &self,
+        group: &Group,
+        instance: &str,
+        id: u64,
+        receipt: &Receipt,
+        reason: &str,
+    ) -> Result<()> {
+        let Some(n) = self.nacked(group, instance, id, receipt)? else {
+            return Ok(());
+        };
+        self.bury(
+            group,
+            receipt,
+            reason,
+            n.reconsume,
+            n.note,
+            self.clock.now_ms(),
+        )
+        .await?;
+        self.settle(group, instance, receipt);
+        Ok(())
+    }
+
+    /// Writes a delivery to the group's dead-letter queue.
+    async fn bury(
+        &self,
+        group: &Group,
+        receipt: &Receipt,
+        reason: &str,
+        reconsume: u32,
+        note: Option<FailureNote>,
+        now_ms: u64,
+    ) -> Result<()> {
+        let Some(mut view) = self.stored(group, receipt)? else {
+            return Ok(());
+        };
+        let group_name = group.inner.lock().subscription.group.clone();
+        let origin = view
+            .properties
+            .remove(ORIGIN_TOPIC)
+            .unwrap_or_else(|| view.topic.clone());
+        view.properties.retain(|k, _| !k.starts_with('%'));
+        let first = view
+            .properties
+            .get(property::FIRST_FAILURE_TIME)
+            .cloned()
+            .or(note.map(|n| n.first_ms.to_string()))
+            .unwrap_or_else(|| now_ms.to_string());
+        let props = &mut view.properties;
+        props.insert(property::ORIGIN_TOPIC.into(), origin.clone());
+        props.insert(property::CONSUMER_GROUP.into(), group_name.clone());
+        props.insert(property::ATTEMPTS.into(), (reconsume + 1).to_string());
+        props.insert(property::FIRST_FAILURE_TIME.into(), first);
+        props.insert(property::LAST_FAILURE_TIME.into(), now_ms.to_string());
+        props.insert(property::LAST_ERROR.into(), reason.to_owned());
+        let dlq = dlq_topic(&group_name);
+        view.topic = dlq.clone();
+        let topic = self.store.create_topic(&dlq, 1)?;
+        self.store
+            .append(
+                topic.queues[0].clone(),
+                vec![Outgoing {
+                    parts: system_topics::parts_of(view),
+                    reconsume_times: reconsume,
+                    index_time: None,
+                }],
+            )
+            .await?;
+        tracing::warn!(group = %group_name, topic = %origin, attempts = reconsume + 1, reason, "message dead-lettered");
         Ok(())
     }
 }
@@ -819,9 +1083,16 @@ impl Consumer for EmbeddedConsumer {
         self.groups.ack(&self.group, &self.instance, receipts)
     }
 
-    async fn redeliver(&self, receipt: &Receipt, delay: Duration) -> Result<()> {
+    async fn nack(&self, receipt: &Receipt, failure: Failure) -> Result<Disposition> {
         self.groups
-            .redeliver(&self.group, &self.instance, receipt, delay)
+            .nack(&self.group, &self.instance, self.id, receipt, failure)
+            .await
+    }
+
+    async fn dead_letter(&self, receipt: &Receipt, reason: &str) -> Result<()> {
+        self.groups
+            .dead_letter(&self.group, &self.instance, self.id, receipt, reason)
+            .await
     }
 
     async fn assignment(&self) -> Result<Vec<u32>> {

@@ -33,12 +33,16 @@
 
 mod commit_log;
 mod consume_queue;
+mod dead_letter;
 mod dispatch;
 mod flush;
 mod offsets;
 mod record;
 mod retention;
+mod scheduler;
 mod store;
+mod system_topics;
+mod transactions;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
@@ -49,16 +53,27 @@ use async_trait::async_trait;
 pub use commit_log::Corruption;
 pub use flush::{FlushPolicy, DEFAULT_FLUSH_INTERVAL};
 pub use retention::RetentionReport;
+pub use transactions::DiscardedTransaction;
+
+use tokio::sync::watch;
 
 use crate::broker::{
-    Broker, Consumer, ConsumerOptions, SendOptions, SendResult, DEFAULT_QUEUE_COUNT,
+    Broker, Consumer, ConsumerOptions, Prepared, SendOptions, SendResult, TransactionId,
+    DEFAULT_QUEUE_COUNT,
 };
+use crate::clock::Clock;
+use crate::dead_letter::DeadLetter;
+use crate::delay::DelayPolicy;
 use crate::error::{BrokerError, Result};
 use crate::message::{validate_topic, Message, DEFAULT_MAX_MESSAGE_SIZE};
 use crate::subscription::Subscription;
+use crate::transaction::{CheckPolicy, TransactionChecker, TxState};
+use dead_letter::DeadLetterBook;
 use dispatch::Groups;
 use offsets::OffsetStore;
-use store::MessageStore;
+use scheduler::DelayScheduler;
+use store::{MessageStore, Outgoing};
+use transactions::Transactions;
 
 /// RocketMQ's commit-log segment size: 1 GiB.
 pub const DEFAULT_SEGMENT_SIZE: u64 = 1024 * 1024 * 1024;
@@ -95,6 +110,10 @@ pub struct EmbeddedConfig {
     pub retention_check_interval: Duration,
     /// How often consumer progress is saved.
     pub offset_persist_interval: Duration,
+    /// Delay levels and the longest delay.
+    pub delay: DelayPolicy,
+    /// Transaction check-back timing.
+    pub check: CheckPolicy,
 }
 
 impl EmbeddedConfig {
@@ -111,7 +130,21 @@ impl EmbeddedConfig {
             file_reserved_time: DEFAULT_FILE_RESERVED_TIME,
             retention_check_interval: DEFAULT_RETENTION_CHECK_INTERVAL,
             offset_persist_interval: DEFAULT_OFFSET_PERSIST_INTERVAL,
+            delay: DelayPolicy::default(),
+            check: CheckPolicy::default(),
         }
+    }
+
+    /// Sets the delay levels and the longest delay.
+    pub fn delay_policy(mut self, policy: DelayPolicy) -> Self {
+        self.delay = policy;
+        self
+    }
+
+    /// Sets the transaction check-back timing.
+    pub fn check_policy(mut self, policy: CheckPolicy) -> Self {
+        self.check = policy;
+        self
     }
 
     /// Sets the flush policy.
@@ -170,6 +203,16 @@ impl EmbeddedConfig {
                 "consume-queue entries per segment must be at least 1".into(),
             ));
         }
+        if self.delay.levels.is_empty() {
+            return Err(BrokerError::InvalidConfig(
+                "at least one delay level is needed".into(),
+            ));
+        }
+        if self.check.max_checks == 0 || self.check.interval.is_zero() {
+            return Err(BrokerError::InvalidConfig(
+                "transaction check-back needs at least one check and an interval above zero".into(),
+            ));
+        }
         if self.default_queues == 0 || self.default_queues > 1024 {
             return Err(BrokerError::InvalidConfig(
                 "default queue count must be 1 to 1024".into(),
@@ -191,6 +234,11 @@ impl EmbeddedConfig {
 pub struct EmbeddedBroker {
     store: Arc<MessageStore>,
     groups: Arc<Groups>,
+    clock: Clock,
+    scheduler: Arc<DelayScheduler>,
+    transactions: Arc<Transactions>,
+    dead_letters: DeadLetterBook,
+    closing: watch::Sender<bool>,
 }
 
 impl EmbeddedBroker {
@@ -205,16 +253,37 @@ impl EmbeddedBroker {
                 message: format!("open task failed: {e}"),
             })??;
         store.start_writer();
-        let offsets = OffsetStore::open(
+        let offsets = Arc::new(OffsetStore::open(
             store
                 .data_dir()
                 .join("config")
                 .join("consumer_offsets.json"),
-        )?;
+        )?);
+        let clock = Clock::new();
+        let scheduler = Arc::new(DelayScheduler::open(store.clone(), offsets.clone(), clock)?);
+        let check = store.config().check;
+        let transactions = Arc::new(Transactions::open(
+            store.clone(),
+            offsets.clone(),
+            clock,
+            check,
+        )?);
         let broker = Arc::new(EmbeddedBroker {
-            groups: Arc::new(Groups::new(store.clone(), offsets)),
+            groups: Arc::new(Groups::new(
+                store.clone(),
+                offsets,
+                scheduler.clone(),
+                clock,
+            )),
+            dead_letters: DeadLetterBook::open(store.clone())?,
             store,
+            clock,
+            scheduler,
+            transactions,
+            closing: watch::channel(false).0,
         });
+        tokio::spawn(broker.scheduler.clone().run(broker.closing.subscribe()));
+        tokio::spawn(broker.transactions.clone().run(broker.closing.subscribe()));
         broker.spawn_background();
         tracing::info!(data_dir = %broker.store.data_dir().display(), "embedded broker open");
         Ok(broker)
@@ -277,6 +346,22 @@ impl EmbeddedBroker {
         self.store.data_dir()
     }
 
+    /// Delayed messages and retries waiting for their due time.
+    pub fn pending_delays(&self) -> usize {
+        self.scheduler.pending()
+    }
+
+    /// Half messages waiting for their outcome.
+    pub fn pending_transactions(&self) -> usize {
+        self.transactions.pending()
+    }
+
+    /// Half messages discarded after their last unanswered check-back (the latest thousand
+    /// since open; the op log keeps them all).
+    pub fn discarded_transactions(&self) -> Vec<DiscardedTransaction> {
+        self.transactions.discarded()
+    }
+
     /// The segment files of the commit log, oldest first (for operators and tests).
     pub fn commit_log_segments(&self) -> Vec<PathBuf> {
         self.store
@@ -322,6 +407,7 @@ fn spawn_every(
 impl Drop for EmbeddedBroker {
     fn drop(&mut self) {
         // Best effort for a broker dropped without `shutdown`: keep the progress made so far.
+        self.closing.send_replace(true);
         self.groups.close();
         if !self.store.is_stopped() {
             let _ = self.store.sync();
@@ -373,12 +459,86 @@ impl Broker for EmbeddedBroker {
         }
         let topic = self.store.topic_for_send(&topic_name)?;
         let queue = topic.queue(&options.queue)?;
+        if let Some(delay) = options.delay {
+            let now = self.clock.now_ms();
+            let due = self.store.config().delay.due_ms(delay, now)?;
+            if due > now {
+                let mut results = Vec::with_capacity(messages.len());
+                for m in messages {
+                    results.push(
+                        self.scheduler
+                            .put(Outgoing::from(m.into_parts()), &topic_name, &queue, due)
+                            .await?,
+                    );
+                }
+                return Ok(results);
+            }
+        }
         self.store
             .append(
                 queue,
-                messages.into_iter().map(Message::into_parts).collect(),
+                messages
+                    .into_iter()
+                    .map(|m| Outgoing::from(m.into_parts()))
+                    .collect(),
             )
             .await
+    }
+
+    async fn prepare(
+        &self,
+        message: Message,
+        options: SendOptions,
+        producer: &str,
+    ) -> Result<Prepared> {
+        self.check_open()?;
+        message.validate(self.store.config().max_message_size)?;
+        if options.delay.is_some() {
+            return Err(BrokerError::InvalidConfig(
+                "a transactional message cannot be delayed".into(),
+            ));
+        }
+        let topic = self.store.topic_for_send(message.topic())?;
+        let queue = topic.queue(&options.queue)?;
+        let name = topic.name.to_string();
+        self.transactions
+            .prepare(message.into_parts(), &name, &queue, producer)
+            .await
+    }
+
+    async fn end_transaction(
+        &self,
+        transaction: &TransactionId,
+        state: TxState,
+    ) -> Result<Option<SendResult>> {
+        self.check_open()?;
+        self.transactions.end(transaction, state).await
+    }
+
+    async fn register_checker(
+        &self,
+        producer: &str,
+        checker: Arc<dyn TransactionChecker>,
+    ) -> Result<()> {
+        self.transactions.register(producer, checker);
+        Ok(())
+    }
+
+    async fn dead_letters(&self, group: &str, from: u64, limit: usize) -> Result<Vec<DeadLetter>> {
+        self.dead_letters.list(group, from, limit)
+    }
+
+    async fn dead_letter_counts(&self) -> Result<Vec<(String, u64)>> {
+        Ok(self.dead_letters.counts())
+    }
+
+    async fn resend_dead_letter(&self, group: &str, seq: u64) -> Result<bool> {
+        self.check_open()?;
+        self.dead_letters.resend(group, seq).await
+    }
+
+    async fn delete_dead_letter(&self, group: &str, seq: u64) -> Result<bool> {
+        self.dead_letters.delete(group, seq)
     }
 
     async fn subscribe(
@@ -409,6 +569,7 @@ impl Broker for EmbeddedBroker {
         if self.store.is_stopped() {
             return Ok(());
         }
+        self.closing.send_replace(true);
         self.groups.close();
         let stopped = self.store.stop().await;
         let persisted = self.groups.persist();

@@ -16,6 +16,7 @@ use super::commit_log::{CommitLog, Corruption, Segment};
 use super::consume_queue::{tag_code, ConsumeQueue, CqEntry};
 use super::flush::{write_atomically, Checkpoint, FlushPolicy};
 use super::record::{self, DecodedRecord, Placement};
+use super::system_topics;
 use super::EmbeddedConfig;
 use crate::broker::{QueueSelector, SendResult};
 use crate::error::{BrokerError, Result};
@@ -47,9 +48,30 @@ impl Topic {
     }
 }
 
+/// A message on its way into the log.
+#[derive(Debug, Clone)]
+pub(crate) struct Outgoing {
+    pub parts: MessageParts,
+    /// Deliveries that failed before this copy was written (retries).
+    pub reconsume_times: u32,
+    /// Time to put in the index entry instead of the store time (the due time of a delayed
+    /// message, so that the delay schedule can be rebuilt from the index alone).
+    pub index_time: Option<u64>,
+}
+
+impl From<MessageParts> for Outgoing {
+    fn from(parts: MessageParts) -> Self {
+        Outgoing {
+            parts,
+            reconsume_times: 0,
+            index_time: None,
+        }
+    }
+}
+
 struct AppendRequest {
     queue: Arc<ConsumeQueue>,
-    messages: Vec<MessageParts>,
+    messages: Vec<Outgoing>,
     reply: oneshot::Sender<Result<Vec<SendResult>>>,
 }
 
@@ -311,7 +333,10 @@ impl MessageStore {
                 position: rec.placement.position,
                 size,
                 tag_code: tag_code(rec.message.tag.as_deref()),
-                store_timestamp: rec.placement.store_timestamp,
+                store_timestamp: system_topics::index_time(
+                    &rec.message,
+                    rec.placement.store_timestamp,
+                ),
             }
             .encode(pending.entry(key).or_default());
             *next += 1;
@@ -358,7 +383,7 @@ impl MessageStore {
     pub async fn append(
         &self,
         queue: Arc<ConsumeQueue>,
-        messages: Vec<MessageParts>,
+        messages: Vec<Outgoing>,
     ) -> Result<Vec<SendResult>> {
         let (reply, rx) = oneshot::channel();
         self.writer
@@ -370,6 +395,40 @@ impl MessageStore {
             .await
             .map_err(|_| BrokerError::Closed)?;
         rx.await.map_err(|_| BrokerError::Closed)?
+    }
+
+    /// Appends many single messages, each to its queue, in one go: all requests are queued
+    /// before the first answer is awaited, so they share writes.
+    pub async fn append_many(
+        &self,
+        items: Vec<(Arc<ConsumeQueue>, Outgoing)>,
+    ) -> Vec<Result<SendResult>> {
+        let mut waiting = Vec::with_capacity(items.len());
+        for (queue, message) in items {
+            let (reply, rx) = oneshot::channel();
+            let sent = self
+                .writer
+                .send(WriterMsg::Append(AppendRequest {
+                    queue,
+                    messages: vec![message],
+                    reply,
+                }))
+                .await;
+            waiting.push(sent.ok().map(|()| rx));
+        }
+        let mut out = Vec::with_capacity(waiting.len());
+        for rx in waiting {
+            let result = match rx {
+                Some(rx) => match rx.await {
+                    Ok(Ok(mut r)) => r.pop().ok_or(BrokerError::Closed),
+                    Ok(Err(e)) => Err(e),
+                    Err(_) => Err(BrokerError::Closed),
+                },
+                None => Err(BrokerError::Closed),
+            };
+            out.push(result);
+        }
+        out
     }
 
     /// A receiver that changes whenever new records are indexed.
@@ -652,7 +711,8 @@ impl Writer {
             };
             let mut sent = Vec::with_capacity(req.messages.len());
             let mut error = None;
-            for msg in &req.messages {
+            for out in &req.messages {
+                let msg = &out.parts;
                 let Some(len) = record::encoded_len(msg).filter(|l| (*l as u64) <= segment_size)
                 else {
                     error = Some(BrokerError::InvalidConfig(format!(
@@ -678,7 +738,7 @@ impl Writer {
                     queue_offset: *next,
                     position: pos,
                     store_timestamp,
-                    reconsume_times: 0,
+                    reconsume_times: out.reconsume_times,
                     flags: 0,
                 };
                 record::encode_into(&mut self.buf, msg, &placement, len);
@@ -686,7 +746,7 @@ impl Writer {
                     position: pos,
                     size: len as u32,
                     tag_code: tag_code(msg.tag.as_deref()),
-                    store_timestamp,
+                    store_timestamp: out.index_time.unwrap_or(store_timestamp),
                 }
                 .encode(entries);
                 sent.push(SendResult {

@@ -20,7 +20,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::broker::{Broker, Consumer, ConsumerOptions, Delivery, SendOptions};
+use crate::broker::{
+    Broker, Consumer, ConsumerOptions, Delivery, Disposition, Failure, SendOptions,
+};
 use crate::message::Message;
 use crate::subscription::{ConsumeFrom, ConsumeMode, MessageModel, Subscription};
 use crate::BrokerError;
@@ -370,10 +372,14 @@ pub async fn orderly_one_at_a_time_per_queue(h: &dyn Harness) {
     assert_eq!(one.len(), 1);
     assert_eq!(body(&one[0]), "0");
     assert_quiet(&*consumer, QUIET).await;
-    consumer
-        .redeliver(&one[0].receipt, Duration::ZERO)
+    let d = consumer
+        .nack(
+            &one[0].receipt,
+            Failure::retry_after("again", Duration::ZERO),
+        )
         .await
-        .expect("redeliver");
+        .expect("nack");
+    assert!(matches!(d, Disposition::Retry { retry: 1, .. }), "{d:?}");
     let again = consumer.receive(10, WAIT).await.expect("receive");
     assert_eq!(again.len(), 1);
     assert_eq!(body(&again[0]), "0");
@@ -414,8 +420,8 @@ pub async fn in_flight_limit_per_queue(h: &dyn Harness) {
     broker.shutdown().await.expect("shutdown");
 }
 
-/// A handed-back message comes again after its delay, counting the attempt.
-pub async fn redeliver_after_delay(h: &dyn Harness) {
+/// A failed message comes again after the delay asked for, counting the attempt.
+pub async fn nack_retries_after_delay(h: &dyn Harness) {
     let broker = h.open().await;
     let topic = unique("nack");
     let consumer = broker
@@ -426,10 +432,20 @@ pub async fn redeliver_after_delay(h: &dyn Harness) {
     let d = drain(&*consumer, 1, WAIT, false).await;
     assert_eq!(d.len(), 1);
     assert_eq!(d[0].message.reconsume_times, 0);
-    consumer
-        .redeliver(&d[0].receipt, Duration::from_millis(400))
+    let disposition = consumer
+        .nack(
+            &d[0].receipt,
+            Failure::retry_after("busy", Duration::from_millis(400)),
+        )
         .await
-        .expect("redeliver");
+        .expect("nack");
+    assert_eq!(
+        disposition,
+        Disposition::Retry {
+            retry: 1,
+            after: Duration::from_millis(400)
+        }
+    );
     assert_quiet(&*consumer, Duration::from_millis(100)).await;
     let again = drain(&*consumer, 1, WAIT, true).await;
     assert_eq!(again.len(), 1);
@@ -652,7 +668,7 @@ macro_rules! conformance_suite {
             broadcasting_reaches_every_member,
             orderly_one_at_a_time_per_queue,
             in_flight_limit_per_queue,
-            redeliver_after_delay,
+            nack_retries_after_delay,
             consume_timeout_redelivers,
             progress_never_skips_unacked,
             redelivery_after_restart,

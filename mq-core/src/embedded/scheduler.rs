@@ -1,0 +1,278 @@
+//! The delay scheduler: delayed messages and retries wait in the schedule topic and are
+//! written to their real queue when due.
+//!
+//! A pending message costs memory only for its place in a heap of (due time, schedule offset)
+//! and one flag, never its payload: the due time is kept in the schedule index (in place of the
+//! store time), so the heap is rebuilt from the index alone after a restart. Progress (the
+//! lowest offset not yet delivered) is saved with consumer progress, so retention keeps every
+//! pending message, and a crash delivers at most the messages fired since the last save twice.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use tokio::sync::watch;
+
+use super::consume_queue::ConsumeQueue;
+use super::offsets::{OffsetStore, ProgressKey};
+use super::store::{MessageStore, Outgoing};
+use super::system_topics::{self, DUE, REAL_QID, REAL_TOPIC, SCHEDULER_GROUP, SCHEDULE_TOPIC};
+use crate::broker::SendResult;
+use crate::clock::Clock;
+use crate::error::{BrokerError, Result};
+
+/// Due messages written per round.
+const FIRE_BATCH: usize = 4096;
+
+#[derive(Debug, Default)]
+struct Pending {
+    heap: BinaryHeap<Reverse<(u64, u64)>>,
+    /// Next schedule offset to read into the heap.
+    loaded: u64,
+    /// Every schedule offset below has been delivered.
+    base: u64,
+    /// Delivered flags of `base..loaded`.
+    fired: VecDeque<bool>,
+}
+
+/// Holds delayed messages until they are due.
+#[derive(Debug)]
+pub(crate) struct DelayScheduler {
+    store: Arc<MessageStore>,
+    offsets: Arc<OffsetStore>,
+    clock: Clock,
+    queue: Arc<ConsumeQueue>,
+    pending: Mutex<Pending>,
+}
+
+impl DelayScheduler {
+    pub fn open(store: Arc<MessageStore>, offsets: Arc<OffsetStore>, clock: Clock) -> Result<Self> {
+        let topic = store.create_topic(SCHEDULE_TOPIC, 1)?;
+        let queue = topic.queues[0].clone();
+        let base = offsets
+            .get(&progress_key())
+            .unwrap_or_else(|| queue.min_offset())
+            .clamp(queue.min_offset(), queue.max_offset());
+        offsets.set(progress_key(), base);
+        Ok(DelayScheduler {
+            store,
+            offsets,
+            clock,
+            queue,
+            pending: Mutex::new(Pending {
+                loaded: base,
+                base,
+                ..Pending::default()
+            }),
+        })
+    }
+
+    /// Messages waiting for their due time.
+    pub fn pending(&self) -> usize {
+        let p = self.pending.lock();
+        p.heap.len() + (self.queue.max_offset() - p.loaded) as usize
+    }
+
+    /// Stores `out` for delivery to `queue` of `topic` at `due` (ms); writes it there at once
+    /// if it is already due.
+    pub async fn put(
+        &self,
+        mut out: Outgoing,
+        topic: &str,
+        queue: &Arc<ConsumeQueue>,
+        due: u64,
+    ) -> Result<SendResult> {
+        if due <= self.clock.now_ms() {
+            let mut r = self.store.append(queue.clone(), vec![out]).await?;
+            return r.pop().ok_or(BrokerError::Closed);
+        }
+        let props = &mut out.parts.properties;
+        props.insert(REAL_TOPIC.into(), topic.to_owned());
+        props.insert(REAL_QID.into(), queue.queue_id.to_string());
+        props.insert(DUE.into(), due.to_string());
+        out.index_time = Some(due);
+        let mut r = self.store.append(self.queue.clone(), vec![out]).await?;
+        let mut result = r.pop().ok_or(BrokerError::Closed)?;
+        result.queue_id = queue.queue_id;
+        Ok(result)
+    }
+
+    /// Reads new schedule entries into the heap.
+    fn load(&self) -> Result<()> {
+        let max = self.queue.max_offset();
+        loop {
+            let from = self.pending.lock().loaded;
+            if from >= max {
+                return Ok(());
+            }
+            let entries = self.queue.read(from, FIRE_BATCH)?;
+            if entries.is_empty() {
+                return Ok(());
+            }
+            let mut p = self.pending.lock();
+            for (i, e) in entries.iter().enumerate() {
+                p.heap.push(Reverse((e.store_timestamp, from + i as u64)));
+                p.fired.push_back(false);
+            }
+            p.loaded = from + entries.len() as u64;
+        }
+    }
+
+    /// The due messages, earliest first, and the due time of the next one after them.
+    fn take_due(&self, now: u64) -> (Vec<u64>, Option<u64>) {
+        let mut p = self.pending.lock();
+        let mut due = Vec::new();
+        while due.len() < FIRE_BATCH {
+            match p.heap.peek() {
+                Some(Reverse((at, offset))) if *at <= now => {
+                    due.push(*offset);
+                    p.heap.pop();
+                }
+                _ => break,
+            }
+        }
+        let next = p.heap.peek().map(|Reverse((at, _))| *at);
+        (due, next)
+    }
+
+    /// Writes due messages to their real queues, in due order.
+    async fn fire(&self, offsets: &[u64]) -> Result<()> {
+        let mut entries = Vec::with_capacity(offsets.len());
+        for &o in offsets {
+            entries.push(self.queue.entry(o)?);
+        }
+        let present: Vec<_> = entries.iter().flatten().copied().collect();
+        let mut records = self.store.read_records(&present).into_iter();
+        let mut items = Vec::with_capacity(offsets.len());
+        let mut item_offsets = Vec::with_capacity(offsets.len());
+        let mut skipped = Vec::new();
+        for (&offset, entry) in offsets.iter().zip(&entries) {
+            let record = match entry {
+                Some(_) => records.next(),
+                None => None,
+            };
+            let Some(Ok(rec)) = record else {
+                // Gone or damaged (already reported): nothing left to deliver.
+                skipped.push(offset);
+                continue;
+            };
+            let mut view = rec.message;
+            let topic = view.properties.remove(REAL_TOPIC).unwrap_or_default();
+            let qid: u32 = view
+                .properties
+                .remove(REAL_QID)
+                .and_then(|q| q.parse().ok())
+                .unwrap_or(0);
+            view.properties.remove(DUE);
+            view.topic = topic.clone();
+            let queue = match self.store.topic(&topic) {
+                Some(t) => t.queues.get(qid as usize).or(t.queues.first()).cloned(),
+                None => self
+                    .store
+                    .create_topic(&topic, self.store.config().default_queues)
+                    .ok()
+                    .and_then(|t| t.queues.first().cloned()),
+            };
+            let Some(queue) = queue else {
+                tracing::error!(
+                    topic,
+                    "delayed message for a topic that cannot be created; dropped"
+                );
+                skipped.push(offset);
+                continue;
+            };
+            let reconsume_times = view.reconsume_times;
+            items.push((
+                queue,
+                Outgoing {
+                    parts: system_topics::parts_of(view),
+                    reconsume_times,
+                    index_time: None,
+                },
+            ));
+            item_offsets.push(offset);
+        }
+        let results = self.store.append_many(items).await;
+        let mut done = skipped;
+        let mut failed = None;
+        for (offset, r) in item_offsets.into_iter().zip(results) {
+            match r {
+                Ok(_) => done.push(offset),
+                Err(e) => failed = Some((offset, e)),
+            }
+        }
+        self.mark_fired(&done);
+        if let Some((offset, e)) = failed {
+            // Put back what was not written; the loop retries it or stops with the store.
+            let due = self.clock.now_ms();
+            self.pending.lock().heap.push(Reverse((due, offset)));
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn mark_fired(&self, offsets: &[u64]) {
+        let mut p = self.pending.lock();
+        for &o in offsets {
+            if let Some(flag) = o
+                .checked_sub(p.base)
+                .and_then(|i| p.fired.get_mut(i as usize))
+            {
+                *flag = true;
+            }
+        }
+        while p.fired.front() == Some(&true) {
+            p.fired.pop_front();
+            p.base += 1;
+        }
+        let base = p.base;
+        drop(p);
+        self.offsets.set(progress_key(), base);
+    }
+
+    /// Runs until `closing` turns true.
+    pub async fn run(self: Arc<Self>, mut closing: watch::Receiver<bool>) {
+        let mut appended = self.store.subscribe_appends();
+        loop {
+            if *closing.borrow() {
+                return;
+            }
+            appended.borrow_and_update();
+            if let Err(e) = self.load() {
+                tracing::error!(error = %e, "delay scheduler cannot read its index");
+            }
+            let (due, next) = self.take_due(self.clock.now_ms());
+            if !due.is_empty() {
+                if let Err(e) = self.fire(&due).await {
+                    if matches!(e, BrokerError::Closed) {
+                        return;
+                    }
+                    tracing::error!(error = %e, "delay scheduler cannot deliver; retrying");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                continue;
+            }
+            let sleep = async {
+                match next {
+                    Some(at) => tokio::time::sleep_until(self.clock.instant_at(at)).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                r = appended.changed() => if r.is_err() { return },
+                r = closing.changed() => if r.is_err() { return },
+                _ = sleep => {}
+            }
+        }
+    }
+}
+
+fn progress_key() -> ProgressKey {
+    ProgressKey {
+        topic: SCHEDULE_TOPIC.into(),
+        group: SCHEDULER_GROUP.into(),
+        instance: None,
+        queue: 0,
+    }
+}

@@ -1,0 +1,82 @@
+//! The broker's own topics and the reserved properties it keeps on stored copies.
+//!
+//! Delays, retries, dead letters and transactions are all messages in the one commit log, as in
+//! RocketMQ, so they are durable and crash-safe through the same recovery. Reserved property
+//! names start with `%`, which users may not use; they are removed before a handler sees a
+//! message.
+
+use crate::message::MessageView;
+
+/// Delayed messages (and retries) waiting for their due time. One queue; each index entry
+/// holds the due time in place of the store time.
+pub(crate) const SCHEDULE_TOPIC: &str = "%SCHEDULE%";
+/// Half messages of transactions. One queue.
+pub(crate) const HALF_TOPIC: &str = "%HALF%";
+/// Outcomes and check counts of half messages. One queue.
+pub(crate) const HALF_OP_TOPIC: &str = "%HALF_OP%";
+/// The progress name of the delay scheduler in the offset table.
+pub(crate) const SCHEDULER_GROUP: &str = "%SCHEDULER%";
+/// The progress name of the transaction checker in the offset table.
+pub(crate) const TRANSACTION_GROUP: &str = "%TRANSACTION%";
+/// Prefix of dead-letter topics, one per group.
+pub(crate) const DLQ_PREFIX: &str = "%DLQ%";
+
+/// Where a delayed message goes when due.
+pub(crate) const REAL_TOPIC: &str = "%REAL_TOPIC";
+/// The queue it goes to.
+pub(crate) const REAL_QID: &str = "%REAL_QID";
+/// Its due time (ms since the Unix epoch).
+pub(crate) const DUE: &str = "%DUE";
+/// The topic a retried message was first sent to.
+pub(crate) const ORIGIN_TOPIC: &str = "%ORIGIN_TOPIC";
+/// The producer of a half message, whose checker answers check-back.
+pub(crate) const PRODUCER: &str = "%PRODUCER";
+
+/// The retry topic of one (group, topic): retries reach that group only.
+pub(crate) fn retry_topic(group: &str, topic: &str) -> String {
+    let name = format!("%RETRY%{group}%{topic}");
+    if name.len() <= 240 {
+        name
+    } else {
+        // Keep file names short enough for any filesystem.
+        format!("%RETRY%{group}%{:08x}", crc32c::crc32c(topic.as_bytes()))
+    }
+}
+
+/// The dead-letter topic of a group.
+pub(crate) fn dlq_topic(group: &str) -> String {
+    format!("{DLQ_PREFIX}{group}")
+}
+
+/// The message as a handler sees it: reserved properties removed, and a retried message shown
+/// under the topic it was sent to.
+pub(crate) fn user_view(mut view: MessageView) -> MessageView {
+    if view.properties.keys().any(|k| k.starts_with('%')) {
+        if let Some(origin) = view.properties.remove(ORIGIN_TOPIC) {
+            view.topic = origin;
+        }
+        view.properties.retain(|k, _| !k.starts_with('%'));
+    }
+    view
+}
+
+/// The index time of a stored record: the due time for a delayed one.
+pub(crate) fn index_time(view: &MessageView, store_timestamp: u64) -> u64 {
+    view.properties
+        .get(DUE)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(store_timestamp)
+}
+
+/// The parts of a stored message, to store it again elsewhere.
+pub(crate) fn parts_of(view: MessageView) -> crate::message::MessageParts {
+    crate::message::MessageParts {
+        id: view.id,
+        topic: view.topic,
+        tag: view.tag,
+        keys: view.keys,
+        properties: view.properties,
+        body: view.body,
+        born_timestamp: view.born_timestamp,
+    }
+}

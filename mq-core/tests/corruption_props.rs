@@ -100,7 +100,12 @@ fn run_case(bodies: Vec<Vec<u8>>, victim: prop::sample::Index, flip: u8, rebuild
             .collect();
         let served: Vec<Vec<u8>> = got.iter().map(|d| d.message.body.to_vec()).collect();
         assert_eq!(served, want, "record {damaged} damaged at byte {target}");
-        assert!(!broker.corruptions().is_empty(), "damage not reported");
+        // A last record whose size field now claims more than the file holds looks exactly like
+        // a torn write, which recovery cuts without calling it damage.
+        let torn_lookalike = rebuild && damaged == records.len() - 1 && (4..8).contains(&target);
+        if !torn_lookalike {
+            assert!(!broker.corruptions().is_empty(), "damage not reported");
+        }
         broker.shutdown().await.unwrap();
     });
 }

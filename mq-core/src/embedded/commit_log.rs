@@ -246,20 +246,21 @@ impl CommitLog {
                                     off,
                                     seg_len,
                                     is_last,
-                                    err.to_string(),
+                                    (err.to_string(), false),
                                     &mut report,
                                 )?;
                             }
                         }
                     }
                     Err(err) => {
+                        let incomplete = matches!(err, RecordError::Truncated { .. });
                         off = self.skip_damage(
                             &seg,
                             &mut reader,
                             off,
                             seg_len,
                             is_last,
-                            err.to_string(),
+                            (err.to_string(), incomplete),
                             &mut report,
                         )?;
                     }
@@ -273,7 +274,9 @@ impl CommitLog {
     }
 
     /// Handles a bad record at `off`: resynchronises on the next valid record, or, when none
-    /// follows in the last segment, truncates the torn tail. Returns where scanning goes on.
+    /// follows in the last segment, cuts the log there. A cut record that is incomplete (or
+    /// zeros) is a torn write, expected after a crash; a complete record that fails its
+    /// checksum is damage and is reported as well. Returns where scanning goes on.
     #[allow(clippy::too_many_arguments)]
     fn skip_damage(
         &self,
@@ -282,7 +285,7 @@ impl CommitLog {
         off: u64,
         seg_len: u64,
         is_last: bool,
-        reason: String,
+        (reason, incomplete): (String, bool),
         report: &mut RecoveryReport,
     ) -> Result<u64> {
         let mut probe = off + 1;
@@ -312,13 +315,30 @@ impl CommitLog {
             }
         }
         if is_last {
-            tracing::warn!(
-                segment = %seg.path.display(),
-                offset = off,
-                bytes = seg_len - off,
-                %reason,
-                "torn record at the end of the commit log; truncated"
-            );
+            let torn = incomplete || reader.all_zero(off)?;
+            if torn {
+                tracing::warn!(
+                    segment = %seg.path.display(),
+                    offset = off,
+                    bytes = seg_len - off,
+                    %reason,
+                    "torn record at the end of the commit log; truncated"
+                );
+            } else {
+                tracing::error!(
+                    segment = %seg.path.display(),
+                    offset = off,
+                    bytes = seg_len - off,
+                    %reason,
+                    "corrupt last record of the commit log; truncated"
+                );
+                report.corruptions.push(Corruption {
+                    segment: seg.path.clone(),
+                    offset: off,
+                    length: seg_len - off,
+                    reason: reason.clone(),
+                });
+            }
             seg.file
                 .set_len(off)
                 .map_err(|e| BrokerError::io("truncate segment", &seg.path, e))?;
@@ -400,6 +420,22 @@ impl<'a> SegmentReader<'a> {
             });
         }
         Ok(bytes)
+    }
+
+    /// Whether every byte from `from` to the end is zero.
+    fn all_zero(&mut self, from: u64) -> Result<bool> {
+        let mut at = from;
+        while at < self.len {
+            let chunk = self.fill(at, READ_CHUNK)?;
+            if chunk.is_empty() {
+                break;
+            }
+            if chunk.iter().any(|b| *b != 0) {
+                return Ok(false);
+            }
+            at += chunk.len() as u64;
+        }
+        Ok(true)
     }
 
     /// The next offset at or after `from` where the record magic appears.

@@ -101,8 +101,9 @@ pub(crate) struct MessageStore {
     /// The writer task, and before it starts, its state and inbox.
     writer_task: Mutex<WriterSlot>,
     corruptions: Mutex<Vec<Corruption>>,
-    /// One sync at a time: the periodic flush and a shutdown would race on the checkpoint file.
-    sync_lock: Mutex<()>,
+    /// The position of the last checkpoint; one sync at a time, since the periodic flush and a
+    /// shutdown would race on the checkpoint file.
+    sync_lock: Mutex<Option<u64>>,
     /// Held while open; released by [`MessageStore::stop`] so the directory can be reopened.
     lock: Mutex<Option<fs::File>>,
 }
@@ -149,7 +150,7 @@ impl MessageStore {
             writer: tx,
             writer_task: Mutex::new(WriterSlot::Idle(None)),
             corruptions: Mutex::new(Vec::new()),
-            sync_lock: Mutex::new(()),
+            sync_lock: Mutex::new(None),
             lock: Mutex::new(Some(lock)),
             config,
         };
@@ -540,8 +541,12 @@ impl MessageStore {
 
     /// Forces the log and the indexes to disk and moves the checkpoint.
     pub fn sync(&self) -> Result<()> {
-        let _one_at_a_time = self.sync_lock.lock();
+        let mut synced = self.sync_lock.lock();
         let pos = self.dispatched();
+        if *synced == Some(pos) {
+            // Nothing written since the last sync: an idle broker does not fsync.
+            return Ok(());
+        }
         if let Some(seg) = self.shared.commit_log.last_segment() {
             sync_segment(&seg)?;
         }
@@ -550,7 +555,9 @@ impl MessageStore {
                 cq.sync()?;
             }
         }
-        Checkpoint::write(&self.config.data_dir.join("checkpoint"), pos)
+        Checkpoint::write(&self.config.data_dir.join("checkpoint"), pos)?;
+        *synced = Some(pos);
+        Ok(())
     }
 
     /// Stops the writer after it has stored everything queued before, then syncs.

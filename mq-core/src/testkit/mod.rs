@@ -14,6 +14,12 @@
 // Test support: a failed step is a failed test, so panicking is the point.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+mod scheduling;
+mod transactions;
+
+pub use scheduling::*;
+pub use transactions::*;
+
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -85,7 +91,7 @@ pub fn body(d: &Delivery) -> String {
 const WAIT: Duration = Duration::from_secs(5);
 const QUIET: Duration = Duration::from_millis(300);
 
-fn first() -> ConsumerOptions {
+pub(crate) fn first() -> ConsumerOptions {
     ConsumerOptions::new().consume_from(ConsumeFrom::First)
 }
 
@@ -654,11 +660,12 @@ pub async fn invalid_input_is_rejected(h: &dyn Harness) {
 }
 
 /// Expands to one `#[tokio::test]` per conformance case, each with a fresh harness from
-/// `$harness` (an expression evaluated per test).
+/// `$harness` (an expression evaluated per test). Cases on the paused clock run on a
+/// current-thread runtime with `start_paused`.
 #[macro_export]
 macro_rules! conformance_suite {
     ($harness:expr) => {
-        $crate::conformance_suite!(@cases $harness;
+        $crate::conformance_suite!(@real $harness;
             send_assigns_offsets,
             order_within_queue,
             tag_filtering,
@@ -674,11 +681,32 @@ macro_rules! conformance_suite {
             redelivery_after_restart,
             consume_from_last_and_first,
             invalid_input_is_rejected,
+            dead_letters_can_be_resent_and_deleted,
+            broadcasting_retries_per_member,
+            short_backoff_in_real_time,
+            delays_due_while_down_come_in_order,
+            transactions_commit_and_rollback,
+        );
+        $crate::conformance_suite!(@paused $harness;
+            delayed_messages_arrive_when_due,
+            retries_follow_backoff_then_dead_letter,
+            orderly_retries_in_place_then_dead_letters,
+            unknown_transactions_are_checked_back,
+            unanswered_transactions_are_discarded,
         );
     };
-    (@cases $harness:expr; $($case:ident),* $(,)?) => {
+    (@real $harness:expr; $($case:ident),* $(,)?) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let harness = $harness;
+                $crate::testkit::$case(&harness).await;
+            }
+        )*
+    };
+    (@paused $harness:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(start_paused = true)]
             async fn $case() {
                 let harness = $harness;
                 $crate::testkit::$case(&harness).await;

@@ -99,7 +99,8 @@ async fn sync_flush_survives_sigkill_and_torn_tail() {
     let mut acknowledged = HashSet::new();
     for line in BufReader::new(stdout).lines() {
         let line = line.expect("line");
-        if let Some(id) = line.strip_prefix("SENT ") {
+        // libtest's "test name ... " may stand before the first line on the same line.
+        if let Some(id) = line.split("SENT ").nth(1) {
             acknowledged.insert(id.to_owned());
             if acknowledged.len() >= 2000 {
                 break;
@@ -273,4 +274,142 @@ async fn shutdown_releases_the_directory() {
         .await
         .expect("reopen");
     again.shutdown().await.expect("shutdown");
+}
+
+const SCHED_TOPIC: &str = "sched";
+
+fn sched_config(dir: &Path) -> EmbeddedConfig {
+    config(dir).check_policy(mq_core::CheckPolicy {
+        timeout: Duration::from_millis(500),
+        interval: Duration::from_millis(500),
+        max_checks: 5,
+    })
+}
+
+/// The child process: leaves delayed messages, a pending retry and half messages behind, then
+/// waits to be killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "child process of pending_work_survives_sigkill"]
+async fn crash_child_pending_work() {
+    use mq_core::{Delay, Failure};
+    let dir = PathBuf::from(std::env::var(CHILD_DIR).expect("child needs its directory"));
+    let broker = EmbeddedBroker::open(sched_config(&dir))
+        .await
+        .expect("open");
+    let consumer = broker
+        .subscribe(
+            Subscription::new(SCHED_TOPIC, "g"),
+            ConsumerOptions::new().consume_from(ConsumeFrom::First),
+        )
+        .await
+        .expect("subscribe");
+    for (b, ms) in [("delay-A", 1500), ("delay-B", 1000)] {
+        broker
+            .send(
+                Message::new(SCHED_TOPIC, b),
+                SendOptions::new().delayed(Delay::After(Duration::from_millis(ms))),
+            )
+            .await
+            .expect("send delayed");
+    }
+    broker
+        .send(Message::new(SCHED_TOPIC, "retry-me"), SendOptions::new())
+        .await
+        .expect("send");
+    let d = drain(&*consumer, 1, Duration::from_secs(5), false).await;
+    consumer
+        .nack(
+            &d[0].receipt,
+            Failure::retry_after("later", Duration::from_millis(1500)),
+        )
+        .await
+        .expect("nack");
+    for b in ["half-commit", "half-rollback"] {
+        broker
+            .prepare(Message::new(SCHED_TOPIC, b), SendOptions::new(), "p1")
+            .await
+            .expect("prepare");
+    }
+    broker.flush().await.expect("flush");
+    println!("READY");
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+}
+
+struct ByBody;
+
+#[async_trait::async_trait]
+impl mq_core::TransactionChecker for ByBody {
+    async fn check(&self, half: &mq_core::MessageView) -> mq_core::TxState {
+        if &half.body[..] == b"half-commit" {
+            mq_core::TxState::Commit
+        } else {
+            mq_core::TxState::Rollback
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_work_survives_sigkill() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut child = Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "--exact",
+            "crash_child_pending_work",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_DIR, dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn child");
+    let stdout = child.stdout.take().expect("stdout");
+    let ready = BufReader::new(stdout)
+        .lines()
+        .map_while(|l| l.ok())
+        .any(|l| l.ends_with("READY"));
+    child.kill().expect("SIGKILL");
+    child.wait().expect("wait");
+    assert!(ready, "child never got ready");
+
+    let broker = EmbeddedBroker::open(sched_config(dir.path()))
+        .await
+        .expect("reopen");
+    assert_eq!(broker.pending_transactions(), 2);
+    broker
+        .register_checker("p1", Arc::new(ByBody))
+        .await
+        .expect("register");
+    let consumer = broker
+        .subscribe(
+            Subscription::new(SCHED_TOPIC, "g"),
+            ConsumerOptions::new().consume_from(ConsumeFrom::First),
+        )
+        .await
+        .expect("subscribe");
+    let got = drain(&*consumer, 4, Duration::from_secs(15), true).await;
+    let mut bodies: Vec<(String, u32)> = got
+        .iter()
+        .map(|d| (body(d), d.message.reconsume_times))
+        .collect();
+    bodies.sort();
+    assert_eq!(
+        bodies,
+        vec![
+            ("delay-A".to_string(), 0),
+            ("delay-B".to_string(), 0),
+            ("half-commit".to_string(), 0),
+            ("retry-me".to_string(), 1),
+        ]
+    );
+    let more = drain(&*consumer, 1, Duration::from_millis(1500), true).await;
+    assert!(
+        more.is_empty(),
+        "unexpected {:?}",
+        more.iter().map(body).collect::<Vec<_>>()
+    );
+    assert_eq!(broker.pending_delays(), 0);
+    assert_eq!(broker.pending_transactions(), 0);
+    broker.shutdown().await.expect("shutdown");
 }

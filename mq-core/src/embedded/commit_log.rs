@@ -157,6 +157,13 @@ impl CommitLog {
 
     /// Reads `len` bytes at `position`; they must lie in one segment.
     pub fn read(&self, position: u64, len: usize) -> Result<Bytes> {
+        let mut buf = vec![0u8; len];
+        self.read_into(position, &mut buf)?;
+        Ok(Bytes::from(buf))
+    }
+
+    /// Fills `buf` from `position`; the bytes must lie in one segment.
+    pub fn read_into(&self, position: u64, buf: &mut [u8]) -> Result<()> {
         let seg = self
             .segment_of(position)
             .ok_or_else(|| BrokerError::Corrupt {
@@ -164,21 +171,19 @@ impl CommitLog {
                 offset: position,
                 source: RecordError::Malformed("position lies before the oldest segment"),
             })?;
-        let mut buf = vec![0u8; len];
         seg.file
-            .read_exact_at(&mut buf, position - seg.base)
+            .read_exact_at(buf, position - seg.base)
             .map_err(|e| match e.kind() {
                 std::io::ErrorKind::UnexpectedEof => BrokerError::Corrupt {
                     segment: seg.path.clone(),
                     offset: position - seg.base,
                     source: RecordError::Truncated {
-                        needed: len,
+                        needed: buf.len(),
                         available: 0,
                     },
                 },
                 _ => BrokerError::io("read segment", &seg.path, e),
-            })?;
-        Ok(Bytes::from(buf))
+            })
     }
 
     /// Reads, verifies and decodes the record at `position` of `size` bytes.

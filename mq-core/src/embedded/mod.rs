@@ -252,7 +252,7 @@ impl EmbeddedBroker {
                 backend: "embedded",
                 message: format!("open task failed: {e}"),
             })??;
-        store.start_writer();
+        store.start_writer()?;
         let offsets = Arc::new(OffsetStore::open(
             store
                 .data_dir()

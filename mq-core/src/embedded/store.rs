@@ -22,6 +22,11 @@ use crate::broker::{QueueSelector, SendResult};
 use crate::error::{BrokerError, Result};
 use crate::message::{now_millis, MessageParts};
 
+thread_local! {
+    /// Read buffer of [`MessageStore::read_records`], kept per thread (at most one span, 4 MiB).
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// The queues of one topic.
 #[derive(Debug)]
 pub(crate) struct Topic {
@@ -175,13 +180,33 @@ impl MessageStore {
     }
 
     /// Starts the writer task on the current tokio runtime.
-    pub fn start_writer(&self) {
+    ///
+    /// On a multi-thread runtime the writer has a thread of its own, which keeps the hand-off
+    /// per batch to one wake-up. On a current-thread runtime (where tests pause the clock) it
+    /// is a task that writes each batch on the blocking pool, so the clock cannot jump while
+    /// a write is under way.
+    pub fn start_writer(&self) -> Result<()> {
         let mut slot = self.writer_task.lock();
         if let WriterSlot::Idle(parts) = &mut *slot {
             if let Some((writer, rx)) = parts.take() {
-                *slot = WriterSlot::Running(tokio::spawn(writer.run(rx)));
+                let handle = tokio::runtime::Handle::current();
+                *slot = match handle.runtime_flavor() {
+                    tokio::runtime::RuntimeFlavor::CurrentThread => {
+                        WriterSlot::Task(tokio::spawn(writer.run(rx, false)))
+                    }
+                    _ => {
+                        let thread = std::thread::Builder::new()
+                            .name("mq-commitlog-writer".into())
+                            .spawn(move || handle.block_on(writer.run(rx, true)))
+                            .map_err(|e| {
+                                BrokerError::io("spawn writer thread", &self.config.data_dir, e)
+                            })?;
+                        WriterSlot::Thread(thread)
+                    }
+                };
             }
         }
+        Ok(())
     }
 
     pub fn config(&self) -> &EmbeddedConfig {
@@ -479,11 +504,30 @@ impl MessageStore {
                 useful += u64::from(e.size);
                 j += 1;
             }
-            match self.shared.commit_log.read(start, (end - start) as usize) {
-                Ok(span) => {
-                    for e in &entries[i..j] {
-                        let s = (e.position - start) as usize;
-                        let bytes: Bytes = span.slice(s..s + e.size as usize);
+            // One read per stretch into a reused buffer, then one small copy per record: a
+            // fresh zeroed buffer per stretch costs more (memset and page faults) than the read.
+            let span = (end - start) as usize;
+            let read = SCRATCH.with(|cell| {
+                let mut scratch = cell.borrow_mut();
+                if scratch.len() < span {
+                    scratch.resize(span, 0);
+                }
+                self.shared
+                    .commit_log
+                    .read_into(start, &mut scratch[..span])
+                    .map(|()| {
+                        entries[i..j]
+                            .iter()
+                            .map(|e| {
+                                let s = (e.position - start) as usize;
+                                Bytes::copy_from_slice(&scratch[s..s + e.size as usize])
+                            })
+                            .collect::<Vec<_>>()
+                    })
+            });
+            match read {
+                Ok(records) => {
+                    for (e, bytes) in entries[i..j].iter().zip(records) {
                         out.push(self.check(self.shared.commit_log.decode_at(&bytes, e.position)));
                     }
                 }
@@ -567,8 +611,14 @@ impl MessageStore {
             let _ = rx.await;
         }
         let slot = std::mem::replace(&mut *self.writer_task.lock(), WriterSlot::Idle(None));
-        if let WriterSlot::Running(handle) = slot {
-            let _ = handle.await;
+        match slot {
+            WriterSlot::Task(handle) => {
+                let _ = handle.await;
+            }
+            WriterSlot::Thread(thread) => {
+                let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+            }
+            WriterSlot::Idle(_) => {}
         }
         self.sync()
     }
@@ -605,7 +655,8 @@ fn sync_segment(seg: &Segment) -> Result<()> {
 
 enum WriterSlot {
     Idle(Option<(Writer, mpsc::Receiver<WriterMsg>)>),
-    Running(tokio::task::JoinHandle<()>),
+    Task(tokio::task::JoinHandle<()>),
+    Thread(std::thread::JoinHandle<()>),
 }
 
 /// The one writer that appends: it drains every waiting request into one write (and one fsync
@@ -623,9 +674,9 @@ struct Writer {
 const MAX_BATCH: usize = 4096;
 
 impl Writer {
-    /// Collects requests and writes each batch on the blocking pool: file I/O stays off the
-    /// async workers, and a test on a paused tokio clock does not see time jump during a write.
-    async fn run(self, mut rx: mpsc::Receiver<WriterMsg>) {
+    /// Collects requests and writes them a batch at a time: `inline` on the writer's own
+    /// thread, otherwise on the blocking pool (see [`MessageStore::start_writer`]).
+    async fn run(self, mut rx: mpsc::Receiver<WriterMsg>, inline: bool) {
         let mut writer = Some(self);
         let mut batch = Vec::with_capacity(MAX_BATCH);
         while let Some(msg) = rx.recv().await {
@@ -643,6 +694,10 @@ impl Writer {
             }
             if !batch.is_empty() {
                 match writer.take() {
+                    Some(mut w) if inline => {
+                        w.write_batch(&mut batch);
+                        writer = Some(w);
+                    }
                     Some(mut w) => {
                         let mut b = std::mem::take(&mut batch);
                         match tokio::task::spawn_blocking(move || {

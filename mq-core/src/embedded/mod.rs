@@ -433,8 +433,16 @@ impl Broker for EmbeddedBroker {
     }
 
     async fn send(&self, message: Message, options: SendOptions) -> Result<SendResult> {
-        let mut results = self.send_batch(vec![message], options).await?;
-        results.pop().ok_or(BrokerError::Closed)
+        if options.delay.is_some() {
+            let mut results = self.send_batch(vec![message], options).await?;
+            return results.pop().ok_or(BrokerError::Closed);
+        }
+        message.validate(self.store.config().max_message_size)?;
+        let topic = self.store.topic_for_send(message.topic())?;
+        let queue = topic.queue(&options.queue)?;
+        self.store
+            .append_one(queue, Outgoing::from(message.into_parts()))
+            .await
     }
 
     async fn send_batch(

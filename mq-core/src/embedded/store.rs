@@ -77,7 +77,8 @@ impl From<MessageParts> for Outgoing {
 struct AppendRequest {
     queue: Arc<ConsumeQueue>,
     messages: Vec<Outgoing>,
-    reply: oneshot::Sender<Result<Vec<SendResult>>>,
+    /// Answered with the queue offset of the first message.
+    reply: oneshot::Sender<Result<u64>>,
 }
 
 enum WriterMsg {
@@ -411,6 +412,37 @@ impl MessageStore {
         queue: Arc<ConsumeQueue>,
         messages: Vec<Outgoing>,
     ) -> Result<Vec<SendResult>> {
+        let queue_id = queue.queue_id;
+        let ids: Vec<_> = messages.iter().map(|m| m.parts.id).collect();
+        let first = self.append_raw(queue, messages).await?;
+        Ok(ids
+            .into_iter()
+            .zip(first..)
+            .map(|(message_id, queue_offset)| SendResult {
+                message_id,
+                queue_id,
+                queue_offset,
+            })
+            .collect())
+    }
+
+    /// Appends one message.
+    pub async fn append_one(
+        &self,
+        queue: Arc<ConsumeQueue>,
+        message: Outgoing,
+    ) -> Result<SendResult> {
+        let queue_id = queue.queue_id;
+        let message_id = message.parts.id;
+        let queue_offset = self.append_raw(queue, vec![message]).await?;
+        Ok(SendResult {
+            message_id,
+            queue_id,
+            queue_offset,
+        })
+    }
+
+    async fn append_raw(&self, queue: Arc<ConsumeQueue>, messages: Vec<Outgoing>) -> Result<u64> {
         let (reply, rx) = oneshot::channel();
         self.writer
             .send(WriterMsg::Append(AppendRequest {
@@ -431,6 +463,7 @@ impl MessageStore {
     ) -> Vec<Result<SendResult>> {
         let mut waiting = Vec::with_capacity(items.len());
         for (queue, message) in items {
+            let head = (message.parts.id, queue.queue_id);
             let (reply, rx) = oneshot::channel();
             let sent = self
                 .writer
@@ -440,13 +473,17 @@ impl MessageStore {
                     reply,
                 }))
                 .await;
-            waiting.push(sent.ok().map(|()| rx));
+            waiting.push((head, sent.ok().map(|()| rx)));
         }
         let mut out = Vec::with_capacity(waiting.len());
-        for rx in waiting {
+        for ((message_id, queue_id), rx) in waiting {
             let result = match rx {
                 Some(rx) => match rx.await {
-                    Ok(Ok(mut r)) => r.pop().ok_or(BrokerError::Closed),
+                    Ok(Ok(queue_offset)) => Ok(SendResult {
+                        message_id,
+                        queue_id,
+                        queue_offset,
+                    }),
                     Ok(Err(e)) => Err(e),
                     Err(_) => Err(BrokerError::Closed),
                 },
@@ -756,7 +793,7 @@ impl Writer {
         let mut buf_start = self.write_pos;
         // Per queue touched by this batch: its index entries and next offset.
         let mut queues: Vec<(Arc<ConsumeQueue>, Vec<u8>, u64)> = Vec::new();
-        let mut results: Vec<Result<Vec<SendResult>>> = Vec::with_capacity(batch.len());
+        let mut results: Vec<Result<u64>> = Vec::with_capacity(batch.len());
         let mut failed: Option<BrokerError> = None;
 
         for req in batch.iter() {
@@ -771,18 +808,21 @@ impl Writer {
                     queues.len() - 1
                 }
             };
-            let mut sent = Vec::with_capacity(req.messages.len());
-            let mut error = None;
+            // A request is stored whole or not at all.
+            let too_big = req.messages.iter().find(|out| {
+                record::encoded_len(&out.parts).is_none_or(|l| l as u64 > segment_size)
+            });
+            if let Some(out) = too_big {
+                results.push(Err(BrokerError::InvalidConfig(format!(
+                    "a record of topic {:?} does not fit a commit-log segment of {segment_size} bytes",
+                    out.parts.topic
+                ))));
+                continue;
+            }
+            let first_offset = queues[qi].2;
             for out in &req.messages {
                 let msg = &out.parts;
-                let Some(len) = record::encoded_len(msg).filter(|l| (*l as u64) <= segment_size)
-                else {
-                    error = Some(BrokerError::InvalidConfig(format!(
-                        "a record of topic {:?} does not fit a commit-log segment of {segment_size} bytes",
-                        msg.topic
-                    )));
-                    break;
-                };
+                let len = record::encoded_len(msg).unwrap_or(0);
                 let pos = buf_start + self.buf.len() as u64;
                 let pos = if pos - self.active.base + len as u64 > segment_size {
                     if let Err(e) = self.flush_buf(buf_start, sync).and_then(|()| self.roll()) {
@@ -811,20 +851,12 @@ impl Writer {
                     store_timestamp: out.index_time.unwrap_or(store_timestamp),
                 }
                 .encode(entries);
-                sent.push(SendResult {
-                    message_id: msg.id,
-                    queue_id: q.queue_id,
-                    queue_offset: *next,
-                });
                 *next += 1;
             }
             if failed.is_some() {
                 break;
             }
-            results.push(match error {
-                Some(e) => Err(e),
-                None => Ok(sent),
-            });
+            results.push(Ok(first_offset));
         }
 
         let outcome = match failed {

@@ -392,6 +392,25 @@ pub trait Broker: Send + Sync + 'static {
     /// it was there.
     async fn resend_dead_letter(&self, group: &str, seq: u64) -> Result<bool>;
 
+    /// Delivers every dead letter of `group` again (see
+    /// [`resend_dead_letter`](Broker::resend_dead_letter)). Returns how many.
+    async fn resend_all_dead_letters(&self, group: &str) -> Result<u64> {
+        let mut from = 0;
+        let mut resent = 0;
+        loop {
+            let page = self.dead_letters(group, from, 256).await?;
+            let Some(last) = page.last() else {
+                return Ok(resent);
+            };
+            from = last.seq + 1;
+            for dead in &page {
+                if self.resend_dead_letter(group, dead.seq).await? {
+                    resent += 1;
+                }
+            }
+        }
+    }
+
     /// Removes a dead letter. Returns whether it was there.
     async fn delete_dead_letter(&self, group: &str, seq: u64) -> Result<bool>;
 

@@ -312,6 +312,35 @@ pub async fn dead_letters_can_be_resent_and_deleted(h: &dyn Harness) {
         .is_empty());
     let counts = broker.dead_letter_counts().await.expect("counts");
     assert!(counts.contains(&(group.clone(), 0)), "{counts:?}");
+
+    // Resend all: two more poison messages come back, once each.
+    for b in ["bad-3", "bad-4"] {
+        broker
+            .send(Message::new(&topic, b), SendOptions::new())
+            .await
+            .expect("send");
+    }
+    for d in drain(&*consumer, 2, Duration::from_secs(5), false).await {
+        consumer
+            .dead_letter(&d.receipt, "poison")
+            .await
+            .expect("dead");
+    }
+    assert_eq!(
+        broker.resend_all_dead_letters(&group).await.expect("all"),
+        2
+    );
+    let mut back: Vec<String> = drain(&*consumer, 2, Duration::from_secs(5), true)
+        .await
+        .iter()
+        .map(body)
+        .collect();
+    back.sort();
+    assert_eq!(back, vec!["bad-3", "bad-4"]);
+    assert_eq!(
+        broker.resend_all_dead_letters(&group).await.expect("none"),
+        0
+    );
     broker.shutdown().await.expect("shutdown");
 }
 

@@ -414,6 +414,12 @@ pub trait Broker: Send + Sync + 'static {
     /// Removes a dead letter. Returns whether it was there.
     async fn delete_dead_letter(&self, group: &str, seq: u64) -> Result<bool>;
 
+    /// Messages of `topic` stored but not yet settled by `group` (the largest of its members,
+    /// for broadcasting), or `None` if the backend cannot tell.
+    async fn lag(&self, _group: &str, _topic: &str) -> Result<Option<u64>> {
+        Ok(None)
+    }
+
     /// Makes everything stored and every acknowledged progress durable.
     async fn flush(&self) -> Result<()>;
 

@@ -427,6 +427,27 @@ impl Groups {
         self.offsets.save()
     }
 
+    /// Messages not yet settled by a group on a topic (retries included).
+    pub fn lag(&self, group: &str, topic: &str) -> Option<u64> {
+        let g = self
+            .groups
+            .lock()
+            .get(&(group.to_owned(), topic.to_owned()))
+            .cloned()?;
+        let inner = g.inner.lock();
+        let lag = |progress: &Vec<QueueProgress>| -> u64 {
+            progress
+                .iter()
+                .zip(&g.sources)
+                .map(|(p, cq)| cq.max_offset().saturating_sub(p.base))
+                .sum()
+        };
+        Some(match inner.subscription.model {
+            MessageModel::Clustering => lag(&inner.shared),
+            MessageModel::Broadcasting => inner.own.values().map(lag).max().unwrap_or(0),
+        })
+    }
+
     /// Wakes every waiting consumer and makes later calls fail with `Closed`.
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);

@@ -558,6 +558,10 @@ impl Broker for EmbeddedBroker {
         Ok(Box::new(self.groups.join(subscription, options)?))
     }
 
+    async fn lag(&self, group: &str, topic: &str) -> Result<Option<u64>> {
+        Ok(self.groups.lag(group, topic))
+    }
+
     async fn flush(&self) -> Result<()> {
         self.check_open()?;
         let store = self.store.clone();

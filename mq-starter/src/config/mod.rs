@@ -1,0 +1,10 @@
+//! Configuration: `config/application.yaml`, then `application-{profile}.yaml` for each profile
+//! in `MQ_PROFILES`, then environment variables `MQ__A__B` overriding key `a.b`.
+
+mod loader;
+mod placeholders;
+mod settings;
+
+pub use loader::{ConfigError, Configuration};
+pub use placeholders::resolve_placeholders;
+pub use settings::*;

@@ -1,0 +1,223 @@
+//! Counters and handler latency per (topic, group), rendered in Prometheus text format.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::RwLock;
+
+/// Upper bounds (seconds) of the latency histogram buckets.
+const BUCKETS: [f64; 12] = [
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// The counters of one (topic, group).
+#[derive(Debug, Default)]
+pub struct Series {
+    delivered: AtomicU64,
+    acked: AtomicU64,
+    retried: AtomicU64,
+    dead_lettered: AtomicU64,
+    lag: AtomicU64,
+    buckets: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Series {
+    /// A delivery reached the handler.
+    pub fn delivered(&self) {
+        self.delivered.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A delivery was acknowledged.
+    pub fn acked(&self) {
+        self.acked.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A delivery will be retried.
+    pub fn retried(&self) {
+        self.retried.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A delivery went to the dead-letter queue.
+    pub fn dead_lettered(&self) {
+        self.dead_lettered.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records how long a handler ran.
+    pub fn observe(&self, took: Duration) {
+        let secs = took.as_secs_f64();
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            if secs <= *bound {
+                self.buckets[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Sets the messages not yet consumed.
+    pub fn set_lag(&self, lag: u64) {
+        self.lag.store(lag, Ordering::Relaxed);
+    }
+}
+
+/// Every series of an application.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    series: RwLock<BTreeMap<(String, String), Arc<Series>>>,
+    sent: RwLock<BTreeMap<String, Arc<AtomicU64>>>,
+}
+
+impl Metrics {
+    /// The series of (topic, group), created on first use.
+    pub fn series(&self, topic: &str, group: &str) -> Arc<Series> {
+        let key = (topic.to_owned(), group.to_owned());
+        if let Some(s) = self.series.read().get(&key) {
+            return s.clone();
+        }
+        self.series.write().entry(key).or_default().clone()
+    }
+
+    /// Counts messages sent to `topic`.
+    pub fn sent(&self, topic: &str, n: u64) {
+        if let Some(c) = self.sent.read().get(topic) {
+            c.fetch_add(n, Ordering::Relaxed);
+            return;
+        }
+        self.sent
+            .write()
+            .entry(topic.to_owned())
+            .or_default()
+            .fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The Prometheus text exposition of every series.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let series = self.series.read();
+        let counter = |out: &mut String, name: &str, help: &str, get: &dyn Fn(&Series) -> u64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for ((topic, group), s) in series.iter() {
+                let _ = writeln!(
+                    out,
+                    "{name}{{topic=\"{}\",group=\"{}\"}} {}",
+                    escape(topic),
+                    escape(group),
+                    get(s)
+                );
+            }
+        };
+        let _ = writeln!(
+            out,
+            "# HELP mq_sent_total Messages sent.\n# TYPE mq_sent_total counter"
+        );
+        for (topic, c) in self.sent.read().iter() {
+            let _ = writeln!(
+                out,
+                "mq_sent_total{{topic=\"{}\"}} {}",
+                escape(topic),
+                c.load(Ordering::Relaxed)
+            );
+        }
+        counter(
+            &mut out,
+            "mq_delivered_total",
+            "Deliveries handed to handlers.",
+            &|s| s.delivered.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "mq_acked_total",
+            "Deliveries acknowledged.",
+            &|s| s.acked.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "mq_retried_total",
+            "Deliveries that will be retried.",
+            &|s| s.retried.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "mq_dead_lettered_total",
+            "Messages sent to a dead-letter queue.",
+            &|s| s.dead_lettered.load(Ordering::Relaxed),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP mq_lag Messages stored but not yet consumed by the group.\n# TYPE mq_lag gauge"
+        );
+        for ((topic, group), s) in series.iter() {
+            let _ = writeln!(
+                out,
+                "mq_lag{{topic=\"{}\",group=\"{}\"}} {}",
+                escape(topic),
+                escape(group),
+                s.lag.load(Ordering::Relaxed)
+            );
+        }
+        let name = "mq_handler_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Handler run time.\n# TYPE {name} histogram"
+        );
+        for ((topic, group), s) in series.iter() {
+            let labels = format!("topic=\"{}\",group=\"{}\"", escape(topic), escape(group));
+            for (i, bound) in BUCKETS.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "{name}_bucket{{{labels},le=\"{bound}\"}} {}",
+                    s.buckets[i].load(Ordering::Relaxed)
+                );
+            }
+            let count = s.count.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
+            let _ = writeln!(
+                out,
+                "{name}_sum{{{labels}}} {}",
+                s.sum_micros.load(Ordering::Relaxed) as f64 / 1e6
+            );
+            let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
+        }
+        out
+    }
+}
+
+fn escape(label: &str) -> String {
+    label
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text() {
+        let m = Metrics::default();
+        let s = m.series("order", "points");
+        s.delivered();
+        s.acked();
+        s.observe(Duration::from_millis(3));
+        s.set_lag(7);
+        m.sent("order", 2);
+        let text = m.render();
+        assert!(text.contains("mq_sent_total{topic=\"order\"} 2"), "{text}");
+        assert!(text.contains("mq_acked_total{topic=\"order\",group=\"points\"} 1"));
+        assert!(text.contains("mq_lag{topic=\"order\",group=\"points\"} 7"));
+        assert!(text.contains(
+            "mq_handler_seconds_bucket{topic=\"order\",group=\"points\",le=\"0.001\"} 0"
+        ));
+        assert!(text.contains(
+            "mq_handler_seconds_bucket{topic=\"order\",group=\"points\",le=\"0.005\"} 1"
+        ));
+        assert!(text.contains("mq_handler_seconds_count{topic=\"order\",group=\"points\"} 1"));
+    }
+}

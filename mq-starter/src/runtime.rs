@@ -1,0 +1,513 @@
+//! `MqApplication`: builds the broker from configuration, starts every enabled listener, and
+//! shuts down gracefully.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mq_core::embedded::{EmbeddedBroker, EmbeddedConfig, FlushPolicy};
+use mq_core::{
+    Backoff, Broker, BrokerError, CheckPolicy, ConsumeFrom, ConsumerOptions, DelayPolicy,
+    Subscription, TagFilter,
+};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::config::{
+    parse_durations, parse_mode, parse_model, resolve_placeholders, BrokerKind, ConfigError,
+    Configuration, ConsumeFromSetting, FlushMode, IdempotencyStoreKind, MqSettings,
+};
+use crate::context::{AppContext, States};
+use crate::idempotency::{IdempotencyError, IdempotencyStore, MemoryStore, RedisStore};
+use crate::listener::{Idempotency, ListenerLoop};
+use crate::metrics::Metrics;
+use crate::registry::{self, ListenerRegistration};
+use crate::template::MqTemplate;
+use crate::transaction::Checker;
+
+/// Why an application could not start or stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration is wrong.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The broker failed.
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    /// The idempotency store cannot be reached.
+    #[error(transparent)]
+    Idempotency(#[from] IdempotencyError),
+    /// A listener's settings or arguments do not work.
+    #[error("listener {name}: {message}")]
+    Listener {
+        /// The listener (handler function) name.
+        name: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// An application of listeners and transaction listeners over one broker.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), mq_starter::StartError> {
+/// #[derive(Clone)]
+/// struct Shop;
+/// mq_starter::MqApplication::from_config()?
+///     .with_state(Shop)
+///     .run()
+///     .await
+/// # }
+/// ```
+pub struct MqApplication {
+    config: Configuration,
+    settings: MqSettings,
+    states: States,
+    broker: Option<Arc<dyn Broker>>,
+    idempotency: Option<Arc<dyn IdempotencyStore>>,
+}
+
+impl MqApplication {
+    /// Loads the configuration (see [`Configuration::load`]).
+    pub fn from_config() -> Result<Self, StartError> {
+        Self::new(Configuration::load()?)
+    }
+
+    /// An application over an already loaded configuration.
+    pub fn new(config: Configuration) -> Result<Self, StartError> {
+        let settings = config.mq()?;
+        Ok(MqApplication {
+            config,
+            settings,
+            states: States::default(),
+            broker: None,
+            idempotency: None,
+        })
+    }
+
+    /// The configuration, for the application's own sections.
+    pub fn config(&self) -> &Configuration {
+        &self.config
+    }
+
+    /// The `mq:` settings.
+    pub fn settings(&self) -> &MqSettings {
+        &self.settings
+    }
+
+    /// Registers state for `State<T>` extractors and transaction listeners.
+    pub fn with_state<T: Clone + Send + Sync + 'static>(mut self, state: T) -> Self {
+        self.states.insert(state);
+        self
+    }
+
+    /// Uses this broker instead of building one from configuration.
+    pub fn with_broker(mut self, broker: Arc<dyn Broker>) -> Self {
+        self.broker = Some(broker);
+        self
+    }
+
+    /// Uses this idempotency store instead of building one from configuration.
+    pub fn with_idempotency_store(mut self, store: Arc<dyn IdempotencyStore>) -> Self {
+        self.idempotency = Some(store);
+        self
+    }
+
+    /// Opens the broker the configuration names, without starting anything.
+    pub async fn open_broker(settings: &MqSettings) -> Result<Arc<dyn Broker>, StartError> {
+        let b = &settings.broker;
+        match b.kind {
+            BrokerKind::Embedded => {
+                let levels =
+                    parse_durations(&b.delay_levels).map_err(|m| ConfigError::BadValue {
+                        origin: "configuration".into(),
+                        key: "mq.broker.delay-levels".into(),
+                        message: m,
+                    })?;
+                let mut config = EmbeddedConfig::new(&b.data_dir)
+                    .flush(match b.flush {
+                        FlushMode::Async => FlushPolicy::Async {
+                            interval: b.flush_interval,
+                        },
+                        FlushMode::Sync => FlushPolicy::Sync,
+                    })
+                    .default_queues(b.queues)
+                    .segment_size(b.segment_size)
+                    .max_message_size(b.max_message_size)
+                    .delay_policy(DelayPolicy {
+                        levels,
+                        max_delay: b.max_delay,
+                    })
+                    .check_policy(CheckPolicy {
+                        timeout: b.transaction.timeout,
+                        interval: b.transaction.check_interval,
+                        max_checks: b.transaction.check_max,
+                    });
+                config.file_reserved_time = b.file_reserved_time;
+                Ok(EmbeddedBroker::open(config).await?)
+            }
+            BrokerKind::Redis => Err(StartError::Config(ConfigError::BadValue {
+                origin: "configuration".into(),
+                key: "mq.broker.kind".into(),
+                message:
+                    "the Redis broker backend is not available in this version; use `embedded`"
+                        .into(),
+            })),
+        }
+    }
+
+    /// Starts the broker, the transaction listeners and every enabled listener.
+    pub async fn start(self) -> Result<Running, StartError> {
+        let broker = match self.broker {
+            Some(b) => b,
+            None => Self::open_broker(&self.settings).await?,
+        };
+        let settings = self.settings;
+        let metrics = Arc::new(Metrics::default());
+        let template = MqTemplate::new(broker.clone(), settings.producer.clone(), metrics.clone());
+        let app = Arc::new(AppContext {
+            states: self.states,
+            template: template.clone(),
+        });
+
+        for reg in registry::transaction_listeners() {
+            let listener = (reg.make)(&app).map_err(|message| StartError::Listener {
+                name: reg.name.into(),
+                message,
+            })?;
+            template.add_transaction_listener(reg.name, listener.clone());
+            broker
+                .register_checker(reg.name, Arc::new(Checker(listener)))
+                .await?;
+            tracing::info!(name = reg.name, "transaction listener registered");
+        }
+
+        let idempotency = match self.idempotency {
+            Some(s) => Some(s),
+            None if registry::listeners().any(|l| l.idempotent.is_some()) => {
+                Some(open_idempotency(&settings).await?)
+            }
+            None => None,
+        };
+
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+        let mut started = Vec::new();
+        for reg in registry::listeners() {
+            let Some(resolved) = resolve(&self.config, &settings, reg)? else {
+                tracing::info!(listener = reg.name, "listener disabled by configuration");
+                continue;
+            };
+            let handler = (reg.handler)();
+            handler
+                .check(&app)
+                .map_err(|message| StartError::Listener {
+                    name: reg.name.into(),
+                    message,
+                })?;
+            for topic in &resolved.topics {
+                let subscription = Subscription {
+                    topic: topic.clone(),
+                    group: resolved.group.clone(),
+                    filter: resolved.filter.clone(),
+                    model: resolved.model,
+                    mode: resolved.mode,
+                };
+                let consumer = broker
+                    .subscribe(subscription, resolved.options.clone())
+                    .await
+                    .map_err(|e| StartError::Listener {
+                        name: reg.name.into(),
+                        message: e.to_string(),
+                    })?;
+                tracing::info!(
+                    listener = reg.name,
+                    module = reg.module,
+                    topic = %topic,
+                    group = %resolved.group,
+                    tags = %resolved.filter,
+                    model = ?resolved.model,
+                    mode = ?resolved.mode,
+                    concurrency = resolved.concurrency,
+                    batch = ?resolved.batch,
+                    max_reconsume_times = resolved.options.max_reconsume_times,
+                    consume_timeout = ?resolved.options.consume_timeout,
+                    idempotent = ?reg.idempotent,
+                    "listener started"
+                );
+                let lp = Arc::new(ListenerLoop {
+                    name: reg.name.into(),
+                    group: resolved.group.clone(),
+                    topic: topic.clone(),
+                    concurrency: resolved.concurrency,
+                    batch: resolved.batch,
+                    handler: handler.clone(),
+                    app: app.clone(),
+                    series: metrics.series(topic, &resolved.group),
+                    idempotency: match (reg.idempotent, &idempotency) {
+                        (Some(key), Some(store)) => Some(Idempotency {
+                            store: store.clone(),
+                            key,
+                            lease: settings.idempotency.lease,
+                            retention: settings.idempotency.retention,
+                        }),
+                        _ => None,
+                    },
+                    shutdown_timeout: settings.shutdown_timeout,
+                });
+                started.push((topic.clone(), resolved.group.clone()));
+                tasks.spawn(lp.run(consumer, stop_rx.clone()));
+            }
+        }
+        tasks.spawn(track_lag(broker.clone(), metrics.clone(), started, stop_rx));
+        Ok(Running {
+            broker,
+            template,
+            metrics,
+            stop: stop_tx,
+            tasks,
+        })
+    }
+
+    /// Starts, then runs until SIGINT or SIGTERM, then shuts down gracefully.
+    pub async fn run(self) -> Result<(), StartError> {
+        let running = self.start().await?;
+        shutdown_signal().await;
+        tracing::info!("shutdown signal received");
+        running.shutdown().await
+    }
+}
+
+async fn open_idempotency(settings: &MqSettings) -> Result<Arc<dyn IdempotencyStore>, StartError> {
+    Ok(match settings.idempotency.store {
+        IdempotencyStoreKind::Memory => Arc::new(MemoryStore::new(settings.idempotency.capacity)),
+        IdempotencyStoreKind::Redis => {
+            Arc::new(RedisStore::connect(&settings.idempotency.redis_url).await?)
+        }
+    })
+}
+
+/// Resolves once SIGINT (Ctrl-C) or, on Unix, SIGTERM arrives.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
+
+async fn track_lag(
+    broker: Arc<dyn Broker>,
+    metrics: Arc<Metrics>,
+    subscriptions: Vec<(String, String)>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        for (topic, group) in &subscriptions {
+            if let Ok(Some(lag)) = broker.lag(group, topic).await {
+                metrics.series(topic, group).set_lag(lag);
+            }
+        }
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+    }
+}
+
+/// A listener's attribute values after placeholders and configuration overrides.
+struct Resolved {
+    topics: Vec<String>,
+    group: String,
+    filter: TagFilter,
+    model: mq_core::MessageModel,
+    mode: mq_core::ConsumeMode,
+    concurrency: usize,
+    batch: Option<usize>,
+    options: ConsumerOptions,
+}
+
+fn resolve(
+    config: &Configuration,
+    settings: &MqSettings,
+    reg: &ListenerRegistration,
+) -> Result<Option<Resolved>, StartError> {
+    let context = format!("listener {}", reg.name);
+    let text = |s: &str| resolve_placeholders(config, s, &context);
+    let bad = |message: String| StartError::Listener {
+        name: reg.name.into(),
+        message,
+    };
+    let overrides = settings
+        .listeners
+        .get(reg.name)
+        .cloned()
+        .unwrap_or_default();
+    let enabled = match overrides.enabled {
+        Some(e) => e,
+        None => text(reg.enabled)?.parse::<bool>().map_err(|_| {
+            bad(format!(
+                "enabled must be true or false, not {:?}",
+                reg.enabled
+            ))
+        })?,
+    };
+    if !enabled {
+        return Ok(None);
+    }
+    let number = |name: &str, v: Option<&'static str>| -> Result<Option<u64>, StartError> {
+        v.map(|v| {
+            text(v)?
+                .parse::<u64>()
+                .map_err(|e| bad(format!("{name}: {e}")))
+        })
+        .transpose()
+    };
+    let topics = reg
+        .topics
+        .iter()
+        .map(|t| text(t))
+        .collect::<Result<Vec<_>, _>>()?;
+    let group = text(reg.group)?;
+    let filter = TagFilter::parse(&text(reg.tag)?).map_err(|e| bad(e.to_string()))?;
+    let model = parse_model(&text(reg.model)?).map_err(bad)?;
+    let mode = parse_mode(&text(reg.mode)?).map_err(bad)?;
+    if model == mq_core::MessageModel::Broadcasting && mode == mq_core::ConsumeMode::Orderly {
+        return Err(bad(
+            "orderly consumption cannot be combined with broadcasting".into(),
+        ));
+    }
+    let concurrency = overrides
+        .concurrency
+        .or(number("concurrency", reg.concurrency)?.map(|n| n as usize))
+        .unwrap_or(settings.consumer.concurrency)
+        .max(1);
+    let batch = number("batch", reg.batch)?.map(|n| n.max(1) as usize);
+    let max_reconsume_times = overrides
+        .max_reconsume_times
+        .or(number("max_reconsume_times", reg.max_reconsume_times)?.map(|n| n as u32))
+        .unwrap_or(settings.consumer.max_reconsume_times);
+    let consume_timeout = match overrides.consume_timeout {
+        Some(t) => t,
+        None => match reg.consume_timeout {
+            Some(t) => humantime::parse_duration(&text(t)?)
+                .map_err(|e| bad(format!("consume_timeout: {e}")))?,
+            None => settings.consumer.consume_timeout,
+        },
+    };
+    let steps = parse_durations(&settings.consumer.backoff).map_err(|m| {
+        StartError::Config(ConfigError::BadValue {
+            origin: "configuration".into(),
+            key: "mq.consumer.backoff".into(),
+            message: m,
+        })
+    })?;
+    let options = ConsumerOptions::new()
+        .consume_from(match settings.consumer.consume_from {
+            ConsumeFromSetting::Last => ConsumeFrom::Last,
+            ConsumeFromSetting::First => ConsumeFrom::First,
+        })
+        .consume_timeout(consume_timeout)
+        .max_reconsume_times(max_reconsume_times)
+        .backoff(Backoff { steps })
+        .suspend_current_queue_time(settings.consumer.suspend_current_queue_time)
+        .max_in_flight_per_queue(
+            (concurrency * batch.unwrap_or(1))
+                .max(mq_core::broker::DEFAULT_MAX_IN_FLIGHT_PER_QUEUE),
+        );
+    Ok(Some(Resolved {
+        topics,
+        group,
+        filter,
+        model,
+        mode,
+        concurrency,
+        batch,
+        options,
+    }))
+}
+
+/// A started application.
+pub struct Running {
+    broker: Arc<dyn Broker>,
+    template: MqTemplate,
+    metrics: Arc<Metrics>,
+    stop: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+impl std::fmt::Debug for Running {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Running")
+            .field("backend", &self.broker.backend())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Asks a running application to stop (from axum's graceful shutdown, a test, a signal).
+#[derive(Debug, Clone)]
+pub struct ShutdownHandle(watch::Sender<bool>);
+
+impl ShutdownHandle {
+    /// Stops fetching; handlers in flight may finish.
+    pub fn shutdown(&self) {
+        self.0.send_replace(true);
+    }
+}
+
+impl Running {
+    /// The template, to send messages (and as axum state).
+    pub fn template(&self) -> MqTemplate {
+        self.template.clone()
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
+    /// The broker (for dead letters and administration).
+    pub fn broker(&self) -> Arc<dyn Broker> {
+        self.broker.clone()
+    }
+
+    /// A handle that stops fetching.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle(self.stop.clone())
+    }
+
+    /// Stops gracefully: no more fetching, handlers in flight finish (up to
+    /// `mq.shutdown-timeout`), progress is committed and storage flushed.
+    pub async fn shutdown(mut self) -> Result<(), StartError> {
+        self.stop.send_replace(true);
+        while self.tasks.join_next().await.is_some() {}
+        self.broker.shutdown().await?;
+        tracing::info!("mq stopped");
+        Ok(())
+    }
+
+    /// Waits until a [`ShutdownHandle`] asks to stop, then shuts down.
+    pub async fn wait(self) -> Result<(), StartError> {
+        let mut rx = self.stop.subscribe();
+        while !*rx.borrow_and_update() {
+            if rx.changed().await.is_err() {
+                break;
+            }
+        }
+        self.shutdown().await
+    }
+}

@@ -38,7 +38,7 @@ pub fn mq_listener(attr: TokenStream, item: TokenStream) -> TokenStream {
 /// Registers an `impl TransactionListener for T` under a name, so that
 /// `template.message(..).send_in_transaction("name", arg)` runs its local transaction and the
 /// broker's check-back reaches its `check`. The listener's value comes from the application's
-/// state (`with_state`).
+/// state (`with_state`). Keys: `name` (required), `enabled` (a boolean or a placeholder).
 #[proc_macro_attribute]
 pub fn transaction_listener(attr: TokenStream, item: TokenStream) -> TokenStream {
     transaction::expand(attr.into(), item.into())

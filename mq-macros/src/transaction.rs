@@ -7,7 +7,7 @@ use syn::ItemImpl;
 use crate::attrs::Args;
 
 pub fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
-    let args = Args::parse(attr, &["name"])?;
+    let args = Args::parse(attr, &["name", "enabled"])?;
     let item: ItemImpl = syn::parse2(item).map_err(|e| {
         syn::Error::new(
             e.span(),
@@ -47,6 +47,12 @@ pub fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
             ))
         }
     };
+    let enabled = match args.get("enabled") {
+        Some(v) => v
+            .text()
+            .ok_or_else(|| syn::Error::new(v.span(), "`enabled` takes a boolean or a string"))?,
+        None => "true".to_owned(),
+    };
     let ty = &item.self_ty;
     Ok(quote! {
         #item
@@ -54,6 +60,7 @@ pub fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
         ::mq_starter::__private::inventory::submit! {
             ::mq_starter::__private::TransactionRegistration {
                 name: #name,
+                enabled: #enabled,
                 make: ::mq_starter::__private::make_listener::<#ty>,
             }
         }

@@ -56,6 +56,8 @@ inventory::collect!(ListenerRegistration);
 pub struct TransactionRegistration {
     /// The name transactional sends use; also the producer name check-back is routed by.
     pub name: &'static str,
+    /// `true`, `false` or a placeholder.
+    pub enabled: &'static str,
     /// Builds the listener from the application's state.
     pub make: fn(&AppContext) -> Result<Arc<dyn ErasedTransactionListener>, String>,
 }

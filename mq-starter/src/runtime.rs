@@ -170,6 +170,21 @@ impl MqApplication {
         });
 
         for reg in registry::transaction_listeners() {
+            let context = format!("transaction listener {}", reg.name);
+            let enabled = resolve_placeholders(&self.config, reg.enabled, &context)?;
+            if enabled != "true" {
+                if enabled != "false" {
+                    return Err(StartError::Listener {
+                        name: reg.name.into(),
+                        message: format!("enabled must be true or false, not {enabled:?}"),
+                    });
+                }
+                tracing::info!(
+                    name = reg.name,
+                    "transaction listener disabled by configuration"
+                );
+                continue;
+            }
             let listener = (reg.make)(&app).map_err(|message| StartError::Listener {
                 name: reg.name.into(),
                 message,

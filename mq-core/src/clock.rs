@@ -9,7 +9,9 @@ use tokio::time::Instant;
 /// Milliseconds since the Unix epoch, advancing with tokio's clock.
 #[derive(Debug, Clone, Copy)]
 pub struct Clock {
-    anchor_ms: u64,
+    /// Nanoseconds since the Unix epoch at `anchor`: whole milliseconds would put the clock up
+    /// to a millisecond behind and make every timer up to that much late.
+    anchor_ns: u128,
     anchor: Instant,
 }
 
@@ -17,9 +19,9 @@ impl Clock {
     /// A clock anchored now. Must be created inside a tokio runtime.
     pub fn new() -> Self {
         Clock {
-            anchor_ms: SystemTime::now()
+            anchor_ns: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
+                .map(|d| d.as_nanos())
                 .unwrap_or(0),
             anchor: Instant::now(),
         }
@@ -27,13 +29,18 @@ impl Clock {
 
     /// The current time in milliseconds since the Unix epoch.
     pub fn now_ms(&self) -> u64 {
-        self.anchor_ms + self.anchor.elapsed().as_millis() as u64
+        (self.now_ns() / 1_000_000) as u64
+    }
+
+    fn now_ns(&self) -> u128 {
+        self.anchor_ns + self.anchor.elapsed().as_nanos()
     }
 
     /// The tokio instant at which this clock shows `ms` (now, if that is past).
     pub fn instant_at(&self, ms: u64) -> Instant {
-        let now_ms = self.now_ms();
-        Instant::now() + Duration::from_millis(ms.saturating_sub(now_ms))
+        let target_ns = u128::from(ms) * 1_000_000;
+        let wait = target_ns.saturating_sub(self.now_ns());
+        Instant::now() + Duration::from_nanos(wait.min(u128::from(u64::MAX)) as u64)
     }
 
     /// A wall-clock time in milliseconds since the Unix epoch.
@@ -61,6 +68,10 @@ mod tests {
         tokio::time::advance(Duration::from_secs(10)).await;
         assert_eq!(clock.now_ms() - t0, 10_000);
         let at = clock.instant_at(t0 + 15_000);
-        assert_eq!(at - Instant::now(), Duration::from_secs(5));
+        let wait = at - Instant::now();
+        assert!(
+            wait <= Duration::from_secs(5) && wait > Duration::from_millis(4999),
+            "{wait:?}"
+        );
     }
 }

@@ -28,6 +28,11 @@ pub enum Rejection {
 }
 
 /// Produces a handler argument from a delivery.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be an argument of a listener",
+    label = "not an extractor",
+    note = "listener arguments are extractors: Json<T>, MessageView, State<T>, MqTemplate, Body, or Vec<Json<T>> and Vec<MessageView> for batches"
+)]
 pub trait FromDelivery: Sized + Send + 'static {
     /// Checked once at start-up, so that a missing state fails the start, not every message.
     fn check(_app: &AppContext) -> Result<(), String> {

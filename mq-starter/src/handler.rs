@@ -110,6 +110,10 @@ impl<T: IntoOutcome, E: Display> IntoOutcome for Result<T, E> {
 }
 
 /// An async function usable as a listener: every argument an extractor.
+#[diagnostic::on_unimplemented(
+    message = "this function cannot be a listener",
+    note = "a listener is an `async fn` of at most 8 extractor arguments returning (), Outcome, Json<T> or a Result of those"
+)]
 pub trait Handler<Args>: Clone + Send + Sync + 'static {
     /// Runs the handler on a delivery.
     fn call(&self, ctx: DeliveryContext) -> BoxFuture<Outcome>;

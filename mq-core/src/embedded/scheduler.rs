@@ -111,6 +111,11 @@ impl DelayScheduler {
                 return Ok(());
             }
             let mut p = self.pending.lock();
+            // Size the heap once for everything still to load, not by doubling.
+            let wanted = (max - from) as usize;
+            if p.heap.capacity() - p.heap.len() < wanted {
+                p.heap.reserve_exact(wanted);
+            }
             for (i, e) in entries.iter().enumerate() {
                 p.heap.push(Reverse((e.store_timestamp, from + i as u64)));
                 p.fired.push_back(false);

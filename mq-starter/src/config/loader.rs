@@ -225,12 +225,19 @@ impl Configuration {
 
     /// The file that set `key`, or `environment`.
     fn origin_of(&self, key: &str) -> String {
-        match self.inner.get::<config::Value>(key) {
-            Ok(v) => v
+        // Walk the merged tree: values fetched through `get` lose their origin.
+        let mut value = Some(self.inner.cache.clone());
+        for segment in key.split('.') {
+            value = value
+                .and_then(|v| v.into_table().ok())
+                .and_then(|mut t| t.remove(segment));
+        }
+        match value {
+            Some(v) => v
                 .origin()
                 .map(str::to_owned)
                 .unwrap_or_else(|| "environment".into()),
-            Err(_) => self
+            None => self
                 .files
                 .last()
                 .map(|f| f.display().to_string())

@@ -1,40 +1,121 @@
-//! The demo shop. Until its HTTP API lands (the demo-shop issue), this binary starts mq on the
-//! embedded defaults of `config/application.yaml`, sends one order event through a listener,
-//! and stops.
+//! The demo shop: an axum HTTP API for orders, payments, property fees and delayed cancellation
+//! of unpaid orders, running on mq. Start it with `cargo run -p demo-shop`.
 
+mod api;
+mod domain;
+mod listeners;
+mod store;
+mod transactions;
+
+use std::path::Path;
 use std::time::Duration;
 
-use mq_starter::prelude::*;
-use serde::{Deserialize, Serialize};
+use mq_starter::{shutdown_signal, MqApplication};
+use serde::Deserialize;
+use sqlx::SqlitePool;
 
-#[derive(Debug, Serialize, Deserialize)]
-struct OrderCreated {
-    order_id: u64,
+/// The shop's state, shared by listeners and the API.
+#[derive(Clone)]
+pub struct Shop {
+    /// The shop's database.
+    pub db: SqlitePool,
+    /// How long an order may stay unpaid.
+    pub cancel_after: Duration,
 }
 
-#[mq_listener(topic = "order-created", group = "demo-shop")]
-async fn on_order_created(Json(order): Json<OrderCreated>, msg: MessageView) {
-    tracing::info!(order = order.order_id, id = %msg.id, attempt = msg.attempt(), "order received");
+/// `shop:` in the configuration.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct ShopSettings {
+    #[serde(default)]
+    order: OrderSettings,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct OrderSettings {
+    #[serde(with = "humantime_serde", default = "default_cancel_after")]
+    cancel_after: Duration,
+}
+
+impl Default for OrderSettings {
+    fn default() -> Self {
+        OrderSettings {
+            cancel_after: default_cancel_after(),
+        }
+    }
+}
+
+fn default_cancel_after() -> Duration {
+    Duration::from_secs(30 * 60)
+}
+
+/// `server:` in the configuration.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServerSettings {
+    addr: String,
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,sqlx=warn".into()),
         )
         .init();
-    let running = MqApplication::from_config()?.start().await?;
-    let sent = running
-        .template()
-        .message("order-created")
-        .key("order-1")
-        .json(&OrderCreated { order_id: 1 })?
-        .send()
+    if let Err(e) = run().await {
+        tracing::error!("{e}");
+        eprintln!("demo-shop: {e}");
+        std::process::exit(1);
+    }
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    let app = MqApplication::from_config()?;
+    let shop_settings: ShopSettings = match app.config().get("shop") {
+        Ok(s) => s,
+        Err(mq_starter::config::ConfigError::BadValue { message, .. })
+            if message.contains("not found") =>
+        {
+            ShopSettings {
+                order: OrderSettings::default(),
+            }
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let server: ServerSettings = app.config().get("server").unwrap_or(ServerSettings {
+        addr: "127.0.0.1:8080".into(),
+    });
+    let data_dir = &app.settings().broker.data_dir;
+    let db_path = data_dir.parent().unwrap_or(Path::new(".")).join("shop.db");
+    let db = store::open(&db_path).await?;
+    tracing::info!(database = %db_path.display(), cancel_after = ?shop_settings.order.cancel_after, "shop database open");
+    let shop = Shop {
+        db: db.clone(),
+        cancel_after: shop_settings.order.cancel_after,
+    };
+    let running = app
+        .with_state(shop.clone())
+        .with_state(transactions::OrderPaidTx { db: db.clone() })
+        .with_state(transactions::FeePaidTx { db })
+        .start()
         .await?;
-    tracing::info!(id = %sent.message_id, queue = sent.queue_id, offset = sent.queue_offset, "order sent");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let state = api::ApiState {
+        shop,
+        template: running.template(),
+        broker: running.broker(),
+        metrics: running.metrics(),
+    };
+    let listener = tokio::net::TcpListener::bind(&server.addr).await?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "demo-shop listening");
+    println!("listening on http://{addr}");
+    axum::serve(listener, api::router(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    tracing::info!("HTTP server stopped; stopping mq");
     running.shutdown().await?;
-    tracing::info!("the HTTP shop arrives with the demo-shop issue");
     Ok(())
 }

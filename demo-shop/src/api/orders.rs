@@ -1,0 +1,187 @@
+//! `/api/orders` and `/api/users/{id}/points`.
+
+use std::collections::BTreeMap;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use mq_starter::core::{Delay, TxState};
+use serde::Deserialize;
+use utoipa::{IntoParams, ToSchema};
+
+use super::error::{ApiError, Body, ErrorBody, PathParam, QueryParam};
+use super::ApiState;
+use crate::domain::{Order, OrderEvent, OrderPaid, OrderTimeout, Points};
+use crate::listeners::timeline_event;
+use crate::store;
+use crate::transactions::PayOrder;
+
+/// One line of a new order.
+#[derive(Deserialize, ToSchema)]
+pub struct NewOrderItem {
+    pub sku: String,
+    pub quantity: i64,
+}
+
+/// A new order.
+#[derive(Deserialize, ToSchema)]
+pub struct NewOrder {
+    pub user_id: String,
+    pub items: Vec<NewOrderItem>,
+}
+
+/// Places an order: reserves stock and schedules its cancellation if unpaid.
+#[utoipa::path(post, path = "/api/orders", request_body = NewOrder,
+    responses((status = 201, body = Order), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn create_order(
+    State(s): State<ApiState>,
+    Body(o): Body<NewOrder>,
+) -> Result<(StatusCode, Json<Order>), ApiError> {
+    if o.user_id.trim().is_empty() {
+        return Err(ApiError::invalid("user_id must not be empty"));
+    }
+    if o.items.is_empty() {
+        return Err(ApiError::invalid("an order needs at least one item"));
+    }
+    let mut lines: BTreeMap<String, i64> = BTreeMap::new();
+    for item in &o.items {
+        if item.quantity <= 0 {
+            return Err(ApiError::invalid(format!(
+                "quantity of {} must be positive, not {}",
+                item.sku, item.quantity
+            )));
+        }
+        *lines.entry(item.sku.clone()).or_default() += item.quantity;
+    }
+    let lines: Vec<(String, i64)> = lines.into_iter().collect();
+    let order = store::create_order(&s.shop.db, &o.user_id, &lines).await?;
+    s.template
+        .message("order-timeout")
+        .key(order.id.to_string())
+        .delay(Delay::After(s.shop.cancel_after))
+        .json(&OrderTimeout { order_id: order.id })
+        .map_err(ApiError::from)?
+        .send()
+        .await?;
+    timeline_event(&s.template, order.id, "CREATED")
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "messaging", e))?;
+    Ok((StatusCode::CREATED, Json(order)))
+}
+
+/// Who is asking for orders.
+#[derive(Deserialize, IntoParams)]
+pub struct OrdersQuery {
+    pub user_id: String,
+}
+
+/// The orders of a user.
+#[utoipa::path(get, path = "/api/orders", params(OrdersQuery),
+    responses((status = 200, body = Vec<Order>), (status = 400, body = ErrorBody)))]
+pub async fn list_orders(
+    State(s): State<ApiState>,
+    QueryParam(q): QueryParam<OrdersQuery>,
+) -> Result<Json<Vec<Order>>, ApiError> {
+    Ok(Json(store::orders_of(&s.shop.db, &q.user_id).await?))
+}
+
+async fn order_or_404(s: &ApiState, id: i64) -> Result<Order, ApiError> {
+    store::get_order(&s.shop.db, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("order {id} not found")))
+}
+
+/// An order.
+#[utoipa::path(get, path = "/api/orders/{id}", params(("id" = i64, Path)),
+    responses((status = 200, body = Order), (status = 404, body = ErrorBody)))]
+pub async fn get_order(
+    State(s): State<ApiState>,
+    PathParam(id): PathParam<i64>,
+) -> Result<Json<Order>, ApiError> {
+    Ok(Json(order_or_404(&s, id).await?))
+}
+
+/// A payment.
+#[derive(Deserialize, ToSchema)]
+pub struct Payment {
+    pub payment_id: String,
+}
+
+/// Pays an order: a transactional `order-paid` message whose local transaction marks the
+/// order paid and writes the transaction log. Paying again with the same payment id answers
+/// the same and changes nothing.
+#[utoipa::path(post, path = "/api/orders/{id}/pay", params(("id" = i64, Path)), request_body = Payment,
+    responses((status = 200, body = Order), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn pay_order(
+    State(s): State<ApiState>,
+    PathParam(id): PathParam<i64>,
+    Body(p): Body<Payment>,
+) -> Result<Json<Order>, ApiError> {
+    if p.payment_id.trim().is_empty() {
+        return Err(ApiError::invalid("payment_id must not be empty"));
+    }
+    let order = order_or_404(&s, id).await?;
+    match order.status.as_str() {
+        "PAID" if order.payment_id.as_deref() == Some(p.payment_id.as_str()) => {
+            return Ok(Json(order))
+        }
+        "PAID" => return Err(ApiError::conflict(format!("order {id} is already paid"))),
+        "CANCELLED" => return Err(ApiError::conflict(format!("order {id} is cancelled"))),
+        _ => {}
+    }
+    let sent = s
+        .template
+        .message("order-paid")
+        .key(id.to_string())
+        .json(&OrderPaid {
+            order_id: id,
+            user_id: order.user_id.clone(),
+            total_cents: order.total_cents,
+            payment_id: p.payment_id.clone(),
+        })
+        .map_err(ApiError::from)?
+        .send_in_transaction(
+            "order-paid",
+            PayOrder {
+                order_id: id,
+                payment_id: p.payment_id.clone(),
+            },
+        )
+        .await?;
+    let after = order_or_404(&s, id).await?;
+    match (sent.state, after.status.as_str()) {
+        (_, "PAID") if after.payment_id.as_deref() == Some(p.payment_id.as_str()) => {
+            Ok(Json(after))
+        }
+        (_, "PAID") => Err(ApiError::conflict(format!("order {id} is already paid"))),
+        (_, "CANCELLED") => Err(ApiError::conflict(format!("order {id} is cancelled"))),
+        (TxState::Unknown, _) => Err(ApiError::new(
+            StatusCode::ACCEPTED,
+            "pending",
+            "the payment outcome is not known yet; it will be settled shortly",
+        )),
+        _ => Err(ApiError::conflict(format!("order {id} could not be paid"))),
+    }
+}
+
+/// An order's timeline: CREATED, then PAID or CANCELLED.
+#[utoipa::path(get, path = "/api/orders/{id}/events", params(("id" = i64, Path)),
+    responses((status = 200, body = Vec<OrderEvent>), (status = 404, body = ErrorBody)))]
+pub async fn order_events(
+    State(s): State<ApiState>,
+    PathParam(id): PathParam<i64>,
+) -> Result<Json<Vec<OrderEvent>>, ApiError> {
+    order_or_404(&s, id).await?;
+    Ok(Json(store::events(&s.shop.db, id).await?))
+}
+
+/// A user's points.
+#[utoipa::path(get, path = "/api/users/{id}/points", params(("id" = String, Path)),
+    responses((status = 200, body = Points)))]
+pub async fn user_points(
+    State(s): State<ApiState>,
+    PathParam(user_id): PathParam<String>,
+) -> Result<Json<Points>, ApiError> {
+    let points = store::points_of(&s.shop.db, &user_id).await?;
+    Ok(Json(Points { user_id, points }))
+}

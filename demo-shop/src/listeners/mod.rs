@@ -1,0 +1,93 @@
+//! The shop's listeners.
+
+use mq_starter::prelude::*;
+
+use crate::domain::{FeePaid, OrderEventMessage, OrderPaid, OrderTimeout};
+use crate::store::{self, StoreError};
+use crate::Shop;
+
+/// Sends an event to the order's timeline, in order with its other events.
+pub async fn timeline_event(
+    template: &MqTemplate,
+    order_id: i64,
+    event: &str,
+) -> Result<(), String> {
+    template
+        .send_orderly(
+            "order-events",
+            &OrderEventMessage {
+                order_id,
+                event: event.into(),
+            },
+            &order_id.to_string(),
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// Cancels an order still unpaid when its delay runs out, and releases its stock.
+#[mq_listener(topic = "order-timeout", group = "order-cancel", idempotent = key)]
+async fn cancel_unpaid(
+    State(shop): State<Shop>,
+    Json(t): Json<OrderTimeout>,
+    template: MqTemplate,
+) -> Result<(), String> {
+    let cancelled = store::cancel_if_unpaid(&shop.db, t.order_id)
+        .await
+        .map_err(|e| e.to_string())?;
+    let order = store::get_order(&shop.db, t.order_id)
+        .await
+        .map_err(|e| e.to_string())?;
+    if order.is_some_and(|o| o.status == "CANCELLED") {
+        if cancelled {
+            tracing::info!(order = t.order_id, "unpaid order cancelled");
+        }
+        timeline_event(&template, t.order_id, "CANCELLED").await?;
+    }
+    Ok(())
+}
+
+/// Credits points for a paid order, once per order.
+#[mq_listener(topic = "order-paid", group = "points")]
+async fn credit_points(
+    State(shop): State<Shop>,
+    Json(p): Json<OrderPaid>,
+) -> Result<(), StoreError> {
+    let points = p.total_cents / 100;
+    if store::credit_points(&shop.db, p.order_id, &p.user_id, points).await? {
+        tracing::info!(user = %p.user_id, order = p.order_id, points, "points credited");
+    }
+    Ok(())
+}
+
+/// Tells every shop instance about a paid order.
+#[mq_listener(topic = "order-paid", group = "notify", model = broadcasting)]
+async fn notify_paid(Json(p): Json<OrderPaid>) {
+    tracing::info!(user = %p.user_id, order = p.order_id, total_cents = p.total_cents, "notification: order paid");
+}
+
+/// Puts PAID on the order's timeline.
+#[mq_listener(topic = "order-paid", group = "order-events-feed")]
+async fn paid_to_timeline(Json(p): Json<OrderPaid>, template: MqTemplate) -> Result<(), String> {
+    timeline_event(&template, p.order_id, "PAID").await
+}
+
+/// Records an order's timeline, one event at a time per order.
+#[mq_listener(topic = "order-events", group = "order-timeline", mode = orderly)]
+async fn record_timeline(
+    State(shop): State<Shop>,
+    Json(e): Json<OrderEventMessage>,
+) -> Result<(), StoreError> {
+    store::add_event(&shop.db, e.order_id, &e.event).await?;
+    Ok(())
+}
+
+/// Posts the one ledger entry of a paid bill.
+#[mq_listener(topic = "fee-paid", group = "fee-ledger", idempotent = key)]
+async fn post_ledger(State(shop): State<Shop>, Json(p): Json<FeePaid>) -> Result<(), StoreError> {
+    if store::post_ledger(&shop.db, p.fee_id, &p.transaction_id, p.amount_cents).await? {
+        tracing::info!(fee = p.fee_id, transaction = %p.transaction_id, "ledger entry posted");
+    }
+    Ok(())
+}

@@ -1,0 +1,89 @@
+//! The shop's transactional producers: the local transaction writes the business change and a
+//! transaction-log row in one database transaction; check-back looks that row up.
+
+use mq_starter::prelude::*;
+use serde::{Deserialize, Serialize};
+use sqlx::SqlitePool;
+
+use crate::domain::{FeePaid, OrderPaid};
+use crate::store::{self, Paid, StoreError};
+
+/// The argument of an order payment's local transaction.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PayOrder {
+    pub order_id: i64,
+    pub payment_id: String,
+}
+
+/// Marks an order paid with its `order-paid` message.
+#[derive(Clone)]
+pub struct OrderPaidTx {
+    pub db: SqlitePool,
+}
+
+#[transaction_listener(name = "order-paid")]
+impl TransactionListener for OrderPaidTx {
+    type Arg = PayOrder;
+
+    async fn execute(&self, _msg: &MessageView, arg: PayOrder) -> TxState {
+        match store::pay_order(&self.db, arg.order_id, &arg.payment_id).await {
+            Ok(Paid::Now) => TxState::Commit,
+            // The first payment's message is already out.
+            Ok(Paid::Already) => TxState::Rollback,
+            Err(StoreError::Db(e)) => {
+                tracing::warn!(order = arg.order_id, error = %e, "payment outcome unknown; left to check-back");
+                TxState::Unknown
+            }
+            Err(e) => {
+                tracing::info!(order = arg.order_id, error = %e, "payment refused");
+                TxState::Rollback
+            }
+        }
+    }
+
+    async fn check(&self, msg: &MessageView) -> TxState {
+        let Ok(paid) = serde_json::from_slice::<OrderPaid>(&msg.body) else {
+            return TxState::Rollback;
+        };
+        match store::tx_logged(&self.db, &store::order_paid_key(paid.order_id)).await {
+            Ok(true) => TxState::Commit,
+            Ok(false) => TxState::Rollback,
+            Err(_) => TxState::Unknown,
+        }
+    }
+}
+
+/// Records a payment provider's callback with its `fee-paid` message.
+#[derive(Clone)]
+pub struct FeePaidTx {
+    pub db: SqlitePool,
+}
+
+#[transaction_listener(name = "fee-paid")]
+impl TransactionListener for FeePaidTx {
+    type Arg = FeePaid;
+
+    async fn execute(&self, _msg: &MessageView, arg: FeePaid) -> TxState {
+        match store::record_fee_payment(&self.db, arg.fee_id, &arg.transaction_id, arg.amount_cents)
+            .await
+        {
+            Ok(()) => TxState::Commit,
+            Err(StoreError::Db(e)) => {
+                tracing::warn!(fee = arg.fee_id, error = %e, "fee payment outcome unknown; left to check-back");
+                TxState::Unknown
+            }
+            Err(_) => TxState::Rollback,
+        }
+    }
+
+    async fn check(&self, msg: &MessageView) -> TxState {
+        let Ok(paid) = serde_json::from_slice::<FeePaid>(&msg.body) else {
+            return TxState::Rollback;
+        };
+        match store::tx_logged(&self.db, &store::fee_paid_key(&paid.transaction_id)).await {
+            Ok(true) => TxState::Commit,
+            Ok(false) => TxState::Rollback,
+            Err(_) => TxState::Unknown,
+        }
+    }
+}

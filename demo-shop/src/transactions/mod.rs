@@ -8,6 +8,16 @@ use sqlx::SqlitePool;
 use crate::domain::{FeePaid, OrderPaid};
 use crate::store::{self, Paid, StoreError};
 
+/// Fault injection for the crash tests: with `DEMO_SHOP_HANG_AT=<point>`, the payment's local
+/// transaction announces the point on stdout and hangs there, so that a test can kill the
+/// process between the half message and its commit.
+async fn crash_point(point: &str, order_id: i64) {
+    if std::env::var("DEMO_SHOP_HANG_AT").is_ok_and(|p| p == point) {
+        println!("HANGING at {point} for order {order_id}");
+        std::future::pending::<()>().await;
+    }
+}
+
 /// The argument of an order payment's local transaction.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PayOrder {
@@ -26,8 +36,12 @@ impl TransactionListener for OrderPaidTx {
     type Arg = PayOrder;
 
     async fn execute(&self, _msg: &MessageView, arg: PayOrder) -> TxState {
+        crash_point("before-local-tx", arg.order_id).await;
         match store::pay_order(&self.db, arg.order_id, &arg.payment_id).await {
-            Ok(Paid::Now) => TxState::Commit,
+            Ok(Paid::Now) => {
+                crash_point("after-local-tx", arg.order_id).await;
+                TxState::Commit
+            }
             // The first payment's message is already out.
             Ok(Paid::Already) => TxState::Rollback,
             Err(StoreError::Db(e)) => {

@@ -231,7 +231,51 @@ async fn unpaid_orders_are_cancelled_and_paid_ones_are_not() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_payment_callbacks_post_one_ledger_entry() {
     let dir = tempfile::tempdir().unwrap();
-    let shop = Shop::start(dir.path(), &[]);
+    repeated_callbacks(Shop::start(dir.path(), &[])).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_payment_callbacks_with_the_redis_profile() {
+    if !redis_answers() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // Each run its own keys: the store remembers processed keys for a day.
+    let prefix = format!("demo-shop-test:{}", std::process::id());
+    repeated_callbacks(Shop::start(
+        dir.path(),
+        &[
+            ("MQ_PROFILES", "redis"),
+            ("MQ__MQ__IDEMPOTENCY__PREFIX", &prefix),
+        ],
+    ))
+    .await;
+}
+
+/// Whether Redis answers on 127.0.0.1:6379; says so loudly when not (and fails under
+/// `MQ_REQUIRE_REDIS=1`, as in CI).
+fn redis_answers() -> bool {
+    use std::io::{Read, Write};
+    let ok = std::net::TcpStream::connect("127.0.0.1:6379")
+        .and_then(|mut s| {
+            s.set_read_timeout(Some(Duration::from_secs(2)))?;
+            s.write_all(b"PING\r\n")?;
+            let mut buf = [0u8; 7];
+            s.read_exact(&mut buf)?;
+            Ok(&buf == b"+PONG\r\n")
+        })
+        .unwrap_or(false);
+    if !ok {
+        assert!(
+            std::env::var("MQ_REQUIRE_REDIS").map_or(true, |v| v != "1"),
+            "MQ_REQUIRE_REDIS=1 but no Redis answers on 127.0.0.1:6379"
+        );
+        eprintln!("\n*** SKIPPED: no Redis on 127.0.0.1:6379 for the redis profile ***\n");
+    }
+    ok
+}
+
+async fn repeated_callbacks(shop: Shop) {
     let (status, fee) = shop
         .post(
             "/api/fees",

@@ -25,6 +25,8 @@ const STORE_DOWN_RETRY: Duration = Duration::from_secs(5);
 pub(crate) struct Idempotency {
     pub store: Arc<dyn IdempotencyStore>,
     pub key: IdempotencyKey,
+    /// Prefix of every key, so that applications sharing a store do not collide.
+    pub prefix: String,
     pub lease: Duration,
     pub retention: Duration,
 }
@@ -118,7 +120,8 @@ impl ListenerLoop {
             IdempotencyKey::Id => None,
         }
         .unwrap_or_else(|| msg.id.to_string());
-        format!("{}:{}", self.group, part)
+        let prefix = self.idempotency.as_ref().map_or("", |i| i.prefix.as_str());
+        format!("{prefix}:{}:{}", self.group, part)
     }
 
     async fn process(&self, consumer: &dyn Consumer, unit: Vec<Delivery>) {

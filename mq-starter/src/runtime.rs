@@ -262,6 +262,7 @@ impl MqApplication {
                         (Some(key), Some(store)) => Some(Idempotency {
                             store: store.clone(),
                             key,
+                            prefix: settings.idempotency.prefix.clone(),
                             lease: settings.idempotency.lease,
                             retention: settings.idempotency.retention,
                         }),

@@ -467,6 +467,7 @@ impl MessageBuilder {
             .get(listener)
             .cloned()
             .ok_or_else(|| SendError::UnknownTransactionListener(listener.to_owned()))?;
+        let view_topic = msg.topic().to_owned();
         let view = MessageView {
             id: msg.id(),
             topic: msg.topic().to_owned(),
@@ -502,11 +503,15 @@ impl MessageBuilder {
                 });
             }
         };
+        let topic = view_topic;
         let send_result = template
             .inner
             .broker
             .end_transaction(&prepared.transaction, state)
             .await?;
+        if send_result.is_some() {
+            template.inner.metrics.sent(&topic, 1);
+        }
         Ok(TransactionSendResult {
             message_id: prepared.message_id,
             transaction: prepared.transaction,

@@ -177,6 +177,16 @@ struct GroupInner {
     own: HashMap<String, Vec<QueueProgress>>,
 }
 
+impl GroupInner {
+    /// The windows `instance` works on: the group's (clustering) or its own (broadcasting).
+    fn progress_mut(&mut self, instance: &str) -> Option<&mut Vec<QueueProgress>> {
+        match self.subscription.model {
+            MessageModel::Clustering => Some(&mut self.shared),
+            MessageModel::Broadcasting => self.own.get_mut(instance),
+        }
+    }
+}
+
 /// One (group, topic).
 #[derive(Debug)]
 pub(crate) struct Group {
@@ -502,27 +512,15 @@ impl Groups {
             p.reclaim(now, None);
             let mut plan: Vec<(u64, u32)> = Vec::new(); // (offset, reconsume) of slots to send again
             let room = max - out.len();
-            if orderly {
+            let want = if orderly {
+                // One message of the queue out at a time, in offset order.
                 match p.window.front().copied() {
-                    Some(Slot::InFlight { .. }) => {}
                     Some(Slot::Ready { due, reconsume }) if due <= now => {
-                        plan.push((p.base, reconsume))
+                        plan.push((p.base, reconsume));
+                        0
                     }
-                    Some(_) => {}
-                    None => {
-                        let retry = q == group.real_queues;
-                        self.pull(
-                            p,
-                            (q, retry),
-                            cq,
-                            codes,
-                            subscription,
-                            member,
-                            now,
-                            1,
-                            &mut out,
-                        )?;
-                    }
+                    Some(_) => 0,
+                    None => 1,
                 }
             } else {
                 if p.ready > 0 {
@@ -541,21 +539,21 @@ impl Groups {
                     .options
                     .max_in_flight_per_queue
                     .saturating_sub(p.in_flight + p.ready);
-                let want = (room - plan.len()).min(limit);
-                if want > 0 {
-                    let retry = q == group.real_queues;
-                    self.pull(
-                        p,
-                        (q, retry),
-                        cq,
-                        codes,
-                        subscription,
-                        member,
-                        now,
-                        want,
-                        &mut out,
-                    )?;
-                }
+                (room - plan.len()).min(limit)
+            };
+            if want > 0 {
+                let retry = q == group.real_queues;
+                self.pull(
+                    p,
+                    (q, retry),
+                    cq,
+                    codes,
+                    subscription,
+                    member,
+                    now,
+                    want,
+                    &mut out,
+                )?;
             }
             for (offset, reconsume) in plan {
                 self.resend(p, q, cq, member, offset, reconsume, now, &mut out)?;
@@ -726,14 +724,7 @@ impl Groups {
     fn ack(&self, group: &Group, instance: &str, receipts: &[Receipt]) -> Result<()> {
         let freed = {
             let mut guard = group.inner.lock();
-            let inner = &mut *guard;
-            let progress = match inner.subscription.model {
-                MessageModel::Clustering => &mut inner.shared,
-                MessageModel::Broadcasting => match inner.own.get_mut(instance) {
-                    Some(own) => own,
-                    None => return Err(BrokerError::Closed),
-                },
-            };
+            let progress = guard.progress_mut(instance).ok_or(BrokerError::Closed)?;
             let mut freed = false;
             for r in receipts {
                 let p = progress
@@ -768,10 +759,7 @@ impl Groups {
             _ => return Err(BrokerError::Closed),
         };
         let (model, mode) = (inner.subscription.model, inner.subscription.mode);
-        let progress = match model {
-            MessageModel::Clustering => &mut inner.shared,
-            MessageModel::Broadcasting => inner.own.get_mut(instance).ok_or(BrokerError::Closed)?,
-        };
+        let progress = inner.progress_mut(instance).ok_or(BrokerError::Closed)?;
         let p = progress
             .get_mut(receipt.queue_id as usize)
             .ok_or_else(|| BrokerError::UnknownReceipt(format!("{receipt:?}")))?;
@@ -809,11 +797,7 @@ impl Groups {
     /// Settles a slot whatever its state (the message went to retry or dead letters).
     fn settle(&self, group: &Group, instance: &str, receipt: &Receipt) {
         let mut guard = group.inner.lock();
-        let inner = &mut *guard;
-        let progress = match inner.subscription.model {
-            MessageModel::Clustering => Some(&mut inner.shared),
-            MessageModel::Broadcasting => inner.own.get_mut(instance),
-        };
+        let progress = guard.progress_mut(instance);
         if let Some(p) = progress.and_then(|p| p.get_mut(receipt.queue_id as usize)) {
             p.settle(receipt.offset);
         }
@@ -850,11 +834,7 @@ impl Groups {
                     n.options.backoff.delay(retry)
                 });
             let mut guard = group.inner.lock();
-            let inner = &mut *guard;
-            let progress = match n.model {
-                MessageModel::Clustering => Some(&mut inner.shared),
-                MessageModel::Broadcasting => inner.own.get_mut(instance),
-            };
+            let progress = guard.progress_mut(instance);
             if let Some(p) = progress.and_then(|p| p.get_mut(receipt.queue_id as usize)) {
                 let mut retried = false;
                 if let Some(slot) = p.slot(receipt.offset) {

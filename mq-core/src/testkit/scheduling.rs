@@ -440,11 +440,12 @@ pub async fn delays_due_while_down_come_in_order(h: &dyn Harness) {
             .subscribe(Subscription::new(&topic, &group), first())
             .await
             .expect("subscribe");
-        for (b, ms) in [("third", 600), ("first", 200), ("second", 400)] {
+        // One queue, so that due order is what the consumer sees.
+        for (b, ms) in [("third", 2000), ("first", 1000), ("second", 1500)] {
             broker
                 .send(
                     Message::new(&topic, b),
-                    SendOptions::new().delayed(Delay::After(Duration::from_millis(ms))),
+                    SendOptions::queue(0).delayed(Delay::After(Duration::from_millis(ms))),
                 )
                 .await
                 .expect("send");
@@ -453,7 +454,7 @@ pub async fn delays_due_while_down_come_in_order(h: &dyn Harness) {
         drop(c);
         broker.shutdown().await.expect("shutdown");
     }
-    tokio::time::sleep(Duration::from_millis(900)).await;
+    tokio::time::sleep(Duration::from_millis(2300)).await;
     let broker = h.open().await;
     let c = broker
         .subscribe(Subscription::new(&topic, &group), first())

@@ -37,9 +37,11 @@
 // A benchmark has nothing better to do on failure than abort with the message.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+use common::*;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -89,16 +91,6 @@ struct Settings {
     batch: usize,
     workers: usize,
     dir: String,
-}
-
-fn env<T: FromStr>(name: &str, default: T) -> T {
-    match std::env::var(name) {
-        Ok(v) => v
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={v:?} is not a valid value")),
-        Err(_) => default,
-    }
 }
 
 impl Settings {
@@ -195,12 +187,6 @@ fn body(len: usize, due_ms: u64, seq: u64) -> Vec<u8> {
     b[0..8].copy_from_slice(&due_ms.to_le_bytes());
     b[8..16].copy_from_slice(&seq.to_le_bytes());
     b
-}
-
-fn read_u64(bytes: &[u8], at: usize) -> u64 {
-    let mut v = [0u8; 8];
-    v.copy_from_slice(&bytes[at..at + 8]);
-    u64::from_le_bytes(v)
 }
 
 async fn send_delayed(broker: &EmbeddedBroker, len: usize, due_ms: u64, seq: u64) {
@@ -317,31 +303,6 @@ async fn consume(
         consumer.ack(&receipts).await.expect("ack");
     }
     out
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n == 0 {
-        f64::NAN
-    } else if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
-fn machine() -> String {
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split(':').nth(1))
-        .map_or("unknown", str::trim)
-        .to_owned();
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    format!("{cores} cores, {model}, Linux {}", kernel.trim())
 }
 
 fn runtime(workers: usize) -> tokio::runtime::Runtime {

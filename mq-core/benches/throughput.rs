@@ -27,7 +27,9 @@
 // A benchmark has nothing better to do on failure than abort with the message.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::str::FromStr;
+mod common;
+use common::*;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -85,16 +87,6 @@ struct Settings {
     paced_senders: Vec<usize>,
     workers: usize,
     dir: String,
-}
-
-fn env<T: FromStr>(name: &str, default: T) -> T {
-    match std::env::var(name) {
-        Ok(v) => v
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={v:?} is not a valid value")),
-        Err(_) => default,
-    }
 }
 
 impl Settings {
@@ -169,25 +161,11 @@ impl RunResult {
     }
 }
 
-fn histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1_000, 120_000_000_000, 3).expect("histogram bounds")
-}
-
 fn body(len: usize, sent_ns: u64, marker: u64) -> Vec<u8> {
     let mut b = vec![0x5a_u8; len];
     b[0..8].copy_from_slice(&sent_ns.to_le_bytes());
     b[8..16].copy_from_slice(&marker.to_le_bytes());
     b
-}
-
-fn read_u64(bytes: &[u8], at: usize) -> u64 {
-    let mut v = [0u8; 8];
-    v.copy_from_slice(&bytes[at..at + 8]);
-    u64::from_le_bytes(v)
-}
-
-fn nanos_since(start: Instant) -> u64 {
-    start.elapsed().as_nanos() as u64
 }
 
 /// State shared by the senders and consumers of one run.
@@ -457,18 +435,6 @@ async fn run_once(
     }
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n == 0 {
-        f64::NAN
-    } else if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
 fn us(ns: u64) -> f64 {
     ns as f64 / 1_000.0
 }
@@ -522,19 +488,6 @@ fn summarize(scenario: Scenario, senders: usize, results: &[RunResult]) -> Summa
         send_p99: med(&|r| us(r.send.value_at_quantile(0.99))),
         rate: results.first().and_then(|r| r.target_rate),
     }
-}
-
-fn machine() -> String {
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split(':').nth(1))
-        .map_or("unknown", str::trim)
-        .to_owned();
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    format!("{cores} cores, {model}, Linux {}", kernel.trim())
 }
 
 fn main() {

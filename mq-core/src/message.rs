@@ -89,19 +89,37 @@ impl<'de> serde::Deserialize<'de> for MessageId {
 }
 
 /// Checks a topic name against RocketMQ's rule: 1 to 127 characters of `[%|a-zA-Z0-9_-]`.
+/// Names starting with `%` are the broker's own (`%RETRY%`, `%DLQ%`, ...), as in RocketMQ.
 pub fn validate_topic(topic: &str) -> Result<(), MessageError> {
-    check_name(topic).map_err(|reason| MessageError::InvalidTopic {
-        topic: topic.to_owned(),
-        reason,
-    })
+    let reason = check_name(topic).err().or_else(|| {
+        topic
+            .starts_with('%')
+            .then_some("names starting with '%' are reserved for the broker")
+    });
+    match reason {
+        Some(reason) => Err(MessageError::InvalidTopic {
+            topic: topic.to_owned(),
+            reason,
+        }),
+        None => Ok(()),
+    }
 }
 
-/// Checks a consumer group name; groups follow the topic rule.
+/// Checks a consumer group name: the topic rule without `%`, which the broker uses to build
+/// the names of a group's retry and dead-letter topics.
 pub fn validate_group(group: &str) -> Result<(), MessageError> {
-    check_name(group).map_err(|reason| MessageError::InvalidGroup {
-        group: group.to_owned(),
-        reason,
-    })
+    let reason = check_name(group).err().or_else(|| {
+        group
+            .contains('%')
+            .then_some("'%' is reserved for the broker's retry and dead-letter topics")
+    });
+    match reason {
+        Some(reason) => Err(MessageError::InvalidGroup {
+            group: group.to_owned(),
+            reason,
+        }),
+        None => Ok(()),
+    }
 }
 
 fn check_name(name: &str) -> Result<(), &'static str> {
@@ -445,6 +463,9 @@ mod tests {
     #[test]
     fn topic_rules_follow_rocketmq() {
         assert!(validate_topic("order-created_1%|x").is_ok());
+        assert!(validate_topic("%SCHEDULE%").is_err());
+        assert!(validate_group("a%b").is_err());
+        assert!(validate_group("points").is_ok());
         assert!(validate_topic("").is_err());
         assert!(validate_topic("has space").is_err());
         assert!(validate_topic("dot.topic").is_err());

@@ -18,8 +18,8 @@ use crate::registry::IdempotencyKey;
 
 /// How long a duplicate waits while another delivery holds its key.
 const BUSY_RETRY: Duration = Duration::from_secs(1);
-/// How long a message waits while the idempotency store is unreachable.
-const STORE_DOWN_RETRY: Duration = Duration::from_secs(5);
+/// Longest pause between two tries of an unreachable idempotency store.
+const STORE_DOWN_PAUSE: Duration = Duration::from_secs(2);
 
 /// Idempotency settings of a listener.
 pub(crate) struct Idempotency {
@@ -43,6 +43,7 @@ pub(crate) struct ListenerLoop {
     pub series: Arc<Series>,
     pub idempotency: Option<Idempotency>,
     pub shutdown_timeout: Duration,
+    pub consume_timeout: Duration,
 }
 
 impl ListenerLoop {
@@ -121,7 +122,9 @@ impl ListenerLoop {
         }
         .unwrap_or_else(|| msg.id.to_string());
         let prefix = self.idempotency.as_ref().map_or("", |i| i.prefix.as_str());
-        format!("{prefix}:{}:{}", self.group, part)
+        // The topic belongs in the key: one listener may take several topics whose messages
+        // share business keys.
+        format!("{prefix}:{}:{}:{}", self.group, msg.topic, part)
     }
 
     async fn process(&self, consumer: &dyn Consumer, unit: Vec<Delivery>) {
@@ -144,7 +147,7 @@ impl ListenerLoop {
             let mut key = None;
             if let Some(idem) = &self.idempotency {
                 let k = self.key_of(&views[0], idem.key);
-                match idem.store.acquire(&k, idem.lease).await {
+                match acquire(idem, &k, self.consume_timeout).await {
                     Ok(Lease::Acquired) => key = Some(k),
                     Ok(Lease::Done) => {
                         tracing::debug!(key = %k, "duplicate of a processed message; acknowledged");
@@ -161,13 +164,8 @@ impl ListenerLoop {
                         return;
                     }
                     Err(e) => {
-                        tracing::error!(error = %e, "idempotency store unavailable; retrying later");
-                        self.settle(
-                            consumer,
-                            &receipts,
-                            Failure::retry_after(e.to_string(), STORE_DOWN_RETRY),
-                        )
-                        .await;
+                        tracing::error!(error = %e, "idempotency store still unavailable; the message will be retried");
+                        self.settle(consumer, &receipts, Failure::new(e.to_string())).await;
                         return;
                     }
                 }
@@ -177,7 +175,10 @@ impl ListenerLoop {
                 messages: views.clone(),
                 app: self.app.clone(),
             };
-            let outcome = match tokio::spawn(self.handler.call(ctx)).await {
+            // Its own task, so that a panic is a failed delivery, not a dead loop; aborted if
+            // this delivery is (at shutdown), so that no handler outlives the application.
+            let mut task = AbortOnDrop(tokio::spawn(self.handler.call(ctx)));
+            let outcome = match (&mut task.0).await {
                 Ok(o) => o,
                 Err(e) => Outcome::retry(format!("handler panicked: {e}")),
             };
@@ -252,6 +253,37 @@ impl ListenerLoop {
                 Ok(Disposition::Stale) => {}
                 Err(e) => tracing::warn!(error = %e, "nack failed; the message will come again"),
             }
+        }
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Takes the lease of `key`. While the store is unreachable it keeps trying (holding this
+/// delivery's permit, so the listener stops fetching), up to half the consume timeout: an
+/// outage must not use up the message's retries without its handler ever running.
+async fn acquire(
+    idem: &Idempotency,
+    key: &str,
+    consume_timeout: Duration,
+) -> Result<Lease, crate::idempotency::IdempotencyError> {
+    let give_up = Instant::now() + consume_timeout / 2;
+    let mut pause = Duration::from_millis(100);
+    loop {
+        match idem.store.acquire(key, idem.lease).await {
+            Err(e) if Instant::now() + pause < give_up => {
+                tracing::warn!(error = %e, "idempotency store unavailable; waiting for it");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(STORE_DOWN_PAUSE);
+            }
+            other => return other,
         }
     }
 }

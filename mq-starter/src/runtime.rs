@@ -269,6 +269,7 @@ impl MqApplication {
                         _ => None,
                     },
                     shutdown_timeout: settings.shutdown_timeout,
+                    consume_timeout: resolved.options.consume_timeout,
                 });
                 started.push((topic.clone(), resolved.group.clone()));
                 tasks.spawn(lp.run(consumer, stop_rx.clone()));

@@ -117,9 +117,21 @@ impl DeadLetterBook {
         Ok(self.list(group, seq, 1)?.into_iter().find(|d| d.seq == seq))
     }
 
-    fn remove(&self, group: &str, seq: u64) -> Result<()> {
+    /// Marks a dead letter removed; false if it already was.
+    fn claim(&self, group: &str, seq: u64) -> Result<bool> {
         let mut removed = self.removed.lock();
-        removed.entry(group.to_owned()).or_default().insert(seq);
+        if !removed.entry(group.to_owned()).or_default().insert(seq) {
+            return Ok(false);
+        }
+        self.save(&removed)?;
+        Ok(true)
+    }
+
+    fn unclaim(&self, group: &str, seq: u64) -> Result<()> {
+        let mut removed = self.removed.lock();
+        if let Some(set) = removed.get_mut(group) {
+            set.remove(&seq);
+        }
         self.save(&removed)
     }
 
@@ -129,6 +141,10 @@ impl DeadLetterBook {
         let Some(dead) = self.get(group, seq)? else {
             return Ok(false);
         };
+        // Claim it first, so that two resends of one dead letter cannot both send it.
+        if !self.claim(group, seq)? {
+            return Ok(false);
+        }
         let mut view = dead.message;
         for key in [
             property::ORIGIN_TOPIC,
@@ -145,23 +161,26 @@ impl DeadLetterBook {
         let retry = retry_topic(group, &view.topic);
         let topic = self.store.create_topic(&retry, 1)?;
         view.topic = retry;
-        self.store
+        let sent = self
+            .store
             .append(
                 topic.queues[0].clone(),
                 vec![Outgoing::from(system_topics::parts_of(view))],
             )
-            .await?;
-        self.remove(group, seq)?;
+            .await;
+        if let Err(e) = sent {
+            self.unclaim(group, seq)?;
+            return Err(e);
+        }
         tracing::info!(group, seq, "dead letter re-sent");
         Ok(true)
     }
 
     /// Deletes a dead letter.
     pub fn delete(&self, group: &str, seq: u64) -> Result<bool> {
-        if self.get(group, seq)?.is_none() {
+        if self.get(group, seq)?.is_none() || !self.claim(group, seq)? {
             return Ok(false);
         }
-        self.remove(group, seq)?;
         tracing::info!(group, seq, "dead letter deleted");
         Ok(true)
     }

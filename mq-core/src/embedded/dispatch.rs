@@ -33,6 +33,15 @@ use crate::subscription::{ConsumeFrom, ConsumeMode, MessageModel, Subscription, 
 /// Entries read from a consume queue per look.
 const READ_AHEAD: usize = 64;
 
+/// RocketMQ's `consumeConcurrentlyMaxSpan`: a queue stops handing out messages while the
+/// oldest unsettled one is this far behind the newest handed out, so that one stuck message
+/// cannot make the window (and every scan of it) grow without bound.
+const MAX_SPAN: usize = 2000;
+
+/// Index entries one look may pass over (filtered out by tag) before it returns, so that a
+/// consumer skipping a long backlog does not hold the group's lock for all of it.
+const SCAN_BUDGET: usize = 4096;
+
 #[derive(Debug, Clone, Copy)]
 enum Slot {
     Done,
@@ -127,10 +136,16 @@ impl QueueProgress {
                 ..
             } = *slot
             {
-                if Some(member) == gone || deadline <= now {
+                let left = Some(member) == gone;
+                if left || deadline <= now {
+                    // A member leaving is not a failed attempt; a timeout is.
                     *slot = Slot::Ready {
                         due: now,
-                        reconsume: reconsume.saturating_add(1),
+                        reconsume: if left {
+                            reconsume
+                        } else {
+                            reconsume.saturating_add(1)
+                        },
                     };
                     self.in_flight -= 1;
                     self.ready += 1;
@@ -466,7 +481,8 @@ impl Groups {
         }
     }
 
-    /// Hands back deliveries whose consume timeout passed, in every group.
+    /// Up to `max` deliveries for one member from its queues and the group's retry queue, and
+    /// when to look again if there were none.
     fn collect(
         &self,
         group: &Group,
@@ -538,12 +554,14 @@ impl Groups {
                 let limit = member
                     .options
                     .max_in_flight_per_queue
-                    .saturating_sub(p.in_flight + p.ready);
+                    .saturating_sub(p.in_flight + p.ready)
+                    .min(MAX_SPAN.saturating_sub(p.window.len()));
                 (room - plan.len()).min(limit)
             };
+            let mut step = Ok(());
             if want > 0 {
                 let retry = q == group.real_queues;
-                self.pull(
+                step = self.pull(
                     p,
                     (q, retry),
                     cq,
@@ -553,10 +571,21 @@ impl Groups {
                     now,
                     want,
                     &mut out,
-                )?;
+                );
             }
             for (offset, reconsume) in plan {
-                self.resend(p, q, cq, member, offset, reconsume, now, &mut out)?;
+                if step.is_ok() {
+                    step = self.resend(p, q, cq, member, offset, reconsume, now, &mut out);
+                }
+            }
+            if let Err(e) = step {
+                // What was already handed out must reach the consumer, or it would wait out
+                // the consume timeout.
+                if out.is_empty() {
+                    return Err(e);
+                }
+                tracing::warn!(error = %e, queue = q, "reading a queue failed; returning what was read");
+                break;
             }
             if let Some(w) = p.next_wake() {
                 wake = Some(wake.map_or(w, |x| x.min(w)));
@@ -583,8 +612,9 @@ impl Groups {
         out: &mut Vec<Delivery>,
     ) -> Result<()> {
         let mut taken = 0;
+        let mut scanned = 0;
         let min_position = self.store.commit_log().min_position();
-        while taken < want {
+        while taken < want && scanned < SCAN_BUDGET {
             let from = p.next().max(cq.min_offset());
             if from > p.next() {
                 // Retention removed what this group had not reached; skip the gap.
@@ -661,6 +691,7 @@ impl Groups {
                 });
             }
             p.compact();
+            scanned += consumed;
             if consumed < entries.len() {
                 break;
             }

@@ -311,7 +311,7 @@ impl EmbeddedBroker {
             });
         }
         spawn_every(Arc::downgrade(self), config.offset_persist_interval, |b| {
-            if let Err(e) = b.groups.persist() {
+            if let Err(e) = b.scheduler.save().and_then(|()| b.groups.persist()) {
                 tracing::error!(error = %e, "saving consumer progress failed");
             }
         });
@@ -412,6 +412,7 @@ impl Drop for EmbeddedBroker {
         if !self.store.is_stopped() {
             let _ = self.store.sync();
         }
+        let _ = self.scheduler.save();
         let _ = self.groups.persist();
     }
 }
@@ -584,7 +585,7 @@ impl Broker for EmbeddedBroker {
         self.closing.send_replace(true);
         self.groups.close();
         let stopped = self.store.stop().await;
-        let persisted = self.groups.persist();
+        let persisted = self.scheduler.save().and_then(|()| self.groups.persist());
         self.store.release();
         stopped?;
         persisted?;

@@ -5,7 +5,9 @@
 //! and one flag, never its payload: the due time is kept in the schedule index (in place of the
 //! store time), so the heap is rebuilt from the index alone after a restart. Progress (the
 //! lowest offset not yet delivered) is saved with consumer progress, so retention keeps every
-//! pending message, and a crash delivers at most the messages fired since the last save twice.
+//! pending message. Messages fired above that lowest offset (a short delay behind a long one)
+//! are saved as ranges in `config/scheduler_fired.json` with the progress, so a clean restart
+//! fires nothing twice; a crash may fire again what fired since the last save.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
@@ -25,6 +27,14 @@ use crate::error::{BrokerError, Result};
 /// Due messages written per round.
 const FIRE_BATCH: usize = 4096;
 
+/// What `config/scheduler_fired.json` holds.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct FiredFile {
+    base: u64,
+    /// Fired offsets at or above `base`, as `[start, end)` ranges.
+    ranges: Vec<(u64, u64)>,
+}
+
 #[derive(Debug, Default)]
 struct Pending {
     heap: BinaryHeap<Reverse<(u64, u64)>>,
@@ -34,6 +44,10 @@ struct Pending {
     base: u64,
     /// Delivered flags of `base..loaded`.
     fired: VecDeque<bool>,
+    /// Offsets fired before the last restart, above `base`, not loaded yet.
+    fired_before: Vec<(u64, u64)>,
+    /// Whether the fired set changed since the last save.
+    dirty: bool,
 }
 
 /// Holds delayed messages until they are due.
@@ -44,6 +58,7 @@ pub(crate) struct DelayScheduler {
     clock: Clock,
     queue: Arc<ConsumeQueue>,
     pending: Mutex<Pending>,
+    fired_path: std::path::PathBuf,
 }
 
 impl DelayScheduler {
@@ -55,6 +70,21 @@ impl DelayScheduler {
             .unwrap_or_else(|| queue.min_offset())
             .clamp(queue.min_offset(), queue.max_offset());
         offsets.set(progress_key(), base);
+        let fired_path = store.data_dir().join("config").join("scheduler_fired.json");
+        let fired_before = match std::fs::read(&fired_path) {
+            Ok(bytes) => match serde_json::from_slice::<FiredFile>(&bytes) {
+                Ok(f) => f
+                    .ranges
+                    .into_iter()
+                    .filter(|(_, end)| *end > base)
+                    .collect(),
+                Err(e) => {
+                    tracing::warn!(path = %fired_path.display(), error = %e, "unreadable fired set; messages fired before the restart may fire again");
+                    Vec::new()
+                }
+            },
+            Err(_) => Vec::new(),
+        };
         Ok(DelayScheduler {
             store,
             offsets,
@@ -63,9 +93,41 @@ impl DelayScheduler {
             pending: Mutex::new(Pending {
                 loaded: base,
                 base,
+                fired_before,
                 ..Pending::default()
             }),
+            fired_path,
         })
+    }
+
+    /// Saves the offsets fired above the progress, so that a restart does not fire them again.
+    pub fn save(&self) -> Result<()> {
+        let file = {
+            let mut p = self.pending.lock();
+            if !p.dirty {
+                return Ok(());
+            }
+            p.dirty = false;
+            let mut ranges: Vec<(u64, u64)> = Vec::new();
+            for (i, fired) in p.fired.iter().enumerate() {
+                if !*fired {
+                    continue;
+                }
+                let o = p.base + i as u64;
+                match ranges.last_mut() {
+                    Some((_, end)) if *end == o => *end = o + 1,
+                    _ => ranges.push((o, o + 1)),
+                }
+            }
+            ranges.extend(p.fired_before.iter().copied());
+            FiredFile {
+                base: p.base,
+                ranges,
+            }
+        };
+        let bytes = serde_json::to_vec(&file)
+            .map_err(|e| BrokerError::io("encode", &self.fired_path, std::io::Error::other(e)))?;
+        super::flush::write_atomically(&self.fired_path, &bytes)
     }
 
     /// Messages waiting for their due time.
@@ -111,14 +173,22 @@ impl DelayScheduler {
                 return Ok(());
             }
             let mut p = self.pending.lock();
+            let p = &mut *p;
             // Size the heap once for everything still to load, not by doubling.
             let wanted = (max - from) as usize;
             if p.heap.capacity() - p.heap.len() < wanted {
                 p.heap.reserve_exact(wanted);
             }
             for (i, e) in entries.iter().enumerate() {
-                p.heap.push(Reverse((e.store_timestamp, from + i as u64)));
-                p.fired.push_back(false);
+                let offset = from + i as u64;
+                let fired = p
+                    .fired_before
+                    .iter()
+                    .any(|(start, end)| (*start..*end).contains(&offset));
+                if !fired {
+                    p.heap.push(Reverse((e.store_timestamp, offset)));
+                }
+                p.fired.push_back(fired);
             }
             p.loaded = from + entries.len() as u64;
         }
@@ -163,7 +233,11 @@ impl DelayScheduler {
                 continue;
             };
             let mut view = rec.message;
-            let topic = view.properties.remove(REAL_TOPIC).unwrap_or_default();
+            let Some(topic) = view.properties.remove(REAL_TOPIC) else {
+                tracing::error!(offset, "scheduled record without a destination; skipped");
+                skipped.push(offset);
+                continue;
+            };
             let qid: u32 = view
                 .properties
                 .remove(REAL_QID)
@@ -200,18 +274,25 @@ impl DelayScheduler {
         }
         let results = self.store.append_many(items).await;
         let mut done = skipped;
-        let mut failed = None;
+        let mut failed = Vec::new();
+        let mut error = None;
         for (offset, r) in item_offsets.into_iter().zip(results) {
             match r {
                 Ok(_) => done.push(offset),
-                Err(e) => failed = Some((offset, e)),
+                Err(e) => {
+                    failed.push(offset);
+                    error = Some(e);
+                }
             }
         }
         self.mark_fired(&done);
-        if let Some((offset, e)) = failed {
-            // Put back what was not written; the loop retries it or stops with the store.
+        if let Some(e) = error {
+            // Put back everything not written; the loop retries it or stops with the store.
             let due = self.clock.now_ms();
-            self.pending.lock().heap.push(Reverse((due, offset)));
+            let mut p = self.pending.lock();
+            for offset in failed {
+                p.heap.push(Reverse((due, offset)));
+            }
             return Err(e);
         }
         Ok(())
@@ -232,6 +313,8 @@ impl DelayScheduler {
             p.base += 1;
         }
         let base = p.base;
+        p.fired_before.retain(|(_, end)| *end > base);
+        p.dirty = true;
         drop(p);
         self.offsets.set(progress_key(), base);
     }

@@ -7,6 +7,7 @@
 //! writes a copy of the message, with its id, to its real queue.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
@@ -67,6 +68,9 @@ pub(crate) struct Transactions {
     checkers: RwLock<HashMap<String, Arc<dyn TransactionChecker>>>,
     discarded: Mutex<VecDeque<DiscardedTransaction>>,
     wake: Notify,
+    /// Prepares between their append and their entry in `pending`: progress must not move
+    /// past them meanwhile.
+    preparing: AtomicUsize,
 }
 
 impl std::fmt::Debug for Transactions {
@@ -100,6 +104,7 @@ impl Transactions {
             checkers: RwLock::new(HashMap::new()),
             discarded: Mutex::new(VecDeque::new()),
             wake: Notify::new(),
+            preparing: AtomicUsize::new(0),
         };
         tx.rebuild()?;
         Ok(tx)
@@ -177,6 +182,9 @@ impl Transactions {
     }
 
     fn save_progress(&self) {
+        if self.preparing.load(Ordering::Acquire) > 0 {
+            return;
+        }
         let base = self
             .pending
             .lock()
@@ -204,6 +212,8 @@ impl Transactions {
             .properties
             .insert(PRODUCER.into(), producer.to_owned());
         parts.topic = HALF_TOPIC.into();
+        self.preparing.fetch_add(1, Ordering::AcqRel);
+        let _preparing = Decrement(&self.preparing);
         let r = self
             .store
             .append(self.half.clone(), vec![Outgoing::from(parts)])
@@ -225,8 +235,14 @@ impl Transactions {
         })
     }
 
-    /// Commits or rolls back; `Unknown` leaves the message to check-back.
-    pub async fn end(&self, id: &TransactionId, state: TxState) -> Result<Option<SendResult>> {
+    /// Commits or rolls back; `Unknown` leaves the message to check-back. The outcome is
+    /// written by a task of its own, so that a caller that gives up half-way cannot leave the
+    /// half message marked busy forever.
+    pub async fn end(
+        self: &Arc<Self>,
+        id: &TransactionId,
+        state: TxState,
+    ) -> Result<Option<SendResult>> {
         let offset: u64 =
             id.0.parse()
                 .map_err(|_| BrokerError::UnknownTransaction(id.to_string()))?;
@@ -242,13 +258,21 @@ impl Transactions {
                 _ => return Err(BrokerError::UnknownTransaction(id.to_string())),
             }
         }
-        let result = self.resolve(offset, state, None).await;
-        if result.is_err() {
-            if let Some(h) = self.pending.lock().get_mut(&offset) {
-                h.busy = false;
+        let this = self.clone();
+        tokio::spawn(async move {
+            let result = this.resolve(offset, state, None).await;
+            if result.is_err() {
+                if let Some(h) = this.pending.lock().get_mut(&offset) {
+                    h.busy = false;
+                }
             }
-        }
-        result
+            result
+        })
+        .await
+        .map_err(|e| BrokerError::Backend {
+            backend: "embedded",
+            message: format!("ending transaction {offset} failed: {e}"),
+        })?
     }
 
     /// Writes the outcome of a busy half message and forgets it.
@@ -380,10 +404,18 @@ impl Transactions {
             return Ok(());
         };
         let message_id = view.id;
-        // A panicking checker is an unanswered check, not a dead check-back loop.
-        let state = tokio::spawn(async move { checker.check(&view).await })
-            .await
-            .unwrap_or(TxState::Unknown);
+        // A panicking or hanging checker is an unanswered check, not a dead check-back loop.
+        let task = tokio::spawn(async move { checker.check(&view).await });
+        let abort = task.abort_handle();
+        let state = match tokio::time::timeout(self.policy.interval, task).await {
+            Ok(Ok(state)) => state,
+            Ok(Err(_)) => TxState::Unknown,
+            Err(_) => {
+                abort.abort();
+                tracing::warn!(producer, %message_id, "transaction checker did not answer in time");
+                TxState::Unknown
+            }
+        };
         match state {
             TxState::Commit | TxState::Rollback => {
                 tracing::info!(producer, %message_id, ?state, "transaction resolved by check-back");
@@ -465,6 +497,15 @@ impl Transactions {
                 _ = sleep => {}
             }
         }
+    }
+}
+
+/// Decrements a counter when dropped, also when the future holding it is cancelled.
+struct Decrement<'a>(&'a AtomicUsize);
+
+impl Drop for Decrement<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -230,7 +230,8 @@ pub async fn dropped_member_messages_are_redelivered(h: &dyn Harness) {
     held.sort();
     again_bodies.sort();
     assert_eq!(again_bodies, held);
-    assert!(again.iter().all(|d| d.message.reconsume_times >= 1));
+    // Leaving is not a failed attempt: the count is unchanged, as after a RocketMQ rebalance.
+    assert!(again.iter().all(|d| d.message.reconsume_times == 0));
     broker.shutdown().await.expect("shutdown");
 }
 

@@ -137,6 +137,7 @@ macro_rules! conformance_suite {
             broadcasting_retries_per_member,
             short_backoff_in_real_time,
             delays_due_while_down_come_in_order,
+            fired_delays_do_not_fire_again_after_restart,
             transactions_commit_and_rollback,
         );
         $crate::conformance_suite!(@paused $harness;

@@ -468,3 +468,42 @@ pub async fn delays_due_while_down_come_in_order(h: &dyn Harness) {
     assert_eq!(got, vec!["first", "second", "third"]);
     broker.shutdown().await.expect("shutdown");
 }
+
+/// A short delay fired behind a long one is not delivered again after a clean restart, and the
+/// long one still fires.
+pub async fn fired_delays_do_not_fire_again_after_restart(h: &dyn Harness) {
+    let topic = unique("refire");
+    let group = unique("g");
+    {
+        let broker = h.open().await;
+        let c = broker
+            .subscribe(Subscription::new(&topic, &group), first())
+            .await
+            .expect("subscribe");
+        for (b, ms) in [("long", 2500), ("short", 100)] {
+            broker
+                .send(
+                    Message::new(&topic, b),
+                    SendOptions::queue(0).delayed(Delay::After(Duration::from_millis(ms))),
+                )
+                .await
+                .expect("send");
+        }
+        let got = drain(&*c, 1, Duration::from_secs(5), true).await;
+        assert_eq!(got.iter().map(body).collect::<Vec<_>>(), vec!["short"]);
+        drop(c);
+        broker.shutdown().await.expect("shutdown");
+    }
+    let broker = h.open().await;
+    let c = broker
+        .subscribe(Subscription::new(&topic, &group), first())
+        .await
+        .expect("subscribe");
+    let got: Vec<String> = drain(&*c, 2, Duration::from_secs(4), true)
+        .await
+        .iter()
+        .map(body)
+        .collect();
+    assert_eq!(got, vec!["long"], "the short delay fired twice");
+    broker.shutdown().await.expect("shutdown");
+}

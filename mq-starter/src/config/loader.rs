@@ -95,9 +95,19 @@ impl Configuration {
     /// Loads `application.yaml` and `application-{p}.yaml` of `dir`, then the `MQ__`
     /// environment variables.
     pub fn load_from(dir: &Path, profiles: &[&str]) -> Result<Self, ConfigError> {
-        let vars: Vec<(String, String)> = std::env::vars()
-            .filter(|(k, _)| k.starts_with(ENV_PREFIX))
-            .collect();
+        let mut vars = Vec::new();
+        for (k, v) in std::env::vars_os() {
+            let Some(name) = k.to_str().filter(|k| k.starts_with(ENV_PREFIX)) else {
+                // Other variables may hold anything; they are none of mq's business.
+                continue;
+            };
+            let value = v.into_string().map_err(|_| ConfigError::BadValue {
+                origin: "environment".into(),
+                key: name.to_owned(),
+                message: "the value is not valid UTF-8".into(),
+            })?;
+            vars.push((name.to_owned(), value));
+        }
         Self::load_with_env(dir, profiles, &vars)
     }
 

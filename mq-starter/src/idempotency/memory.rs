@@ -1,6 +1,6 @@
 //! The in-memory idempotency store: bounded, with expiring entries.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -17,13 +17,47 @@ enum Mark {
 
 #[derive(Debug, Default)]
 struct Table {
-    entries: HashMap<String, (Mark, Instant)>,
-    /// Keys in insertion order, to evict the oldest when full.
-    order: VecDeque<String>,
+    /// Key → mark, expiry and the generation of its entry in `by_expiry`.
+    entries: HashMap<String, (Mark, Instant, u64)>,
+    /// Entries by expiry, soonest first: what eviction takes.
+    by_expiry: BTreeMap<(Instant, u64), String>,
+    next_gen: u64,
 }
 
-/// Keeps keys in this process, at most `capacity` of them (oldest evicted first). Fine for one
-/// process; use [`RedisStore`](super::RedisStore) when several share the work.
+impl Table {
+    fn set(&mut self, key: &str, mark: Mark, until: Instant) {
+        if let Some((_, exp, generation)) = self.entries.get(key) {
+            self.by_expiry.remove(&(*exp, *generation));
+        }
+        self.next_gen += 1;
+        let generation = self.next_gen;
+        self.entries
+            .insert(key.to_owned(), (mark, until, generation));
+        self.by_expiry.insert((until, generation), key.to_owned());
+    }
+
+    fn remove(&mut self, key: &str) {
+        if let Some((_, exp, generation)) = self.entries.remove(key) {
+            self.by_expiry.remove(&(exp, generation));
+        }
+    }
+
+    /// Drops expired entries, then, while over `capacity`, the ones that expire soonest.
+    fn shrink(&mut self, capacity: usize, now: Instant) {
+        while let Some(((exp, _), key)) = self.by_expiry.first_key_value() {
+            if *exp > now && self.entries.len() <= capacity {
+                break;
+            }
+            let key = key.clone();
+            self.remove(&key);
+        }
+    }
+}
+
+/// Keeps keys in this process, at most `capacity` of them: expired keys go first, then, if the
+/// store is still full, the ones that would expire soonest. Make `capacity` larger than the
+/// messages in flight. Fine for one process; use [`RedisStore`](super::RedisStore) when several
+/// share the work.
 #[derive(Debug)]
 pub struct MemoryStore {
     capacity: usize,
@@ -48,30 +82,6 @@ impl MemoryStore {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-
-    fn set(t: &mut Table, capacity: usize, key: &str, mark: Mark, until: Instant) {
-        if t.entries.insert(key.to_owned(), (mark, until)).is_none() {
-            t.order.push_back(key.to_owned());
-        }
-        let now = Instant::now();
-        while t.entries.len() > capacity {
-            let Some(oldest) = t.order.pop_front() else {
-                break;
-            };
-            // Prefer dropping expired entries; a live one goes only when the store is full.
-            if let Some((_, exp)) = t.entries.get(&oldest) {
-                if *exp > now && t.entries.len() <= capacity {
-                    t.order.push_back(oldest);
-                    continue;
-                }
-            }
-            t.entries.remove(&oldest);
-        }
-        if t.order.len() > 2 * capacity {
-            let entries = &t.entries;
-            t.order.retain(|k| entries.contains_key(k));
-        }
-    }
 }
 
 #[async_trait]
@@ -80,25 +90,27 @@ impl IdempotencyStore for MemoryStore {
         let mut t = self.table.lock();
         let now = Instant::now();
         match t.entries.get(key) {
-            Some((Mark::Done, until)) if *until > now => return Ok(Lease::Done),
-            Some((Mark::Processing, until)) if *until > now => return Ok(Lease::Busy),
+            Some((Mark::Done, until, _)) if *until > now => return Ok(Lease::Done),
+            Some((Mark::Processing, until, _)) if *until > now => return Ok(Lease::Busy),
             _ => {}
         }
-        Self::set(&mut t, self.capacity, key, Mark::Processing, now + lease);
+        t.set(key, Mark::Processing, now + lease);
+        t.shrink(self.capacity, now);
         Ok(Lease::Acquired)
     }
 
     async fn complete(&self, key: &str, retention: Duration) -> Result<(), IdempotencyError> {
         let mut t = self.table.lock();
-        let until = Instant::now() + retention;
-        Self::set(&mut t, self.capacity, key, Mark::Done, until);
+        let now = Instant::now();
+        t.set(key, Mark::Done, now + retention);
+        t.shrink(self.capacity, now);
         Ok(())
     }
 
     async fn release(&self, key: &str) -> Result<(), IdempotencyError> {
         let mut t = self.table.lock();
-        if matches!(t.entries.get(key), Some((Mark::Processing, _))) {
-            t.entries.remove(key);
+        if matches!(t.entries.get(key), Some((Mark::Processing, _, _))) {
+            t.remove(key);
         }
         Ok(())
     }
@@ -111,6 +123,23 @@ mod tests {
     #[tokio::test]
     async fn follows_the_contract() {
         super::super::contract::check(&MemoryStore::new(100), "mem").await;
+    }
+
+    #[tokio::test]
+    async fn live_leases_outlast_expired_entries() {
+        let store = MemoryStore::new(2);
+        let long = Duration::from_secs(60);
+        assert_eq!(store.acquire("k", long).await.unwrap(), Lease::Acquired);
+        store.complete("e", Duration::from_millis(1)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert_eq!(store.acquire("n", long).await.unwrap(), Lease::Acquired);
+        // The expired entry went, not the live lease.
+        assert_eq!(store.acquire("k", long).await.unwrap(), Lease::Busy);
+        // A released key re-acquired is not evicted through a stale record.
+        store.release("n").await.unwrap();
+        assert_eq!(store.acquire("n", long).await.unwrap(), Lease::Acquired);
+        assert_eq!(store.acquire("k", long).await.unwrap(), Lease::Busy);
+        assert_eq!(store.acquire("n", long).await.unwrap(), Lease::Busy);
     }
 
     #[tokio::test]

@@ -1,5 +1,6 @@
 //! Delivery to consumer groups: progress per queue, in-flight tracking, redelivery, orderly
-//! queues and the rebalancing of queues among a group's members.
+//! queues and membership. Failed deliveries are in `retry.rs`, queue allocation in
+//! `rebalance.rs`.
 //!
 //! Each (group, topic) keeps, per queue, a window of the offsets handed out but not yet
 //! settled (RocketMQ's process queue). The committed offset is the front of the window, so it
@@ -21,13 +22,11 @@ use tokio::time::Instant;
 use super::consume_queue::{tag_code, ConsumeQueue, CqEntry};
 use super::offsets::{OffsetStore, ProgressKey};
 use super::scheduler::DelayScheduler;
-use super::store::{MessageStore, Outgoing};
-use super::system_topics::{self, dlq_topic, retry_topic, ORIGIN_TOPIC};
+use super::store::MessageStore;
+use super::system_topics::{self, retry_topic};
 use crate::broker::{Consumer, ConsumerOptions, Delivery, Disposition, Failure, Receipt};
 use crate::clock::Clock;
-use crate::dead_letter::property;
 use crate::error::{BrokerError, Result};
-use crate::message::MessageView;
 use crate::subscription::{ConsumeFrom, ConsumeMode, MessageModel, Subscription, TagFilter};
 
 /// Entries read from a consume queue per look.
@@ -43,7 +42,7 @@ const MAX_SPAN: usize = 2000;
 const SCAN_BUDGET: usize = 4096;
 
 #[derive(Debug, Clone, Copy)]
-enum Slot {
+pub(super) enum Slot {
     Done,
     InFlight {
         member: u64,
@@ -59,20 +58,20 @@ enum Slot {
 
 /// What is known of the failures of a message retried in place (orderly, broadcasting).
 #[derive(Debug, Clone)]
-struct FailureNote {
-    first_ms: u64,
-    last_error: String,
+pub(super) struct FailureNote {
+    pub(super) first_ms: u64,
+    pub(super) last_error: String,
 }
 
 #[derive(Debug)]
-struct QueueProgress {
+pub(super) struct QueueProgress {
     /// Every offset below is settled: this is the committed offset.
     base: u64,
     /// Slots for `base..base + window.len()`.
     window: VecDeque<Slot>,
-    in_flight: usize,
-    ready: usize,
-    failures: BTreeMap<u64, FailureNote>,
+    pub(super) in_flight: usize,
+    pub(super) ready: usize,
+    pub(super) failures: BTreeMap<u64, FailureNote>,
 }
 
 impl QueueProgress {
@@ -90,7 +89,7 @@ impl QueueProgress {
         self.base + self.window.len() as u64
     }
 
-    fn slot(&mut self, offset: u64) -> Option<&mut Slot> {
+    pub(super) fn slot(&mut self, offset: u64) -> Option<&mut Slot> {
         offset
             .checked_sub(self.base)
             .and_then(|i| self.window.get_mut(i as usize))
@@ -104,7 +103,7 @@ impl QueueProgress {
     }
 
     /// Settles `offset`; returns whether it was outstanding.
-    fn settle(&mut self, offset: u64) -> bool {
+    pub(super) fn settle(&mut self, offset: u64) -> bool {
         let Some(slot) = self.slot(offset) else {
             return false;
         };
@@ -173,19 +172,19 @@ impl QueueProgress {
 }
 
 #[derive(Debug)]
-struct Member {
-    id: u64,
-    options: ConsumerOptions,
+pub(super) struct Member {
+    pub(super) id: u64,
+    pub(super) options: ConsumerOptions,
     assigned: Vec<u32>,
     cursor: usize,
 }
 
 #[derive(Debug)]
-struct GroupInner {
-    subscription: Subscription,
+pub(super) struct GroupInner {
+    pub(super) subscription: Subscription,
     /// Tag codes the filter accepts; `None` accepts all.
     codes: Option<Vec<u32>>,
-    members: BTreeMap<String, Member>,
+    pub(super) members: BTreeMap<String, Member>,
     /// Clustering progress, by queue id.
     shared: Vec<QueueProgress>,
     /// Broadcasting progress, by member instance and queue id.
@@ -194,7 +193,7 @@ struct GroupInner {
 
 impl GroupInner {
     /// The windows `instance` works on: the group's (clustering) or its own (broadcasting).
-    fn progress_mut(&mut self, instance: &str) -> Option<&mut Vec<QueueProgress>> {
+    pub(super) fn progress_mut(&mut self, instance: &str) -> Option<&mut Vec<QueueProgress>> {
         match self.subscription.model {
             MessageModel::Clustering => Some(&mut self.shared),
             MessageModel::Broadcasting => self.own.get_mut(instance),
@@ -206,15 +205,15 @@ impl GroupInner {
 #[derive(Debug)]
 pub(crate) struct Group {
     /// The topic's queues, then the group's retry queue (index `real_queues`).
-    sources: Vec<Arc<ConsumeQueue>>,
-    real_queues: u32,
-    retry_topic: String,
-    inner: Mutex<GroupInner>,
+    pub(super) sources: Vec<Arc<ConsumeQueue>>,
+    pub(super) real_queues: u32,
+    pub(super) retry_topic: String,
+    pub(super) inner: Mutex<GroupInner>,
     changed: watch::Sender<u64>,
 }
 
 impl Group {
-    fn bump(&self) {
+    pub(super) fn bump(&self) {
         self.changed.send_modify(|v| *v = v.wrapping_add(1));
     }
 
@@ -235,21 +234,21 @@ impl Group {
 }
 
 /// What a nack found in the slot of a delivery.
-struct Nacked {
-    model: MessageModel,
-    mode: ConsumeMode,
-    options: ConsumerOptions,
-    reconsume: u32,
-    note: Option<FailureNote>,
+pub(super) struct Nacked {
+    pub(super) model: MessageModel,
+    pub(super) mode: ConsumeMode,
+    pub(super) options: ConsumerOptions,
+    pub(super) reconsume: u32,
+    pub(super) note: Option<FailureNote>,
 }
 
 /// Every consumer group of the broker.
 #[derive(Debug)]
 pub(crate) struct Groups {
-    store: Arc<MessageStore>,
+    pub(super) store: Arc<MessageStore>,
     offsets: Arc<OffsetStore>,
-    scheduler: Arc<DelayScheduler>,
-    clock: Clock,
+    pub(super) scheduler: Arc<DelayScheduler>,
+    pub(super) clock: Clock,
     groups: Mutex<HashMap<(String, String), Arc<Group>>>,
     next_id: AtomicU64,
     closed: AtomicBool,
@@ -774,235 +773,6 @@ impl Groups {
     fn has_waiters(&self, group: &Group) -> bool {
         group.changed.receiver_count() > 0
     }
-
-    /// The slot of a live delivery, with what a nack needs to know.
-    fn nacked(
-        &self,
-        group: &Group,
-        instance: &str,
-        id: u64,
-        receipt: &Receipt,
-    ) -> Result<Option<Nacked>> {
-        let mut guard = group.inner.lock();
-        let inner = &mut *guard;
-        let options = match inner.members.get(instance) {
-            Some(m) if m.id == id => m.options.clone(),
-            _ => return Err(BrokerError::Closed),
-        };
-        let (model, mode) = (inner.subscription.model, inner.subscription.mode);
-        let progress = inner.progress_mut(instance).ok_or(BrokerError::Closed)?;
-        let p = progress
-            .get_mut(receipt.queue_id as usize)
-            .ok_or_else(|| BrokerError::UnknownReceipt(format!("{receipt:?}")))?;
-        let note = p.failures.get(&receipt.offset).cloned();
-        match p.slot(receipt.offset) {
-            Some(Slot::InFlight {
-                token, reconsume, ..
-            }) if *token == receipt.token => Ok(Some(Nacked {
-                model,
-                mode,
-                options,
-                reconsume: *reconsume,
-                note,
-            })),
-            _ => Ok(None),
-        }
-    }
-
-    /// The stored message of a delivery, reserved properties included.
-    fn stored(&self, group: &Group, receipt: &Receipt) -> Result<Option<MessageView>> {
-        let Some(cq) = group.sources.get(receipt.queue_id as usize) else {
-            return Ok(None);
-        };
-        let Some(entry) = cq.entry(receipt.offset)?.filter(|e| e.size > 0) else {
-            return Ok(None);
-        };
-        Ok(self
-            .store
-            .read_records(&[entry])
-            .pop()
-            .and_then(|r| r.ok())
-            .map(|r| r.message))
-    }
-
-    /// Settles a slot whatever its state (the message went to retry or dead letters).
-    fn settle(&self, group: &Group, instance: &str, receipt: &Receipt) {
-        let mut guard = group.inner.lock();
-        let progress = guard.progress_mut(instance);
-        if let Some(p) = progress.and_then(|p| p.get_mut(receipt.queue_id as usize)) {
-            p.settle(receipt.offset);
-        }
-        drop(guard);
-        group.bump();
-    }
-
-    async fn nack(
-        &self,
-        group: &Group,
-        instance: &str,
-        id: u64,
-        receipt: &Receipt,
-        failure: Failure,
-    ) -> Result<Disposition> {
-        let Some(n) = self.nacked(group, instance, id, receipt)? else {
-            return Ok(Disposition::Stale);
-        };
-        let retry = n.reconsume.saturating_add(1);
-        let now_ms = self.clock.now_ms();
-        if retry > n.options.max_reconsume_times {
-            self.bury(group, receipt, &failure.reason, n.reconsume, n.note, now_ms)
-                .await?;
-            self.settle(group, instance, receipt);
-            return Ok(Disposition::DeadLettered);
-        }
-        let in_place = n.mode == ConsumeMode::Orderly || n.model == MessageModel::Broadcasting;
-        if in_place {
-            let after = failure
-                .retry_after
-                .unwrap_or(if n.mode == ConsumeMode::Orderly {
-                    n.options.suspend_current_queue_time
-                } else {
-                    n.options.backoff.delay(retry)
-                });
-            let mut guard = group.inner.lock();
-            let progress = guard.progress_mut(instance);
-            if let Some(p) = progress.and_then(|p| p.get_mut(receipt.queue_id as usize)) {
-                let mut retried = false;
-                if let Some(slot) = p.slot(receipt.offset) {
-                    if let Slot::InFlight { token, .. } = *slot {
-                        if token == receipt.token {
-                            *slot = Slot::Ready {
-                                due: Instant::now() + after,
-                                reconsume: retry,
-                            };
-                            retried = true;
-                        }
-                    }
-                }
-                if retried {
-                    p.in_flight -= 1;
-                    p.ready += 1;
-                    let note = p.failures.entry(receipt.offset).or_insert(FailureNote {
-                        first_ms: now_ms,
-                        last_error: String::new(),
-                    });
-                    note.last_error = failure.reason;
-                }
-            }
-            drop(guard);
-            group.bump();
-            return Ok(Disposition::Retry { retry, after });
-        }
-        // Concurrent clustering: a copy waits in the schedule for the group's retry queue, and
-        // the queue's progress moves on.
-        let after = failure
-            .retry_after
-            .unwrap_or_else(|| n.options.backoff.delay(retry));
-        let Some(mut view) = self.stored(group, receipt)? else {
-            self.settle(group, instance, receipt);
-            return Ok(Disposition::Stale);
-        };
-        let origin = view
-            .properties
-            .get(ORIGIN_TOPIC)
-            .cloned()
-            .unwrap_or_else(|| view.topic.clone());
-        let props = &mut view.properties;
-        props.insert(ORIGIN_TOPIC.into(), origin);
-        props
-            .entry(property::FIRST_FAILURE_TIME.into())
-            .or_insert_with(|| now_ms.to_string());
-        props.insert(property::LAST_ERROR.into(), failure.reason);
-        view.topic = group.retry_topic.clone();
-        let retry_queue = &group.sources[group.real_queues as usize];
-        self.scheduler
-            .put(
-                Outgoing {
-                    parts: system_topics::parts_of(view),
-                    reconsume_times: retry,
-                    index_time: None,
-                },
-                &group.retry_topic,
-                retry_queue,
-                now_ms + after.as_millis() as u64,
-            )
-            .await?;
-        self.settle(group, instance, receipt);
-        Ok(Disposition::Retry { retry, after })
-    }
-
-    async fn dead_letter(
-        &self,
-        group: &Group,
-        instance: &str,
-        id: u64,
-        receipt: &Receipt,
-        reason: &str,
-    ) -> Result<()> {
-        let Some(n) = self.nacked(group, instance, id, receipt)? else {
-            return Ok(());
-        };
-        self.bury(
-            group,
-            receipt,
-            reason,
-            n.reconsume,
-            n.note,
-            self.clock.now_ms(),
-        )
-        .await?;
-        self.settle(group, instance, receipt);
-        Ok(())
-    }
-
-    /// Writes a delivery to the group's dead-letter queue.
-    async fn bury(
-        &self,
-        group: &Group,
-        receipt: &Receipt,
-        reason: &str,
-        reconsume: u32,
-        note: Option<FailureNote>,
-        now_ms: u64,
-    ) -> Result<()> {
-        let Some(mut view) = self.stored(group, receipt)? else {
-            return Ok(());
-        };
-        let group_name = group.inner.lock().subscription.group.clone();
-        let origin = view
-            .properties
-            .remove(ORIGIN_TOPIC)
-            .unwrap_or_else(|| view.topic.clone());
-        view.properties.retain(|k, _| !k.starts_with('%'));
-        let first = view
-            .properties
-            .get(property::FIRST_FAILURE_TIME)
-            .cloned()
-            .or(note.map(|n| n.first_ms.to_string()))
-            .unwrap_or_else(|| now_ms.to_string());
-        let props = &mut view.properties;
-        props.insert(property::ORIGIN_TOPIC.into(), origin.clone());
-        props.insert(property::CONSUMER_GROUP.into(), group_name.clone());
-        props.insert(property::ATTEMPTS.into(), (reconsume + 1).to_string());
-        props.insert(property::FIRST_FAILURE_TIME.into(), first);
-        props.insert(property::LAST_FAILURE_TIME.into(), now_ms.to_string());
-        props.insert(property::LAST_ERROR.into(), reason.to_owned());
-        let dlq = dlq_topic(&group_name);
-        view.topic = dlq.clone();
-        let topic = self.store.create_topic(&dlq, 1)?;
-        self.store
-            .append(
-                topic.queues[0].clone(),
-                vec![Outgoing {
-                    parts: system_topics::parts_of(view),
-                    reconsume_times: reconsume,
-                    index_time: None,
-                }],
-            )
-            .await?;
-        tracing::warn!(group = %group_name, topic = %origin, attempts = reconsume + 1, reason, "message dead-lettered");
-        Ok(())
-    }
 }
 
 fn codes(filter: &TagFilter) -> Option<Vec<u32>> {
@@ -1021,30 +791,10 @@ fn rebalance(inner: &mut GroupInner, queue_count: u32) {
         member.assigned = if broadcasting {
             (0..queue_count).collect()
         } else {
-            allocate(queue_count, m, i as u32)
+            super::rebalance::allocate(queue_count, m, i as u32)
         };
         member.cursor = 0;
     }
-}
-
-fn allocate(queues: u32, members: u32, index: u32) -> Vec<u32> {
-    if members == 0 || index >= queues {
-        return Vec::new();
-    }
-    let rem = queues % members;
-    let size = if queues <= members {
-        1
-    } else if rem > 0 && index < rem {
-        queues / members + 1
-    } else {
-        queues / members
-    };
-    let start = if rem > 0 && index < rem {
-        index * size
-    } else {
-        index * size + rem
-    };
-    (start..(start + size).min(queues)).collect()
 }
 
 /// A member of a consumer group of the embedded broker.
@@ -1138,30 +888,5 @@ impl Consumer for EmbeddedConsumer {
     async fn close(&self) -> Result<()> {
         self.leave();
         self.groups.persist()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::allocate;
-
-    #[test]
-    fn allocation_matches_rocketmq_averagely() {
-        assert_eq!(allocate(4, 2, 0), vec![0, 1]);
-        assert_eq!(allocate(4, 2, 1), vec![2, 3]);
-        assert_eq!(allocate(5, 2, 0), vec![0, 1, 2]);
-        assert_eq!(allocate(5, 2, 1), vec![3, 4]);
-        assert_eq!(allocate(4, 3, 0), vec![0, 1]);
-        assert_eq!(allocate(4, 3, 2), vec![3]);
-        assert_eq!(allocate(2, 3, 2), Vec::<u32>::new());
-        assert_eq!(allocate(4, 1, 0), vec![0, 1, 2, 3]);
-        // Every queue is allocated exactly once.
-        for q in 1..10 {
-            for m in 1..6 {
-                let mut all: Vec<u32> = (0..m).flat_map(|i| allocate(q, m, i)).collect();
-                all.sort();
-                assert_eq!(all, (0..q).collect::<Vec<_>>(), "{q} queues, {m} members");
-            }
-        }
     }
 }

@@ -1,0 +1,244 @@
+//! Failed deliveries: retries (through the schedule to the group's retry queue, or in place
+//! for orderly and broadcasting consumers) and dead letters.
+
+use tokio::time::Instant;
+
+use super::dispatch::{FailureNote, Group, Groups, Nacked, Slot};
+use super::store::Outgoing;
+use super::system_topics::{self, dlq_topic, ORIGIN_TOPIC};
+use crate::broker::{Disposition, Failure, Receipt};
+use crate::dead_letter::property;
+use crate::error::{BrokerError, Result};
+use crate::message::MessageView;
+use crate::subscription::{ConsumeMode, MessageModel};
+
+impl Groups {
+    /// The slot of a live delivery, with what a nack needs to know.
+    fn nacked(
+        &self,
+        group: &Group,
+        instance: &str,
+        id: u64,
+        receipt: &Receipt,
+    ) -> Result<Option<Nacked>> {
+        let mut guard = group.inner.lock();
+        let inner = &mut *guard;
+        let options = match inner.members.get(instance) {
+            Some(m) if m.id == id => m.options.clone(),
+            _ => return Err(BrokerError::Closed),
+        };
+        let (model, mode) = (inner.subscription.model, inner.subscription.mode);
+        let progress = inner.progress_mut(instance).ok_or(BrokerError::Closed)?;
+        let p = progress
+            .get_mut(receipt.queue_id as usize)
+            .ok_or_else(|| BrokerError::UnknownReceipt(format!("{receipt:?}")))?;
+        let note = p.failures.get(&receipt.offset).cloned();
+        match p.slot(receipt.offset) {
+            Some(Slot::InFlight {
+                token, reconsume, ..
+            }) if *token == receipt.token => Ok(Some(Nacked {
+                model,
+                mode,
+                options,
+                reconsume: *reconsume,
+                note,
+            })),
+            _ => Ok(None),
+        }
+    }
+
+    /// The stored message of a delivery, reserved properties included.
+    fn stored(&self, group: &Group, receipt: &Receipt) -> Result<Option<MessageView>> {
+        let Some(cq) = group.sources.get(receipt.queue_id as usize) else {
+            return Ok(None);
+        };
+        let Some(entry) = cq.entry(receipt.offset)?.filter(|e| e.size > 0) else {
+            return Ok(None);
+        };
+        Ok(self
+            .store
+            .read_records(&[entry])
+            .pop()
+            .and_then(|r| r.ok())
+            .map(|r| r.message))
+    }
+
+    /// Settles a slot whatever its state (the message went to retry or dead letters).
+    fn settle(&self, group: &Group, instance: &str, receipt: &Receipt) {
+        let mut guard = group.inner.lock();
+        let progress = guard.progress_mut(instance);
+        if let Some(p) = progress.and_then(|p| p.get_mut(receipt.queue_id as usize)) {
+            p.settle(receipt.offset);
+        }
+        drop(guard);
+        group.bump();
+    }
+
+    pub(super) async fn nack(
+        &self,
+        group: &Group,
+        instance: &str,
+        id: u64,
+        receipt: &Receipt,
+        failure: Failure,
+    ) -> Result<Disposition> {
+        let Some(n) = self.nacked(group, instance, id, receipt)? else {
+            return Ok(Disposition::Stale);
+        };
+        let retry = n.reconsume.saturating_add(1);
+        let now_ms = self.clock.now_ms();
+        if retry > n.options.max_reconsume_times {
+            self.bury(group, receipt, &failure.reason, n.reconsume, n.note, now_ms)
+                .await?;
+            self.settle(group, instance, receipt);
+            return Ok(Disposition::DeadLettered);
+        }
+        let in_place = n.mode == ConsumeMode::Orderly || n.model == MessageModel::Broadcasting;
+        if in_place {
+            let after = failure
+                .retry_after
+                .unwrap_or(if n.mode == ConsumeMode::Orderly {
+                    n.options.suspend_current_queue_time
+                } else {
+                    n.options.backoff.delay(retry)
+                });
+            let mut guard = group.inner.lock();
+            let progress = guard.progress_mut(instance);
+            if let Some(p) = progress.and_then(|p| p.get_mut(receipt.queue_id as usize)) {
+                let mut retried = false;
+                if let Some(slot) = p.slot(receipt.offset) {
+                    if let Slot::InFlight { token, .. } = *slot {
+                        if token == receipt.token {
+                            *slot = Slot::Ready {
+                                due: Instant::now() + after,
+                                reconsume: retry,
+                            };
+                            retried = true;
+                        }
+                    }
+                }
+                if retried {
+                    p.in_flight -= 1;
+                    p.ready += 1;
+                    let note = p.failures.entry(receipt.offset).or_insert(FailureNote {
+                        first_ms: now_ms,
+                        last_error: String::new(),
+                    });
+                    note.last_error = failure.reason;
+                }
+            }
+            drop(guard);
+            group.bump();
+            return Ok(Disposition::Retry { retry, after });
+        }
+        // Concurrent clustering: a copy waits in the schedule for the group's retry queue, and
+        // the queue's progress moves on.
+        let after = failure
+            .retry_after
+            .unwrap_or_else(|| n.options.backoff.delay(retry));
+        let Some(mut view) = self.stored(group, receipt)? else {
+            self.settle(group, instance, receipt);
+            return Ok(Disposition::Stale);
+        };
+        let origin = view
+            .properties
+            .get(ORIGIN_TOPIC)
+            .cloned()
+            .unwrap_or_else(|| view.topic.clone());
+        let props = &mut view.properties;
+        props.insert(ORIGIN_TOPIC.into(), origin);
+        props
+            .entry(property::FIRST_FAILURE_TIME.into())
+            .or_insert_with(|| now_ms.to_string());
+        props.insert(property::LAST_ERROR.into(), failure.reason);
+        view.topic = group.retry_topic.clone();
+        let retry_queue = &group.sources[group.real_queues as usize];
+        self.scheduler
+            .put(
+                Outgoing {
+                    parts: system_topics::parts_of(view),
+                    reconsume_times: retry,
+                    index_time: None,
+                },
+                &group.retry_topic,
+                retry_queue,
+                now_ms + after.as_millis() as u64,
+            )
+            .await?;
+        self.settle(group, instance, receipt);
+        Ok(Disposition::Retry { retry, after })
+    }
+
+    pub(super) async fn dead_letter(
+        &self,
+        group: &Group,
+        instance: &str,
+        id: u64,
+        receipt: &Receipt,
+        reason: &str,
+    ) -> Result<()> {
+        let Some(n) = self.nacked(group, instance, id, receipt)? else {
+            return Ok(());
+        };
+        self.bury(
+            group,
+            receipt,
+            reason,
+            n.reconsume,
+            n.note,
+            self.clock.now_ms(),
+        )
+        .await?;
+        self.settle(group, instance, receipt);
+        Ok(())
+    }
+
+    /// Writes a delivery to the group's dead-letter queue.
+    async fn bury(
+        &self,
+        group: &Group,
+        receipt: &Receipt,
+        reason: &str,
+        reconsume: u32,
+        note: Option<FailureNote>,
+        now_ms: u64,
+    ) -> Result<()> {
+        let Some(mut view) = self.stored(group, receipt)? else {
+            return Ok(());
+        };
+        let group_name = group.inner.lock().subscription.group.clone();
+        let origin = view
+            .properties
+            .remove(ORIGIN_TOPIC)
+            .unwrap_or_else(|| view.topic.clone());
+        view.properties.retain(|k, _| !k.starts_with('%'));
+        let first = view
+            .properties
+            .get(property::FIRST_FAILURE_TIME)
+            .cloned()
+            .or(note.map(|n| n.first_ms.to_string()))
+            .unwrap_or_else(|| now_ms.to_string());
+        let props = &mut view.properties;
+        props.insert(property::ORIGIN_TOPIC.into(), origin.clone());
+        props.insert(property::CONSUMER_GROUP.into(), group_name.clone());
+        props.insert(property::ATTEMPTS.into(), (reconsume + 1).to_string());
+        props.insert(property::FIRST_FAILURE_TIME.into(), first);
+        props.insert(property::LAST_FAILURE_TIME.into(), now_ms.to_string());
+        props.insert(property::LAST_ERROR.into(), reason.to_owned());
+        let dlq = dlq_topic(&group_name);
+        view.topic = dlq.clone();
+        let topic = self.store.create_topic(&dlq, 1)?;
+        self.store
+            .append(
+                topic.queues[0].clone(),
+                vec![Outgoing {
+                    parts: system_topics::parts_of(view),
+                    reconsume_times: reconsume,
+                    index_time: None,
+                }],
+            )
+            .await?;
+        tracing::warn!(group = %group_name, topic = %origin, attempts = reconsume + 1, reason, "message dead-lettered");
+        Ok(())
+    }
+}

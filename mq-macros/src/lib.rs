@@ -4,13 +4,39 @@
 //! calls `mq_starter`'s public API only. Attributes are parsed with syn, and every error points
 //! at the offending token.
 //!
-//! ```ignore
+//! ```
 //! use mq_starter::prelude::*;
 //!
+//! #[derive(Debug, serde::Deserialize)]
+//! struct OrderTimeout {
+//!     order_id: u64,
+//! }
+//!
 //! #[mq_listener(topic = "order-timeout", group = "order-cancel", tag = "created")]
-//! async fn cancel_unpaid(Json(t): Json<OrderTimeout>, msg: MessageView) -> Result<(), ShopError> {
+//! async fn cancel_unpaid(Json(t): Json<OrderTimeout>, msg: MessageView) -> Result<(), String> {
+//!     println!("cancel order {} (attempt {})", t.order_id, msg.attempt());
 //!     Ok(())
 //! }
+//!
+//! #[derive(Clone)]
+//! struct PaymentTx;
+//!
+//! #[transaction_listener(name = "payment")]
+//! impl TransactionListener for PaymentTx {
+//!     type Arg = u64;
+//!
+//!     async fn execute(&self, _msg: &MessageView, _order: u64) -> TxState {
+//!         TxState::Commit
+//!     }
+//!
+//!     async fn check(&self, _msg: &MessageView) -> TxState {
+//!         TxState::Commit
+//!     }
+//! }
+//!
+//! // Both are registered: `MqApplication::start` finds them.
+//! assert!(mq_starter::registry::listeners().any(|l| l.name == "cancel_unpaid"));
+//! assert!(mq_starter::registry::transaction_listeners().any(|t| t.name == "payment"));
 //! ```
 
 mod attrs;

@@ -110,10 +110,12 @@ impl Shop {
         self.child.wait().unwrap();
     }
 
+    /// SIGTERM: the shop stops serving, lets handlers finish, commits and exits cleanly.
     fn stop(mut self) {
         let pid = self.child.id().to_string();
         let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        self.child.wait().unwrap();
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "demo-shop did not stop cleanly: {status}");
     }
 }
 

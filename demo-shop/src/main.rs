@@ -92,6 +92,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let db_path = data_dir.parent().unwrap_or(Path::new(".")).join("shop.db");
     let db = store::open(&db_path).await?;
     tracing::info!(database = %db_path.display(), cancel_after = ?shop_settings.order.cancel_after, "shop database open");
+    let shop_db = db.clone();
     let shop = Shop {
         db: db.clone(),
         cancel_after: shop_settings.order.cancel_after,
@@ -117,5 +118,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         .await?;
     tracing::info!("HTTP server stopped; stopping mq");
     running.shutdown().await?;
+    // Checkpoints the write-ahead log into the database file.
+    shop_db.close().await;
     Ok(())
 }

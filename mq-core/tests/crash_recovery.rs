@@ -50,6 +50,25 @@ async fn crash_child_writer() {
     }
 }
 
+/// Runs the ignored test `name` of this binary as a child process on `dir`.
+fn spawn_child(name: &str, dir: &Path) -> (std::process::Child, std::process::ChildStdout) {
+    let mut child = Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "--exact",
+            name,
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_DIR, dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn child");
+    let stdout = child.stdout.take().expect("stdout");
+    (child, stdout)
+}
+
 fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     let mut files: Vec<_> = std::fs::read_dir(dir.join("commitlog"))
         .expect("commitlog")
@@ -82,20 +101,7 @@ async fn consume_all(broker: &Arc<EmbeddedBroker>, expect_at_least: usize) -> Ve
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_flush_survives_sigkill_and_torn_tail() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut child = Command::new(std::env::current_exe().expect("test binary"))
-        .args([
-            "--exact",
-            "crash_child_writer",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_DIR, dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn child");
-    let stdout = child.stdout.take().expect("stdout");
+    let (mut child, stdout) = spawn_child("crash_child_writer", dir.path());
     let mut acknowledged = HashSet::new();
     for line in BufReader::new(stdout).lines() {
         let line = line.expect("line");
@@ -351,20 +357,7 @@ impl mq_core::TransactionChecker for ByBody {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pending_work_survives_sigkill() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut child = Command::new(std::env::current_exe().expect("test binary"))
-        .args([
-            "--exact",
-            "crash_child_pending_work",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_DIR, dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn child");
-    let stdout = child.stdout.take().expect("stdout");
+    let (mut child, stdout) = spawn_child("crash_child_pending_work", dir.path());
     let ready = BufReader::new(stdout)
         .lines()
         .map_while(|l| l.ok())

@@ -70,6 +70,25 @@ pub(crate) struct RecoveryReport {
     pub records: u64,
 }
 
+impl RecoveryReport {
+    /// Logs and records a damaged stretch.
+    fn damage(&mut self, seg: &Segment, offset: u64, length: u64, reason: String, action: &str) {
+        tracing::error!(
+            segment = %seg.path.display(),
+            offset,
+            length,
+            %reason,
+            "corrupt bytes in the commit log; {action}"
+        );
+        self.corruptions.push(Corruption {
+            segment: seg.path.clone(),
+            offset,
+            length,
+            reason,
+        });
+    }
+}
+
 /// Readable view of the commit log, shared by the writer and every reader.
 #[derive(Debug)]
 pub(crate) struct CommitLog {
@@ -298,19 +317,7 @@ impl CommitLog {
             if let Some(next) = reader.find_magic(probe)? {
                 if let Ok(bytes) = reader.record_at(next) {
                     if self.decode_at(&bytes, seg.base + next).is_ok() {
-                        tracing::error!(
-                            segment = %seg.path.display(),
-                            offset = off,
-                            length = next - off,
-                            %reason,
-                            "corrupt bytes in the commit log; skipped"
-                        );
-                        report.corruptions.push(Corruption {
-                            segment: seg.path.clone(),
-                            offset: off,
-                            length: next - off,
-                            reason,
-                        });
+                        report.damage(seg, off, next - off, reason, "skipped");
                         return Ok(next);
                     }
                 }
@@ -330,19 +337,7 @@ impl CommitLog {
                     "torn record at the end of the commit log; truncated"
                 );
             } else {
-                tracing::error!(
-                    segment = %seg.path.display(),
-                    offset = off,
-                    bytes = seg_len - off,
-                    %reason,
-                    "corrupt last record of the commit log; truncated"
-                );
-                report.corruptions.push(Corruption {
-                    segment: seg.path.clone(),
-                    offset: off,
-                    length: seg_len - off,
-                    reason: reason.clone(),
-                });
+                report.damage(seg, off, seg_len - off, reason, "the log is cut there");
             }
             seg.file
                 .set_len(off)
@@ -352,19 +347,13 @@ impl CommitLog {
                 .map_err(|e| BrokerError::io("sync segment", &seg.path, e))?;
             report.truncated_bytes += seg_len - off;
         } else {
-            tracing::error!(
-                segment = %seg.path.display(),
-                offset = off,
-                length = seg_len - off,
-                %reason,
-                "corrupt end of a commit-log segment; skipped"
-            );
-            report.corruptions.push(Corruption {
-                segment: seg.path.clone(),
-                offset: off,
-                length: seg_len - off,
+            report.damage(
+                seg,
+                off,
+                seg_len - off,
                 reason,
-            });
+                "skipped to the next segment",
+            );
         }
         Ok(seg_len)
     }

@@ -254,37 +254,28 @@ impl CommitLog {
             let mut reader = SegmentReader::new(&seg, seg_len);
             let mut off = start;
             while off < seg_len {
-                match reader.record_at(off) {
-                    Ok(bytes) => {
-                        let position = seg.base + off;
-                        match self.decode_at(&bytes, position) {
-                            Ok(rec) => {
-                                visit(&rec, bytes.len() as u32)?;
-                                report.records += 1;
-                                off += bytes.len() as u64;
-                            }
-                            Err(err) => {
-                                off = self.skip_damage(
-                                    &seg,
-                                    &mut reader,
-                                    off,
-                                    seg_len,
-                                    is_last,
-                                    (err.to_string(), false),
-                                    &mut report,
-                                )?;
-                            }
-                        }
+                // A record that cannot be framed or decoded; `true` when it is cut short.
+                let read = match reader.record_at(off) {
+                    Ok(bytes) => self
+                        .decode_at(&bytes, seg.base + off)
+                        .map(|rec| (rec, bytes.len()))
+                        .map_err(|e| (e.to_string(), false)),
+                    Err(e) => Err((e.to_string(), matches!(e, RecordError::Truncated { .. }))),
+                };
+                match read {
+                    Ok((rec, len)) => {
+                        visit(&rec, len as u32)?;
+                        report.records += 1;
+                        off += len as u64;
                     }
-                    Err(err) => {
-                        let incomplete = matches!(err, RecordError::Truncated { .. });
+                    Err(damage) => {
                         off = self.skip_damage(
                             &seg,
                             &mut reader,
                             off,
                             seg_len,
                             is_last,
-                            (err.to_string(), incomplete),
+                            damage,
                             &mut report,
                         )?;
                     }

@@ -37,6 +37,9 @@ pub mod delay;
 pub mod embedded;
 pub mod error;
 pub mod message;
+mod rebalance;
+#[cfg(feature = "redis")]
+pub mod redis;
 pub mod subscription;
 #[cfg(feature = "testkit")]
 pub mod testkit;

@@ -1,6 +1,6 @@
 //! Delivery to consumer groups: progress per queue, in-flight tracking, redelivery, orderly
 //! queues and membership. Failed deliveries are in `retry.rs`, queue allocation in
-//! `rebalance.rs`.
+//! `crate::rebalance`.
 //!
 //! Each (group, topic) keeps, per queue, a window of the offsets handed out but not yet
 //! settled (RocketMQ's process queue). The committed offset is the front of the window, so it
@@ -791,7 +791,7 @@ fn rebalance(inner: &mut GroupInner, queue_count: u32) {
         member.assigned = if broadcasting {
             (0..queue_count).collect()
         } else {
-            super::rebalance::allocate(queue_count, m, i as u32)
+            crate::rebalance::allocate(queue_count, m, i as u32)
         };
         member.cursor = 0;
     }

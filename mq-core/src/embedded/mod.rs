@@ -37,13 +37,12 @@ mod dead_letter;
 mod dispatch;
 mod flush;
 mod offsets;
-mod rebalance;
 mod record;
 mod retention;
 mod retry;
 mod scheduler;
 mod store;
-mod system_topics;
+pub(crate) mod system_topics;
 mod transactions;
 
 use std::path::{Path, PathBuf};

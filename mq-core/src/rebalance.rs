@@ -2,7 +2,7 @@
 
 /// RocketMQ's `AllocateMessageQueueAveragely`: the queues of member `index` (of `members`,
 /// sorted by name) among `queues`. The first `queues % members` members get one more.
-pub(super) fn allocate(queues: u32, members: u32, index: u32) -> Vec<u32> {
+pub(crate) fn allocate(queues: u32, members: u32, index: u32) -> Vec<u32> {
     if members == 0 || index >= queues {
         return Vec::new();
     }

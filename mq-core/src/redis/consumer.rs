@@ -1,0 +1,936 @@
+//! The delivery loop of one member on Redis: reads its queues through the group's Redis
+//! consumer group, settles deliveries with `XACK`, takes over what dead members held and what
+//! outlived `consume-timeout`, and retries in place (orderly, broadcasting) or through the
+//! group's retry stream (concurrent clustering).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ::redis::streams::{StreamAutoClaimReply, StreamClaimReply, StreamPendingReply, StreamReadReply};
+use ::redis::Value;
+use async_trait::async_trait;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::broker::{Consumer, ConsumerOptions, Delivery, Disposition, Failure, Receipt};
+use crate::dead_letter::property;
+use crate::embedded::system_topics::retry_topic;
+use crate::error::{BrokerError, Result};
+use crate::message::MessageView;
+use crate::subscription::{ConsumeFrom, ConsumeMode, MessageModel, Subscription};
+
+use super::dead_letter::{bury, decode_entry};
+use super::envelope::Envelope;
+use super::group::assign;
+use super::keys::{entry_id, offset_of};
+use super::{scheduler, Shared};
+
+/// Entries taken over from dead members per stream and pass.
+const CLAIM_BATCH: usize = 256;
+
+/// One stream this member reads: a queue of the topic, or the group's retry stream.
+struct Source {
+    topic: String,
+    queue: u32,
+    stream: String,
+    attempts: String,
+    /// The orderly lease key (orderly queues only).
+    lease: Option<String>,
+}
+
+/// An entry read (or taken over) but not handed out yet.
+struct Fetched {
+    offset: u64,
+    view: MessageView,
+}
+
+struct InFlight {
+    token: u64,
+    view: MessageView,
+    first_failure_ms: Option<u64>,
+}
+
+/// A delivery that failed and waits to be retried in place.
+struct Ready {
+    source: usize,
+    offset: u64,
+    due: Instant,
+    view: MessageView,
+    first_failure_ms: u64,
+}
+
+#[derive(Default)]
+struct State {
+    /// Per source: this member reads it now.
+    owned: Vec<bool>,
+    assigned: Vec<u32>,
+    backlog: Vec<VecDeque<Fetched>>,
+    in_flight: HashMap<(usize, u64), InFlight>,
+    per_source: Vec<usize>,
+    ready: Vec<Ready>,
+    next_token: u64,
+    next_refresh: Option<Instant>,
+    next_timeout_scan: Option<Instant>,
+    recovered_own: bool,
+}
+
+/// What the heartbeat task keeps alive.
+struct Presence {
+    leases: parking_lot::Mutex<Vec<String>>,
+}
+
+/// A member of a consumer group on Redis.
+pub(crate) struct RedisConsumer {
+    shared: Arc<Shared>,
+    subscription: Subscription,
+    options: ConsumerOptions,
+    /// The Redis consumer group: the mq group, or one per member when broadcasting.
+    rgroup: String,
+    sources: Vec<Source>,
+    queue_count: u32,
+    state: tokio::sync::Mutex<State>,
+    presence: Arc<Presence>,
+    closed: AtomicBool,
+    heartbeat: parking_lot::Mutex<Option<JoinHandle<()>>>,
+}
+
+fn busy_group(e: &BrokerError) -> bool {
+    e.to_string().contains("BUSYGROUP")
+}
+
+impl RedisConsumer {
+    pub(crate) async fn join(
+        shared: Arc<Shared>,
+        subscription: Subscription,
+        options: ConsumerOptions,
+    ) -> Result<Self> {
+        subscription.validate()?;
+        let queue_count = shared.ensure_topic(&subscription.topic).await?;
+        shared.join_group(&subscription, &options).await?;
+        let group = &subscription.group;
+        let rgroup = match subscription.model {
+            MessageModel::Clustering => group.clone(),
+            MessageModel::Broadcasting => format!("{group}@{}", options.instance),
+        };
+        let orderly = subscription.mode == ConsumeMode::Orderly;
+        let mut sources: Vec<Source> = (0..queue_count)
+            .map(|q| Source {
+                topic: subscription.topic.clone(),
+                queue: q,
+                stream: shared.keys.stream(&subscription.topic, q),
+                attempts: shared.keys.attempts(&subscription.topic, q, &rgroup),
+                lease: orderly.then(|| shared.keys.lease(&subscription.topic, q, group)),
+            })
+            .collect();
+        let retry = retry_topic(group, &subscription.topic);
+        sources.push(Source {
+            stream: shared.keys.stream(&retry, 0),
+            attempts: shared.keys.attempts(&retry, 0, &rgroup),
+            topic: retry,
+            queue: 0,
+            lease: None,
+        });
+        let start = start_id(&shared, &sources[0..queue_count as usize], options.consume_from)
+            .await?;
+        for (i, s) in sources.iter().enumerate() {
+            let from = if i == queue_count as usize {
+                "0".to_owned()
+            } else {
+                start[i].clone()
+            };
+            let created: Result<()> = shared
+                .redis
+                .query(
+                    "creating a consumer group",
+                    ::redis::cmd("XGROUP")
+                        .arg("CREATE")
+                        .arg(&s.stream)
+                        .arg(&rgroup)
+                        .arg(from)
+                        .arg("MKSTREAM")
+                        .clone(),
+                )
+                .await;
+            match created {
+                Err(e) if !busy_group(&e) => return Err(e),
+                _ => {}
+            }
+        }
+        shared
+            .members
+            .lock()
+            .push((shared.keys.members(group), options.instance.clone()));
+        // The retry stream is a topic of one queue, so retention trims it too.
+        shared.create_topic(&sources[queue_count as usize].topic, 1).await?;
+        let n = sources.len();
+        let presence = Arc::new(Presence {
+            leases: parking_lot::Mutex::new(Vec::new()),
+        });
+        let consumer = RedisConsumer {
+            heartbeat: parking_lot::Mutex::new(Some(tokio::spawn(heartbeat(
+                shared.clone(),
+                group.clone(),
+                options.instance.clone(),
+                presence.clone(),
+            )))),
+            shared,
+            subscription,
+            options,
+            rgroup,
+            sources,
+            queue_count,
+            state: tokio::sync::Mutex::new(State {
+                owned: vec![false; n],
+                backlog: (0..n).map(|_| VecDeque::new()).collect(),
+                per_source: vec![0; n],
+                ..State::default()
+            }),
+            presence,
+            closed: AtomicBool::new(false),
+        };
+        Ok(consumer)
+    }
+
+    fn retry_source(&self) -> usize {
+        self.queue_count as usize
+    }
+
+    fn orderly(&self) -> bool {
+        self.subscription.mode == ConsumeMode::Orderly
+    }
+
+    fn in_place(&self) -> bool {
+        self.orderly() || self.subscription.model == MessageModel::Broadcasting
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) || self.shared.closed.load(Ordering::Acquire) {
+            Err(BrokerError::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Recomputes the assignment, takes or gives up orderly leases, and takes over what dead
+    /// members of the group left unacknowledged.
+    async fn refresh(&self, st: &mut State) -> Result<()> {
+        let shared = &self.shared;
+        let me = &self.options.instance;
+        shared.heartbeat(&self.subscription.group, me).await?;
+        let live = shared.live_members(&self.subscription.group).await?;
+        let assigned = assign(self.subscription.model, self.queue_count, &live, me);
+        let mut leases = Vec::new();
+        for (i, source) in self.sources.iter().enumerate() {
+            let wanted = i == self.retry_source() || assigned.contains(&(i as u32));
+            let owned = match (&source.lease, wanted) {
+                (Some(lease), true) => {
+                    let held = shared.lease(lease, me).await?;
+                    if held {
+                        leases.push(lease.clone());
+                    }
+                    held
+                }
+                (Some(lease), false) => {
+                    if st.owned[i] {
+                        shared.release(lease, me).await?;
+                    }
+                    false
+                }
+                (None, wanted) => wanted,
+            };
+            st.owned[i] = owned;
+        }
+        *self.presence.leases.lock() = leases;
+        st.assigned = assigned;
+        if self.subscription.model == MessageModel::Clustering {
+            for i in 0..self.sources.len() {
+                if st.owned[i] {
+                    self.take_over(st, i, &live).await?;
+                }
+            }
+        }
+        if !st.recovered_own {
+            self.recover_own(st).await?;
+            st.recovered_own = true;
+        }
+        st.next_refresh = Some(Instant::now() + self.shared.config.heartbeat_interval);
+        Ok(())
+    }
+
+    /// Claims the entries that members no longer alive left pending on source `i`.
+    async fn take_over(&self, st: &mut State, i: usize, live: &[String]) -> Result<()> {
+        let source = &self.sources[i];
+        let me = &self.options.instance;
+        let summary: StreamPendingReply = self
+            .shared
+            .redis
+            .query(
+                "reading pending entries",
+                ::redis::cmd("XPENDING")
+                    .arg(&source.stream)
+                    .arg(&self.rgroup)
+                    .clone(),
+            )
+            .await?;
+        let StreamPendingReply::Data(data) = summary else {
+            return Ok(());
+        };
+        for c in data.consumers {
+            if c.name == *me || live.contains(&c.name) {
+                continue;
+            }
+            let pending: ::redis::streams::StreamPendingCountReply = self
+                .shared
+                .redis
+                .query(
+                    "reading a dead member's entries",
+                    ::redis::cmd("XPENDING")
+                        .arg(&source.stream)
+                        .arg(&self.rgroup)
+                        .arg("-")
+                        .arg("+")
+                        .arg(CLAIM_BATCH)
+                        .arg(&c.name)
+                        .clone(),
+                )
+                .await?;
+            if pending.ids.is_empty() {
+                continue;
+            }
+            let mut cmd = ::redis::cmd("XCLAIM");
+            cmd.arg(&source.stream).arg(&self.rgroup).arg(me).arg(0);
+            for p in &pending.ids {
+                cmd.arg(&p.id);
+            }
+            let claimed: StreamClaimReply = self
+                .shared
+                .redis
+                .query("taking over a dead member's entries", cmd)
+                .await?;
+            tracing::info!(
+                group = %self.subscription.group,
+                from = %c.name,
+                to = %me,
+                entries = claimed.ids.len(),
+                "took over the entries of a member that left"
+            );
+            let entries = claimed
+                .ids
+                .into_iter()
+                .map(|e| (e.id, e.map))
+                .collect::<Vec<_>>();
+            self.enqueue(st, i, entries, false).await?;
+        }
+        Ok(())
+    }
+
+    /// After a restart under the same instance name: what this member held comes first.
+    async fn recover_own(&self, st: &mut State) -> Result<()> {
+        for i in 0..self.sources.len() {
+            if !st.owned[i] {
+                continue;
+            }
+            let reply: Option<StreamReadReply> = self
+                .shared
+                .redis
+                .query(
+                    "reading own pending entries",
+                    ::redis::cmd("XREADGROUP")
+                        .arg("GROUP")
+                        .arg(&self.rgroup)
+                        .arg(&self.options.instance)
+                        .arg("COUNT")
+                        .arg(CLAIM_BATCH)
+                        .arg("STREAMS")
+                        .arg(&self.sources[i].stream)
+                        .arg("0")
+                        .clone(),
+                )
+                .await?;
+            let entries: Vec<_> = reply
+                .into_iter()
+                .flat_map(|r| r.keys)
+                .flat_map(|k| k.ids)
+                .filter(|e| !e.map.is_empty())
+                .map(|e| (e.id, e.map))
+                .collect();
+            let entries = entries
+                .into_iter()
+                .filter(|(id, _)| {
+                    offset_of(id).is_some_and(|o| !st.in_flight.contains_key(&(i, o)))
+                })
+                .collect();
+            self.enqueue(st, i, entries, false).await?;
+        }
+        Ok(())
+    }
+
+    /// Redelivers entries held longer than `consume-timeout` (by anyone), counting an attempt.
+    async fn timeout_scan(&self, st: &mut State) -> Result<()> {
+        let idle = self.options.consume_timeout.as_millis() as u64;
+        for i in 0..self.sources.len() {
+            if !st.owned[i] {
+                continue;
+            }
+            let reply: StreamAutoClaimReply = self
+                .shared
+                .redis
+                .query(
+                    "redelivering timed-out entries",
+                    ::redis::cmd("XAUTOCLAIM")
+                        .arg(&self.sources[i].stream)
+                        .arg(&self.rgroup)
+                        .arg(&self.options.instance)
+                        .arg(idle)
+                        .arg("0-0")
+                        .arg("COUNT")
+                        .arg(CLAIM_BATCH)
+                        .clone(),
+                )
+                .await?;
+            let mut timed_out = Vec::new();
+            for e in reply.claimed {
+                let Some(offset) = offset_of(&e.id) else {
+                    continue;
+                };
+                // Waiting for an in-place retry is not a timeout.
+                if st.ready.iter().any(|r| r.source == i && r.offset == offset) {
+                    continue;
+                }
+                if st.in_flight.remove(&(i, offset)).is_some() {
+                    st.per_source[i] -= 1;
+                }
+                st.backlog[i].retain(|f| f.offset != offset);
+                timed_out.push((e.id, e.map));
+            }
+            if !timed_out.is_empty() {
+                let mut pipe = ::redis::pipe();
+                for (id, _) in &timed_out {
+                    pipe.cmd("HINCRBY")
+                        .arg(&self.sources[i].attempts)
+                        .arg(offset_of(id).unwrap_or(0))
+                        .arg(1)
+                        .ignore();
+                }
+                self.shared
+                    .redis
+                    .pipe::<()>("counting timed-out attempts", pipe)
+                    .await?;
+                tracing::info!(
+                    group = %self.subscription.group,
+                    entries = timed_out.len(),
+                    "redelivering messages not acknowledged within consume-timeout"
+                );
+                self.enqueue(st, i, timed_out, false).await?;
+            }
+        }
+        let every = (self.options.consume_timeout / 4)
+            .clamp(Duration::from_millis(50), Duration::from_secs(10));
+        st.next_timeout_scan = Some(Instant::now() + every);
+        Ok(())
+    }
+
+    /// Decodes entries into the backlog of source `i`, in offset order; filtered-out and
+    /// unreadable entries are acknowledged. `fresh` entries were never delivered before.
+    async fn enqueue(
+        &self,
+        st: &mut State,
+        i: usize,
+        entries: Vec<(String, HashMap<String, Value>)>,
+        fresh: bool,
+    ) -> Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let source = &self.sources[i];
+        let offsets: Vec<u64> = entries
+            .iter()
+            .map(|(id, _)| offset_of(id).unwrap_or(0))
+            .collect();
+        let extra: Vec<Option<u32>> = if fresh {
+            vec![None; entries.len()]
+        } else {
+            let mut cmd = ::redis::cmd("HMGET");
+            cmd.arg(&source.attempts);
+            for o in &offsets {
+                cmd.arg(*o);
+            }
+            self.shared.redis.query("reading attempts", cmd).await?
+        };
+        let mut skip = Vec::new();
+        for (((id, map), offset), extra) in entries.into_iter().zip(offsets).zip(extra) {
+            match decode_entry(&map, source.queue, offset, extra.unwrap_or(0)) {
+                Ok(view) => {
+                    if i != self.retry_source() && !self.subscription.filter.matches(view.tag.as_deref()) {
+                        skip.push(id);
+                        continue;
+                    }
+                    let backlog = &mut st.backlog[i];
+                    if backlog.iter().any(|f| f.offset == offset) {
+                        continue;
+                    }
+                    let at = backlog.partition_point(|f| f.offset < offset);
+                    backlog.insert(at, Fetched { offset, view });
+                }
+                Err(e) => {
+                    tracing::error!(
+                        stream = %source.stream,
+                        entry = %id,
+                        error = %e,
+                        "unreadable stream entry reported and skipped"
+                    );
+                    skip.push(id);
+                }
+            }
+        }
+        if !skip.is_empty() {
+            let mut cmd = ::redis::cmd("XACK");
+            cmd.arg(&source.stream).arg(&self.rgroup);
+            for id in &skip {
+                cmd.arg(id);
+            }
+            let _: u64 = self.shared.redis.query("skipping entries", cmd).await?;
+        }
+        Ok(())
+    }
+
+    /// How many more deliveries source `i` may have out.
+    fn capacity(&self, st: &State, i: usize) -> usize {
+        let waiting = st.ready.iter().filter(|r| r.source == i).count();
+        let out = st.per_source[i] + waiting;
+        if self.orderly() && i != self.retry_source() {
+            usize::from(out == 0)
+        } else {
+            self.options.max_in_flight_per_queue.saturating_sub(out)
+        }
+    }
+
+    fn hand_out(&self, st: &mut State, i: usize, offset: u64, view: MessageView, first_failure_ms: Option<u64>) -> Delivery {
+        st.next_token += 1;
+        let token = st.next_token;
+        st.per_source[i] += 1;
+        st.in_flight.insert(
+            (i, offset),
+            InFlight {
+                token,
+                view: view.clone(),
+                first_failure_ms,
+            },
+        );
+        Delivery {
+            message: view,
+            receipt: Receipt {
+                queue_id: i as u32,
+                offset,
+                token,
+            },
+        }
+    }
+
+    /// One pass: due in-place retries, then taken-over and pending entries, then new ones.
+    async fn fetch(&self, st: &mut State, max: usize) -> Result<Vec<Delivery>> {
+        let now = Instant::now();
+        if st.next_refresh.is_none_or(|t| now >= t) {
+            self.refresh(st).await?;
+        }
+        if st.next_timeout_scan.is_none_or(|t| now >= t) {
+            self.timeout_scan(st).await?;
+        }
+        let mut out = Vec::new();
+        // In-place retries that are due, oldest first.
+        st.ready.sort_by_key(|r| (r.due, r.offset));
+        let mut k = 0;
+        while k < st.ready.len() && out.len() < max {
+            let r = &st.ready[k];
+            if r.due <= now && st.owned[r.source] && (!self.orderly() || st.per_source[r.source] == 0) {
+                let r = st.ready.remove(k);
+                let d = self.hand_out(st, r.source, r.offset, r.view, Some(r.first_failure_ms));
+                out.push(d);
+            } else {
+                k += 1;
+            }
+        }
+        // Then the backlog, and new entries where there is room.
+        let mut reads = Vec::new();
+        for i in 0..self.sources.len() {
+            if !st.owned[i] {
+                continue;
+            }
+            while out.len() < max && self.capacity(st, i) > 0 {
+                let Some(f) = st.backlog[i].pop_front() else {
+                    break;
+                };
+                out.push(self.hand_out(st, i, f.offset, f.view, None));
+            }
+            let room = self.capacity(st, i).min(max.saturating_sub(out.len()));
+            if room > 0 && st.backlog[i].is_empty() {
+                reads.push((i, room));
+            }
+        }
+        if !reads.is_empty() {
+            let mut pipe = ::redis::pipe();
+            for (i, room) in &reads {
+                pipe.cmd("XREADGROUP")
+                    .arg("GROUP")
+                    .arg(&self.rgroup)
+                    .arg(&self.options.instance)
+                    .arg("COUNT")
+                    .arg(*room)
+                    .arg("STREAMS")
+                    .arg(&self.sources[*i].stream)
+                    .arg(">");
+            }
+            let replies: Vec<Option<StreamReadReply>> =
+                self.shared.redis.pipe("reading messages", pipe).await?;
+            for ((i, _), reply) in reads.iter().zip(replies) {
+                let entries: Vec<_> = reply
+                    .into_iter()
+                    .flat_map(|r| r.keys)
+                    .flat_map(|k| k.ids)
+                    .map(|e| (e.id, e.map))
+                    .collect();
+                self.enqueue(st, *i, entries, true).await?;
+                while out.len() < max && self.capacity(st, *i) > 0 {
+                    let Some(f) = st.backlog[*i].pop_front() else {
+                        break;
+                    };
+                    out.push(self.hand_out(st, *i, f.offset, f.view, None));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// When the next in-place retry or housekeeping is due.
+    fn next_wake(&self, st: &State) -> Option<Instant> {
+        st.ready
+            .iter()
+            .map(|r| r.due)
+            .chain(st.next_refresh)
+            .chain(st.next_timeout_scan)
+            .min()
+    }
+
+    /// Removes a live delivery; `None` if the receipt is stale.
+    fn settle(&self, st: &mut State, receipt: &Receipt) -> Option<(usize, InFlight)> {
+        let key = (receipt.queue_id as usize, receipt.offset);
+        match st.in_flight.get(&key) {
+            Some(f) if f.token == receipt.token => {
+                let f = st.in_flight.remove(&key)?;
+                st.per_source[key.0] -= 1;
+                Some((key.0, f))
+            }
+            _ => None,
+        }
+    }
+
+    /// Acknowledges settled entries of one source and forgets their attempts.
+    async fn acknowledge(&self, i: usize, offsets: &[u64]) -> Result<()> {
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        let source = &self.sources[i];
+        let mut pipe = ::redis::pipe();
+        pipe.cmd("XACK").arg(&source.stream).arg(&self.rgroup);
+        for o in offsets {
+            pipe.arg(entry_id(*o));
+        }
+        pipe.ignore().cmd("HDEL").arg(&source.attempts);
+        for o in offsets {
+            pipe.arg(*o);
+        }
+        pipe.ignore();
+        self.shared.redis.pipe::<()>("acknowledging", pipe).await
+    }
+
+    fn leave(&self) {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        if let Some(task) = self.heartbeat.lock().take() {
+            task.abort();
+        }
+        let shared = self.shared.clone();
+        let members = shared.keys.members(&self.subscription.group);
+        let instance = self.options.instance.clone();
+        let leases = std::mem::take(&mut *self.presence.leases.lock());
+        shared
+            .members
+            .lock()
+            .retain(|(k, i)| !(*k == members && *i == instance));
+        let redis = shared.redis.clone();
+        redis.clone().spawn(async move {
+            let _: Result<()> = redis
+                .query(
+                    "leaving the group",
+                    ::redis::cmd("ZREM").arg(members).arg(&instance).clone(),
+                )
+                .await;
+            for lease in leases {
+                let _ = shared.release(&lease, &instance).await;
+            }
+        });
+        self.shared.activity.notify_waiters();
+    }
+}
+
+/// Where a new group starts on each queue (`XGROUP CREATE` ids).
+async fn start_id(shared: &Shared, queues: &[Source], from: ConsumeFrom) -> Result<Vec<String>> {
+    let mut out = Vec::with_capacity(queues.len());
+    for q in queues {
+        out.push(match from {
+            ConsumeFrom::Last => "$".to_owned(),
+            ConsumeFrom::First => "0".to_owned(),
+            ConsumeFrom::Timestamp(t) => {
+                let ms = crate::clock::Clock::to_ms(t);
+                first_at_or_after(shared, &q.stream, ms).await?
+            }
+        });
+    }
+    Ok(out)
+}
+
+/// The id just before the first entry stored at or after `ms`, or `$` if there is none.
+async fn first_at_or_after(shared: &Shared, stream: &str, ms: u64) -> Result<String> {
+    let mut from = "-".to_owned();
+    loop {
+        let page: ::redis::streams::StreamRangeReply = shared
+            .redis
+            .query(
+                "finding the start of a group",
+                ::redis::cmd("XRANGE")
+                    .arg(stream)
+                    .arg(&from)
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(512)
+                    .clone(),
+            )
+            .await?;
+        let Some(last) = page.ids.last().map(|e| e.id.clone()) else {
+            return Ok("$".into());
+        };
+        for e in &page.ids {
+            let stored = match e.map.get("t") {
+                Some(Value::BulkString(t)) => std::str::from_utf8(t)
+                    .ok()
+                    .and_then(|t| t.parse::<u64>().ok())
+                    .unwrap_or(0),
+                _ => 0,
+            };
+            if stored >= ms {
+                let offset = offset_of(&e.id).unwrap_or(0);
+                return Ok(format!("{offset}-0"));
+            }
+        }
+        from = format!("({last}");
+    }
+}
+
+/// Keeps a member alive and its orderly leases held while it lives.
+async fn heartbeat(shared: Arc<Shared>, group: String, instance: String, presence: Arc<Presence>) {
+    let mut tick = tokio::time::interval(shared.config.heartbeat_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if shared.closed.load(Ordering::Acquire) {
+            return;
+        }
+        if let Err(e) = shared.heartbeat(&group, &instance).await {
+            tracing::warn!(group = %group, instance = %instance, error = %e, "heartbeat failed");
+            continue;
+        }
+        let leases = presence.leases.lock().clone();
+        for lease in leases {
+            if let Ok(false) = shared.lease(&lease, &instance).await {
+                tracing::warn!(group = %group, instance = %instance, lease = %lease, "orderly lease lost");
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Consumer for RedisConsumer {
+    fn subscription(&self) -> &Subscription {
+        &self.subscription
+    }
+
+    fn instance(&self) -> &str {
+        &self.options.instance
+    }
+
+    async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>> {
+        let deadline = Instant::now() + wait;
+        let max = max.max(1);
+        loop {
+            self.check_open()?;
+            let notified = self.shared.activity.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let (got, wake) = {
+                let mut st = self.state.lock().await;
+                let got = self.fetch(&mut st, max).await?;
+                (got, self.next_wake(&st))
+            };
+            if !got.is_empty() {
+                return Ok(got);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(got);
+            }
+            let mut until = deadline.min(now + self.shared.config.poll_interval);
+            if let Some(w) = wake {
+                until = until.min(w.max(now + Duration::from_millis(1)));
+            }
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep_until(until) => {}
+            }
+        }
+    }
+
+    async fn ack(&self, receipts: &[Receipt]) -> Result<()> {
+        self.check_open()?;
+        let mut by_source: HashMap<usize, Vec<u64>> = HashMap::new();
+        {
+            let mut st = self.state.lock().await;
+            for r in receipts {
+                if let Some((i, _)) = self.settle(&mut st, r) {
+                    by_source.entry(i).or_default().push(r.offset);
+                }
+            }
+        }
+        for (i, offsets) in by_source {
+            self.acknowledge(i, &offsets).await?;
+        }
+        self.shared.activity.notify_waiters();
+        Ok(())
+    }
+
+    async fn nack(&self, receipt: &Receipt, failure: Failure) -> Result<Disposition> {
+        self.check_open()?;
+        let mut st = self.state.lock().await;
+        let Some((i, flight)) = self.settle(&mut st, receipt) else {
+            return Ok(Disposition::Stale);
+        };
+        let now_ms = self.shared.clock.now_ms();
+        let reconsume = flight.view.reconsume_times;
+        let retry = reconsume.saturating_add(1);
+        let first_failure = flight.first_failure_ms.unwrap_or(now_ms);
+        if retry > self.options.max_reconsume_times {
+            drop(st);
+            bury(
+                &self.shared,
+                &self.subscription.group,
+                &flight.view,
+                retry,
+                Some(first_failure),
+                &failure.reason,
+            )
+            .await?;
+            self.acknowledge(i, &[receipt.offset]).await?;
+            self.shared.activity.notify_waiters();
+            return Ok(Disposition::DeadLettered);
+        }
+        if self.in_place() && i != self.retry_source() {
+            let after = failure.retry_after.unwrap_or(if self.orderly() {
+                self.options.suspend_current_queue_time
+            } else {
+                self.options.backoff.delay(retry)
+            });
+            let mut view = flight.view;
+            view.reconsume_times = retry;
+            st.ready.push(Ready {
+                source: i,
+                offset: receipt.offset,
+                due: Instant::now() + after,
+                view,
+                first_failure_ms: first_failure,
+            });
+            drop(st);
+            let _: i64 = self
+                .shared
+                .redis
+                .query(
+                    "counting a failed attempt",
+                    ::redis::cmd("HINCRBY")
+                        .arg(&self.sources[i].attempts)
+                        .arg(receipt.offset)
+                        .arg(1)
+                        .clone(),
+                )
+                .await?;
+            self.shared.activity.notify_waiters();
+            return Ok(Disposition::Retry { retry, after });
+        }
+        drop(st);
+        // Concurrent clustering: a copy waits in the retry stream's delay set, the original
+        // is settled.
+        let after = failure
+            .retry_after
+            .unwrap_or_else(|| self.options.backoff.delay(retry));
+        let mut envelope = Envelope::from_view(&flight.view, retry);
+        envelope
+            .properties
+            .entry(property::FIRST_FAILURE_TIME.into())
+            .or_insert_with(|| first_failure.to_string());
+        envelope
+            .properties
+            .insert(property::LAST_ERROR.into(), failure.reason.clone());
+        let retry_stream = &self.sources[self.retry_source()];
+        let due = now_ms + after.as_millis() as u64;
+        if after.is_zero() {
+            self.shared
+                .append(&retry_stream.topic, 0, vec![envelope.encode()?])
+                .await?;
+        } else {
+            scheduler::put(&self.shared, &retry_stream.topic, 0, due, vec![envelope.encode()?])
+                .await?;
+        }
+        self.acknowledge(i, &[receipt.offset]).await?;
+        Ok(Disposition::Retry { retry, after })
+    }
+
+    async fn dead_letter(&self, receipt: &Receipt, reason: &str) -> Result<()> {
+        self.check_open()?;
+        let Some((i, flight)) = ({
+            let mut st = self.state.lock().await;
+            self.settle(&mut st, receipt)
+        }) else {
+            return Ok(());
+        };
+        bury(
+            &self.shared,
+            &self.subscription.group,
+            &flight.view,
+            flight.view.reconsume_times + 1,
+            flight.first_failure_ms,
+            reason,
+        )
+        .await?;
+        self.acknowledge(i, &[receipt.offset]).await?;
+        self.shared.activity.notify_waiters();
+        Ok(())
+    }
+
+    async fn assignment(&self) -> Result<Vec<u32>> {
+        self.check_open()?;
+        let mut st = self.state.lock().await;
+        self.refresh(&mut st).await?;
+        Ok(st.assigned.clone())
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.leave();
+        Ok(())
+    }
+}
+
+impl Drop for RedisConsumer {
+    fn drop(&mut self) {
+        self.leave();
+    }
+}

@@ -1,0 +1,177 @@
+//! Consumer-group membership on Redis: the shared subscription, live members by heartbeat,
+//! the averagely allocation over them, and leases on orderly queues.
+
+use crate::broker::ConsumerOptions;
+use crate::error::{BrokerError, Result};
+use crate::subscription::{MessageModel, Subscription, TagFilter};
+
+use super::scripts;
+use super::Shared;
+
+/// A subscription as members compare it.
+pub(crate) fn describe(sub: &Subscription) -> String {
+    let filter = match &sub.filter {
+        TagFilter::All => "*".to_owned(),
+        TagFilter::Tags(tags) => tags.join("||"),
+    };
+    format!("{}|{}|{:?}|{:?}", sub.topic, filter, sub.model, sub.mode)
+}
+
+impl Shared {
+    /// Heartbeats older than this mean the member is gone.
+    fn liveness_ms(&self) -> u64 {
+        3 * self.config.heartbeat_interval.as_millis() as u64
+    }
+
+    /// The live members of a group, sorted by name.
+    pub(crate) async fn live_members(&self, group: &str) -> Result<Vec<String>> {
+        let since = self.clock.now_ms().saturating_sub(self.liveness_ms());
+        let mut members: Vec<String> = self
+            .redis
+            .query(
+                "reading group members",
+                ::redis::cmd("ZRANGEBYSCORE")
+                    .arg(self.keys.members(group))
+                    .arg(since)
+                    .arg("+inf")
+                    .clone(),
+            )
+            .await?;
+        members.sort();
+        Ok(members)
+    }
+
+    /// Joins a group: refuses a subscription that differs from the live members' and an
+    /// instance name that is already live.
+    pub(crate) async fn join_group(
+        &self,
+        sub: &Subscription,
+        options: &ConsumerOptions,
+    ) -> Result<()> {
+        let live = self.live_members(&sub.group).await?;
+        if live.contains(&options.instance) {
+            return Err(BrokerError::InvalidSubscription {
+                group: sub.group.clone(),
+                reason: format!("instance {:?} is already a live member", options.instance),
+            });
+        }
+        let mine = describe(sub);
+        let stored: Option<String> = self
+            .redis
+            .query(
+                "reading the group's subscription",
+                ::redis::cmd("GET")
+                    .arg(self.keys.subscription(&sub.group))
+                    .clone(),
+            )
+            .await?;
+        if let Some(stored) = stored.filter(|s| *s != mine) {
+            if !live.is_empty() {
+                return Err(BrokerError::InvalidSubscription {
+                    group: sub.group.clone(),
+                    reason: format!(
+                        "members of a group must subscribe identically: live members use {stored}, this one {mine}"
+                    ),
+                });
+            }
+        }
+        let mut pipe = ::redis::pipe();
+        pipe.cmd("SET")
+            .arg(self.keys.subscription(&sub.group))
+            .arg(&mine)
+            .ignore()
+            .cmd("ZADD")
+            .arg(self.keys.members(&sub.group))
+            .arg(self.clock.now_ms())
+            .arg(&options.instance)
+            .ignore();
+        self.redis.pipe::<()>("joining the group", pipe).await
+    }
+
+    /// Records that `instance` is alive and forgets members long gone.
+    pub(crate) async fn heartbeat(&self, group: &str, instance: &str) -> Result<()> {
+        let now = self.clock.now_ms();
+        let mut pipe = ::redis::pipe();
+        pipe.cmd("ZADD")
+            .arg(self.keys.members(group))
+            .arg(now)
+            .arg(instance)
+            .ignore()
+            .cmd("ZREMRANGEBYSCORE")
+            .arg(self.keys.members(group))
+            .arg("-inf")
+            .arg(format!("({}", now.saturating_sub(10 * self.liveness_ms())))
+            .ignore();
+        self.redis.pipe::<()>("heartbeat", pipe).await
+    }
+
+    /// Takes or renews the lease of an orderly queue; true if `instance` holds it.
+    pub(crate) async fn lease(&self, key: &str, instance: &str) -> Result<bool> {
+        let held: i64 = self
+            .redis
+            .script(
+                "leasing an orderly queue",
+                &scripts::LEASE,
+                vec![key.to_owned()],
+                vec![
+                    instance.as_bytes().to_vec(),
+                    self.liveness_ms().to_string().into_bytes(),
+                ],
+            )
+            .await?;
+        Ok(held == 1)
+    }
+
+    /// Gives up a lease held by `instance`.
+    pub(crate) async fn release(&self, key: &str, instance: &str) -> Result<()> {
+        let _: i64 = self
+            .redis
+            .script(
+                "releasing an orderly queue",
+                &scripts::RELEASE,
+                vec![key.to_owned()],
+                vec![instance.as_bytes().to_vec()],
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+/// The queues of `instance` among the live `members` (sorted): all of them when broadcasting.
+pub(crate) fn assign(
+    model: MessageModel,
+    queues: u32,
+    members: &[String],
+    instance: &str,
+) -> Vec<u32> {
+    match model {
+        MessageModel::Broadcasting => (0..queues).collect(),
+        MessageModel::Clustering => match members.iter().position(|m| m == instance) {
+            Some(i) => crate::rebalance::allocate(queues, members.len() as u32, i as u32),
+            None => Vec::new(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::subscription::ConsumeMode;
+
+    #[test]
+    fn subscriptions_compare_by_topic_filter_model_and_mode() {
+        let a = Subscription::new("t", "g");
+        assert_eq!(describe(&a), describe(&a.clone()));
+        assert_ne!(describe(&a), describe(&a.clone().tags("x").unwrap()));
+        assert_ne!(describe(&a), describe(&a.clone().mode(ConsumeMode::Orderly)));
+    }
+
+    #[test]
+    fn members_share_queues_and_strangers_get_none() {
+        let m = vec!["a".to_owned(), "b".to_owned()];
+        assert_eq!(assign(MessageModel::Clustering, 4, &m, "a"), vec![0, 1]);
+        assert_eq!(assign(MessageModel::Clustering, 4, &m, "b"), vec![2, 3]);
+        assert!(assign(MessageModel::Clustering, 4, &m, "c").is_empty());
+        assert_eq!(assign(MessageModel::Broadcasting, 3, &m, "c"), vec![0, 1, 2]);
+    }
+}

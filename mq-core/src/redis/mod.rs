@@ -1,0 +1,554 @@
+//! The Redis Streams backend (feature `redis`): the same [`Broker`] contract across many
+//! processes sharing one Redis server.
+//!
+//! A stream per (topic, queue) whose entry ids are the queue offsets; a Redis consumer group
+//! per mq group (per member, broadcasting); delays and retries in a sorted set per queue moved
+//! into the stream by a Lua script; dead letters in a stream per group; half messages in a hash
+//! checked back by any live instance that has the producer's checker. `docs/redis-backend.md`
+//! lists every key.
+//!
+//! ```no_run
+//! use mq_core::redis::{RedisBroker, RedisConfig};
+//! use mq_core::{Broker, Message, SendOptions};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), mq_core::BrokerError> {
+//! let broker = RedisBroker::connect(RedisConfig::new("redis://127.0.0.1:6379").prefix("shop")).await?;
+//! broker.send(Message::new("order", "o-1 created"), SendOptions::new()).await?;
+//! broker.shutdown().await?;
+//! # Ok(()) }
+//! ```
+
+mod consumer;
+mod dead_letter;
+mod envelope;
+mod group;
+mod io;
+mod keys;
+mod retention;
+mod scheduler;
+mod scripts;
+mod transactions;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+use crate::broker::{
+    Broker, Consumer, ConsumerOptions, Prepared, QueueSelector, SendOptions, SendResult,
+    TransactionId, DEFAULT_QUEUE_COUNT,
+};
+use crate::clock::Clock;
+use crate::dead_letter::DeadLetter;
+use crate::delay::DelayPolicy;
+use crate::error::{BrokerError, Result};
+use crate::message::{validate_topic, Message, DEFAULT_MAX_MESSAGE_SIZE};
+use crate::subscription::Subscription;
+use crate::transaction::{CheckPolicy, TransactionChecker, TxState};
+
+use envelope::Envelope;
+use io::Redis;
+use keys::Keys;
+
+pub use retention::TrimReport;
+
+/// How long a command may wait for an unreachable Redis before it fails.
+pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often an idle consumer looks for messages stored by other processes.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// How often a member proves it is alive; three missed heartbeats and it is gone.
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+/// How often streams are trimmed below what every group has settled.
+pub const DEFAULT_TRIM_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Configuration of a [`RedisBroker`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host:port[/db]`, or `rediss://` for TLS.
+    pub url: String,
+    /// Every key starts with `prefix:`; brokers with different prefixes do not see each other.
+    pub prefix: String,
+    /// Queues of a topic created on first use.
+    pub default_queues: u32,
+    /// Largest accepted body.
+    pub max_message_size: usize,
+    /// How long a command waits for an unreachable Redis before it fails.
+    pub command_timeout: Duration,
+    /// How often an idle consumer looks for messages stored by other processes (messages of
+    /// this process wake it at once).
+    pub poll_interval: Duration,
+    /// How often members heartbeat; a member silent for three intervals is dead.
+    pub heartbeat_interval: Duration,
+    /// How often streams are trimmed.
+    pub trim_interval: Duration,
+    /// Delay levels and maximum delay.
+    pub delay: DelayPolicy,
+    /// Check-back of transactions.
+    pub check: CheckPolicy,
+}
+
+impl RedisConfig {
+    /// Defaults for a server at `url`.
+    pub fn new(url: impl Into<String>) -> Self {
+        RedisConfig {
+            url: url.into(),
+            prefix: "mq".into(),
+            default_queues: DEFAULT_QUEUE_COUNT,
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            command_timeout: DEFAULT_COMMAND_TIMEOUT,
+            poll_interval: DEFAULT_POLL_INTERVAL,
+            heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
+            trim_interval: DEFAULT_TRIM_INTERVAL,
+            delay: DelayPolicy::default(),
+            check: CheckPolicy::default(),
+        }
+    }
+
+    /// Sets the key prefix.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Sets the queue count of automatically created topics.
+    pub fn default_queues(mut self, queues: u32) -> Self {
+        self.default_queues = queues;
+        self
+    }
+
+    /// Sets the largest accepted body.
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.max_message_size = bytes;
+        self
+    }
+
+    /// Sets how long a command waits for an unreachable Redis.
+    pub fn command_timeout(mut self, timeout: Duration) -> Self {
+        self.command_timeout = timeout;
+        self
+    }
+
+    /// Sets how often idle consumers poll.
+    pub fn poll_interval(mut self, interval: Duration) -> Self {
+        self.poll_interval = interval;
+        self
+    }
+
+    /// Sets the heartbeat interval.
+    pub fn heartbeat_interval(mut self, interval: Duration) -> Self {
+        self.heartbeat_interval = interval;
+        self
+    }
+
+    /// Sets how often streams are trimmed.
+    pub fn trim_interval(mut self, interval: Duration) -> Self {
+        self.trim_interval = interval;
+        self
+    }
+
+    /// Sets the delay policy.
+    pub fn delay_policy(mut self, policy: DelayPolicy) -> Self {
+        self.delay = policy;
+        self
+    }
+
+    /// Sets the check-back policy.
+    pub fn check_policy(mut self, policy: CheckPolicy) -> Self {
+        self.check = policy;
+        self
+    }
+
+    fn validate(&self) -> Result<()> {
+        let bad = |what: &str| Err(BrokerError::InvalidConfig(what.to_owned()));
+        if self.prefix.is_empty() || self.prefix.contains(['{', '}']) {
+            return bad("redis prefix must be non-empty and free of `{` and `}`");
+        }
+        if self.default_queues == 0 {
+            return bad("default queue count must be at least 1");
+        }
+        if self.poll_interval.is_zero() || self.heartbeat_interval.is_zero() {
+            return bad("poll and heartbeat intervals must be positive");
+        }
+        Ok(())
+    }
+}
+
+/// What the broker, its consumers and its background tasks share.
+pub(crate) struct Shared {
+    redis: Redis,
+    keys: Keys,
+    clock: Clock,
+    config: RedisConfig,
+    /// Queue counts of known topics, and the round-robin position of each.
+    topics: Mutex<HashMap<String, (u32, u64)>>,
+    /// Woken on every local store, so local consumers do not wait for their poll.
+    activity: Notify,
+    /// Woken when a delayed message is stored.
+    scheduler_wake: Notify,
+    /// Woken when a half message or a checker arrives.
+    checker_wake: Notify,
+    checkers: Mutex<HashMap<String, Arc<dyn TransactionChecker>>>,
+    /// Live members of this broker (members key, instance): they leave at shutdown.
+    members: Mutex<Vec<(String, String)>>,
+    closed: AtomicBool,
+}
+
+/// A broker on Redis Streams. Cheap to share: use it as `Arc<dyn Broker>`.
+pub struct RedisBroker {
+    shared: Arc<Shared>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for RedisBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBroker")
+            .field("url", &io::redact(&self.shared.config.url))
+            .field("prefix", &self.shared.config.prefix)
+            .finish()
+    }
+}
+
+impl RedisBroker {
+    /// Connects and starts the delay scheduler, the transaction checker and stream trimming.
+    /// Must be called inside a tokio runtime; the background tasks run on it.
+    pub async fn connect(config: RedisConfig) -> Result<Arc<Self>> {
+        config.validate()?;
+        let redis = Redis::connect(&config.url, config.command_timeout).await?;
+        // Fail now, with the URL in the error, rather than at the first send.
+        let _: String = redis.query("PING", ::redis::cmd("PING")).await?;
+        let shared = Arc::new(Shared {
+            redis,
+            keys: Keys::new(&config.prefix),
+            clock: Clock::new(),
+            config,
+            topics: Mutex::new(HashMap::new()),
+            activity: Notify::new(),
+            scheduler_wake: Notify::new(),
+            checker_wake: Notify::new(),
+            checkers: Mutex::new(HashMap::new()),
+            members: Mutex::new(Vec::new()),
+            closed: AtomicBool::new(false),
+        });
+        let tasks = vec![
+            tokio::spawn(scheduler::run(shared.clone())),
+            tokio::spawn(transactions::run(shared.clone())),
+            tokio::spawn(retention::run(shared.clone())),
+        ];
+        Ok(Arc::new(RedisBroker {
+            shared,
+            tasks: Mutex::new(tasks),
+        }))
+    }
+
+    /// Trims every stream below what all its groups have settled, now.
+    pub async fn trim(&self) -> Result<TrimReport> {
+        retention::trim_all(&self.shared).await
+    }
+
+    /// Messages waiting in delay sets (delays and retries), over all queues.
+    pub async fn pending_delays(&self) -> Result<u64> {
+        scheduler::pending(&self.shared).await
+    }
+
+    /// Half messages waiting for their transaction's outcome.
+    pub async fn pending_transactions(&self) -> Result<u64> {
+        self.shared
+            .redis
+            .query("HLEN", ::redis::cmd("HLEN").arg(self.shared.keys.half()).clone())
+            .await
+    }
+}
+
+impl Shared {
+    fn check_open(&self) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            Err(BrokerError::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The queue count of `topic`, creating it with the default count if it is new.
+    async fn ensure_topic(&self, topic: &str) -> Result<u32> {
+        if let Some((n, _)) = self.topics.lock().get(topic) {
+            return Ok(*n);
+        }
+        let n = self.create_topic(topic, self.config.default_queues).await?;
+        Ok(n)
+    }
+
+    /// Creates a topic unless it exists; returns its queue count.
+    async fn create_topic(&self, topic: &str, queues: u32) -> Result<u32> {
+        let mut pipe = ::redis::pipe();
+        pipe.cmd("HSETNX")
+            .arg(self.keys.topics())
+            .arg(topic)
+            .arg(queues)
+            .ignore()
+            .cmd("HGET")
+            .arg(self.keys.topics())
+            .arg(topic);
+        let (n,): (u32,) = self.redis.pipe("creating a topic", pipe).await?;
+        self.topics.lock().entry(topic.to_owned()).or_insert((n, 0)).0 = n;
+        Ok(n)
+    }
+
+    async fn queue_count(&self, topic: &str) -> Result<Option<u32>> {
+        if let Some((n, _)) = self.topics.lock().get(topic) {
+            return Ok(Some(*n));
+        }
+        let n: Option<u32> = self
+            .redis
+            .query(
+                "reading a topic",
+                ::redis::cmd("HGET")
+                    .arg(self.keys.topics())
+                    .arg(topic)
+                    .clone(),
+            )
+            .await?;
+        if let Some(n) = n {
+            self.topics.lock().insert(topic.to_owned(), (n, 0));
+        }
+        Ok(n)
+    }
+
+    /// The queue a send goes to.
+    async fn select_queue(&self, topic: &str, selector: &QueueSelector) -> Result<u32> {
+        let n = self.ensure_topic(topic).await?;
+        let q = match selector {
+            QueueSelector::RoundRobin => {
+                let mut topics = self.topics.lock();
+                let entry = topics.entry(topic.to_owned()).or_insert((n, 0));
+                entry.1 = entry.1.wrapping_add(1);
+                (entry.1 % u64::from(n)) as u32
+            }
+            QueueSelector::ShardingKey(key) => QueueSelector::queue_for_key(key, n),
+            QueueSelector::Queue(q) => *q,
+        };
+        if q >= n {
+            return Err(BrokerError::QueueNotFound {
+                topic: topic.to_owned(),
+                queue_id: q,
+            });
+        }
+        Ok(q)
+    }
+
+    /// Appends encoded messages to a queue; returns their offsets.
+    async fn append(&self, topic: &str, queue: u32, blobs: Vec<Vec<u8>>) -> Result<Vec<u64>> {
+        let mut args = Vec::with_capacity(blobs.len() + 1);
+        args.push(self.clock.now_ms().to_string().into_bytes());
+        args.extend(blobs);
+        let offsets: Vec<u64> = self
+            .redis
+            .script(
+                "storing messages",
+                &scripts::APPEND,
+                vec![
+                    self.keys.stream(topic, queue),
+                    self.keys.counter(topic, queue),
+                ],
+                args,
+            )
+            .await?;
+        self.activity.notify_waiters();
+        Ok(offsets)
+    }
+
+    /// Stores messages on one queue, at once or when due.
+    async fn store(
+        &self,
+        messages: Vec<Message>,
+        options: &SendOptions,
+    ) -> Result<Vec<SendResult>> {
+        self.check_open()?;
+        let Some(first) = messages.first() else {
+            return Ok(Vec::new());
+        };
+        let topic = first.topic().to_owned();
+        for m in &messages {
+            m.validate(self.config.max_message_size)?;
+            if m.topic() != topic {
+                return Err(BrokerError::InvalidConfig(format!(
+                    "a batch goes to one topic: {:?} and {:?}",
+                    topic,
+                    m.topic()
+                )));
+            }
+        }
+        let now = self.clock.now_ms();
+        let due = match options.delay {
+            Some(d) => Some(self.config.delay.due_ms(d, now)?).filter(|due| *due > now),
+            None => None,
+        };
+        let queue = self.select_queue(&topic, &options.queue).await?;
+        let ids: Vec<_> = messages.iter().map(Message::id).collect();
+        let blobs = messages
+            .into_iter()
+            .map(|m| Envelope::from_message(m).encode())
+            .collect::<Result<Vec<_>>>()?;
+        let offsets = match due {
+            Some(due) => scheduler::put(self, &topic, queue, due, blobs).await?,
+            None => self.append(&topic, queue, blobs).await?,
+        };
+        Ok(ids
+            .into_iter()
+            .zip(offsets)
+            .map(|(message_id, queue_offset)| SendResult {
+                message_id,
+                queue_id: queue,
+                queue_offset,
+            })
+            .collect())
+    }
+}
+
+#[async_trait]
+impl Broker for RedisBroker {
+    fn backend(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn create_topic(&self, topic: &str, queue_count: u32) -> Result<()> {
+        self.shared.check_open()?;
+        validate_topic(topic)?;
+        if queue_count == 0 {
+            return Err(BrokerError::InvalidConfig(format!(
+                "topic {topic:?} needs at least one queue"
+            )));
+        }
+        self.shared.create_topic(topic, queue_count).await?;
+        Ok(())
+    }
+
+    async fn queue_count(&self, topic: &str) -> Result<Option<u32>> {
+        self.shared.check_open()?;
+        self.shared.queue_count(topic).await
+    }
+
+    async fn send(&self, message: Message, options: SendOptions) -> Result<SendResult> {
+        let mut results = self.shared.store(vec![message], &options).await?;
+        results.pop().ok_or_else(|| io::backend_error("send", "no result"))
+    }
+
+    async fn send_batch(
+        &self,
+        messages: Vec<Message>,
+        options: SendOptions,
+    ) -> Result<Vec<SendResult>> {
+        self.shared.store(messages, &options).await
+    }
+
+    async fn subscribe(
+        &self,
+        subscription: Subscription,
+        options: ConsumerOptions,
+    ) -> Result<Box<dyn Consumer>> {
+        self.shared.check_open()?;
+        let consumer = consumer::RedisConsumer::join(self.shared.clone(), subscription, options)
+            .await?;
+        Ok(Box::new(consumer))
+    }
+
+    async fn prepare(
+        &self,
+        message: Message,
+        options: SendOptions,
+        producer: &str,
+    ) -> Result<Prepared> {
+        self.shared.check_open()?;
+        transactions::prepare(&self.shared, message, options, producer).await
+    }
+
+    async fn end_transaction(
+        &self,
+        transaction: &TransactionId,
+        state: TxState,
+    ) -> Result<Option<SendResult>> {
+        self.shared.check_open()?;
+        transactions::end(&self.shared, transaction, state).await
+    }
+
+    async fn register_checker(
+        &self,
+        producer: &str,
+        checker: Arc<dyn TransactionChecker>,
+    ) -> Result<()> {
+        self.shared.check_open()?;
+        self.shared
+            .checkers
+            .lock()
+            .insert(producer.to_owned(), checker);
+        self.shared.checker_wake.notify_waiters();
+        Ok(())
+    }
+
+    async fn dead_letters(&self, group: &str, from: u64, limit: usize) -> Result<Vec<DeadLetter>> {
+        self.shared.check_open()?;
+        dead_letter::list(&self.shared, group, from, limit).await
+    }
+
+    async fn dead_letter_counts(&self) -> Result<Vec<(String, u64)>> {
+        self.shared.check_open()?;
+        dead_letter::counts(&self.shared).await
+    }
+
+    async fn resend_dead_letter(&self, group: &str, seq: u64) -> Result<bool> {
+        self.shared.check_open()?;
+        dead_letter::resend(&self.shared, group, seq).await
+    }
+
+    async fn delete_dead_letter(&self, group: &str, seq: u64) -> Result<bool> {
+        self.shared.check_open()?;
+        dead_letter::delete(&self.shared, group, seq).await
+    }
+
+    async fn lag(&self, group: &str, topic: &str) -> Result<Option<u64>> {
+        self.shared.check_open()?;
+        retention::lag(&self.shared, group, topic).await.map(Some)
+    }
+
+    async fn flush(&self) -> Result<()> {
+        // Redis acknowledges a write once it holds it; durability is the server's
+        // `appendfsync` setting.
+        self.shared.check_open()
+    }
+
+    async fn shutdown(&self) -> Result<()> {
+        if self.shared.closed.swap(true, Ordering::AcqRel) {
+            return Err(BrokerError::Closed);
+        }
+        for task in self.tasks.lock().drain(..) {
+            task.abort();
+        }
+        self.shared.activity.notify_waiters();
+        // Members leave now, so that their queues and unacknowledged messages go to the
+        // others (or to this group after a restart) without waiting for their heartbeat to age.
+        let members = std::mem::take(&mut *self.shared.members.lock());
+        if !members.is_empty() {
+            let mut pipe = ::redis::pipe();
+            for (key, instance) in &members {
+                pipe.cmd("ZREM").arg(key).arg(instance).ignore();
+            }
+            self.shared.redis.pipe::<()>("leaving groups", pipe).await?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for RedisBroker {
+    fn drop(&mut self) {
+        self.shared.closed.store(true, Ordering::Release);
+        for task in self.tasks.lock().drain(..) {
+            task.abort();
+        }
+    }
+}

@@ -1,0 +1,175 @@
+//! Stream retention: a queue's stream is trimmed (`XTRIM MINID`) below the first entry some
+//! group still needs: its oldest unacknowledged entry, or the first it has not read.
+
+use std::sync::Arc;
+
+use ::redis::Value;
+
+use crate::error::Result;
+
+use super::keys::{entry_id, offset_of};
+use super::Shared;
+
+/// What one trim pass removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TrimReport {
+    /// Streams looked at.
+    pub streams: u64,
+    /// Entries removed.
+    pub removed: u64,
+}
+
+/// Reads `name` from an `XINFO GROUPS` entry.
+fn field<'a>(group: &'a Value, name: &str) -> Option<&'a Value> {
+    match group {
+        Value::Map(pairs) => pairs.iter().find_map(|(k, v)| match k {
+            Value::BulkString(b) if b == name.as_bytes() => Some(v),
+            Value::SimpleString(s) if s == name => Some(v),
+            _ => None,
+        }),
+        Value::Array(items) => items.chunks(2).find_map(|kv| match kv {
+            [Value::BulkString(b), v] if b == name.as_bytes() => Some(v),
+            [Value::SimpleString(s), v] if s == name => Some(v),
+            _ => None,
+        }),
+        _ => None,
+    }
+}
+
+fn text(v: Option<&Value>) -> Option<String> {
+    match v? {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+fn int(v: Option<&Value>) -> Option<i64> {
+    match v? {
+        Value::Int(i) => Some(*i),
+        Value::Nil => None,
+        other => text(Some(other))?.parse().ok(),
+    }
+}
+
+/// Per group of a stream: (name, first offset it still needs, entries it has not settled).
+async fn groups(shared: &Shared, stream: &str) -> Result<Vec<(String, u64, u64)>> {
+    let info: Value = match shared
+        .redis
+        .query(
+            "reading stream groups",
+            ::redis::cmd("XINFO").arg("GROUPS").arg(stream).clone(),
+        )
+        .await
+    {
+        Ok(v) => v,
+        // No such stream yet.
+        Err(_) => return Ok(Vec::new()),
+    };
+    let Value::Array(list) = info else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for g in &list {
+        let Some(name) = text(field(g, "name")) else {
+            continue;
+        };
+        let next = text(field(g, "last-delivered-id"))
+            .and_then(|id| offset_of(&id))
+            .map(|o| o + 1)
+            .unwrap_or(0);
+        let pending = int(field(g, "pending")).unwrap_or(0).max(0) as u64;
+        let lag = int(field(g, "lag")).unwrap_or(0).max(0) as u64;
+        let first = if pending > 0 {
+            let summary: Value = shared
+                .redis
+                .query(
+                    "reading pending entries",
+                    ::redis::cmd("XPENDING").arg(stream).arg(&name).clone(),
+                )
+                .await?;
+            match summary {
+                Value::Array(parts) => text(parts.get(1))
+                    .and_then(|id| offset_of(&id))
+                    .unwrap_or(next),
+                _ => next,
+            }
+        } else {
+            next
+        };
+        out.push((name, first, pending + lag));
+    }
+    Ok(out)
+}
+
+/// Trims one stream; returns the entries removed.
+async fn trim(shared: &Shared, stream: &str) -> Result<u64> {
+    let Some(min) = groups(shared, stream).await?.iter().map(|g| g.1).min() else {
+        return Ok(0);
+    };
+    shared
+        .redis
+        .query(
+            "trimming a stream",
+            ::redis::cmd("XTRIM")
+                .arg(stream)
+                .arg("MINID")
+                .arg(entry_id(min))
+                .clone(),
+        )
+        .await
+}
+
+/// Trims every queue of every topic.
+pub(crate) async fn trim_all(shared: &Shared) -> Result<TrimReport> {
+    let topics: Vec<(String, u32)> = shared
+        .redis
+        .query(
+            "listing topics",
+            ::redis::cmd("HGETALL").arg(shared.keys.topics()).clone(),
+        )
+        .await?;
+    let mut report = TrimReport::default();
+    for (topic, queues) in topics {
+        if topic.starts_with("%DLQ%") {
+            // Dead letters stay until resent or deleted.
+            continue;
+        }
+        for q in 0..queues {
+            report.streams += 1;
+            report.removed += trim(shared, &shared.keys.stream(&topic, q)).await?;
+        }
+    }
+    Ok(report)
+}
+
+/// Messages of `topic` a group has not settled (the largest over members, broadcasting).
+pub(crate) async fn lag(shared: &Shared, group: &str, topic: &str) -> Result<u64> {
+    let Some(queues) = shared.queue_count(topic).await? else {
+        return Ok(0);
+    };
+    let member_prefix = format!("{group}@");
+    let mut per_group = std::collections::HashMap::<String, u64>::new();
+    for q in 0..queues {
+        for (name, _, unsettled) in groups(shared, &shared.keys.stream(topic, q)).await? {
+            if name == group || name.starts_with(&member_prefix) {
+                *per_group.entry(name).or_default() += unsettled;
+            }
+        }
+    }
+    Ok(per_group.into_values().max().unwrap_or(0))
+}
+
+/// The trim loop.
+pub(crate) async fn run(shared: Arc<Shared>) {
+    loop {
+        tokio::time::sleep(shared.config.trim_interval).await;
+        match trim_all(&shared).await {
+            Ok(r) if r.removed > 0 => {
+                tracing::debug!(streams = r.streams, removed = r.removed, "streams trimmed")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "stream trimming failed; retrying later"),
+        }
+    }
+}

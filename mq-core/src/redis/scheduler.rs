@@ -1,0 +1,218 @@
+//! The delay scheduler: delayed messages and retries wait in a sorted set per queue, scored by
+//! due time, and a Lua script moves the due ones into the queue's stream atomically. Every
+//! broker runs the loop; the script makes two brokers moving the same queue harmless.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::Result;
+
+use super::keys::{index_member, parse_index_member};
+use super::{scripts, Shared};
+
+/// Members moved per script call: bounds how long one call blocks the server.
+const MOVE_BATCH: usize = 256;
+
+/// Stores encoded messages to enter `topic`/`queue` at `due_ms`. Returns their places in the
+/// queue's delay set.
+pub(crate) async fn put(
+    shared: &Shared,
+    topic: &str,
+    queue: u32,
+    due_ms: u64,
+    blobs: Vec<Vec<u8>>,
+) -> Result<Vec<u64>> {
+    let delays = shared.keys.delays(topic, queue);
+    let count = blobs.len() as u64;
+    let mut pipe = ::redis::pipe();
+    pipe.cmd("ZADD").arg(&delays);
+    for blob in &blobs {
+        pipe.arg(due_ms).arg(blob.as_slice());
+    }
+    pipe.ignore().cmd("ZCARD").arg(&delays);
+    let (size,): (u64,) = shared.redis.pipe("storing delayed messages", pipe).await?;
+    // The index names the queue after its set holds the message, so a scheduler that reads
+    // the index finds it (see `reindex`).
+    let _: () = shared
+        .redis
+        .query(
+            "indexing a delayed queue",
+            ::redis::cmd("ZADD")
+                .arg(shared.keys.delay_index())
+                .arg("LT")
+                .arg(due_ms)
+                .arg(index_member(topic, queue))
+                .clone(),
+        )
+        .await?;
+    shared.scheduler_wake.notify_waiters();
+    let first = size.saturating_sub(count);
+    Ok((first..size).collect())
+}
+
+/// Messages waiting in every delay set.
+pub(crate) async fn pending(shared: &Shared) -> Result<u64> {
+    let members: Vec<String> = shared
+        .redis
+        .query(
+            "reading the delay index",
+            ::redis::cmd("ZRANGE")
+                .arg(shared.keys.delay_index())
+                .arg(0)
+                .arg(-1)
+                .clone(),
+        )
+        .await?;
+    let mut total = 0;
+    for m in members {
+        if let Some((topic, queue)) = parse_index_member(&m) {
+            let n: u64 = shared
+                .redis
+                .query(
+                    "counting delayed messages",
+                    ::redis::cmd("ZCARD")
+                        .arg(shared.keys.delays(&topic, queue))
+                        .clone(),
+                )
+                .await?;
+            total += n;
+        }
+    }
+    Ok(total)
+}
+
+/// Moves what is due in one queue; returns how many moved.
+async fn move_due(shared: &Shared, topic: &str, queue: u32, now: u64) -> Result<u64> {
+    let delays = shared.keys.delays(topic, queue);
+    let (moved, next): (u64, i64) = shared
+        .redis
+        .script(
+            "moving due messages",
+            &scripts::MOVE_DUE,
+            vec![
+                delays.clone(),
+                shared.keys.stream(topic, queue),
+                shared.keys.counter(topic, queue),
+            ],
+            vec![
+                now.to_string().into_bytes(),
+                MOVE_BATCH.to_string().into_bytes(),
+            ],
+        )
+        .await?;
+    reindex(shared, topic, queue, next).await?;
+    if moved > 0 {
+        shared.activity.notify_waiters();
+    }
+    Ok(moved)
+}
+
+/// Sets the queue's index score to its earliest due time. A message stored meanwhile has
+/// already lowered the score, or is seen by the second look at the set, so none is forgotten.
+async fn reindex(shared: &Shared, topic: &str, queue: u32, next: i64) -> Result<()> {
+    let member = index_member(topic, queue);
+    let score = if next < 0 {
+        "+inf".to_owned()
+    } else {
+        next.to_string()
+    };
+    let mut pipe = ::redis::pipe();
+    pipe.cmd("ZADD")
+        .arg(shared.keys.delay_index())
+        .arg(&score)
+        .arg(&member)
+        .ignore()
+        .cmd("ZRANGE")
+        .arg(shared.keys.delays(topic, queue))
+        .arg(0)
+        .arg(0)
+        .arg("WITHSCORES");
+    let (head,): (Vec<(Vec<u8>, f64)>,) = shared.redis.pipe("indexing delays", pipe).await?;
+    if let Some((_, due)) = head.first() {
+        let _: () = shared
+            .redis
+            .query(
+                "indexing delays",
+                ::redis::cmd("ZADD")
+                    .arg(shared.keys.delay_index())
+                    .arg("LT")
+                    .arg(*due as u64)
+                    .arg(&member)
+                    .clone(),
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+/// One pass: moves everything due. Returns the earliest due time left, if any.
+async fn tick(shared: &Shared) -> Result<Option<u64>> {
+    loop {
+        let now = shared.clock.now_ms();
+        let due: Vec<String> = shared
+            .redis
+            .query(
+                "reading the delay index",
+                ::redis::cmd("ZRANGEBYSCORE")
+                    .arg(shared.keys.delay_index())
+                    .arg("-inf")
+                    .arg(now)
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(64)
+                    .clone(),
+            )
+            .await?;
+        if due.is_empty() {
+            break;
+        }
+        for member in &due {
+            if let Some((topic, queue)) = parse_index_member(member) {
+                while move_due(shared, &topic, queue, now).await? == MOVE_BATCH as u64 {}
+            }
+        }
+    }
+    let head: Vec<(String, f64)> = shared
+        .redis
+        .query(
+            "reading the delay index",
+            ::redis::cmd("ZRANGE")
+                .arg(shared.keys.delay_index())
+                .arg(0)
+                .arg(0)
+                .arg("WITHSCORES")
+                .clone(),
+        )
+        .await?;
+    Ok(head
+        .first()
+        .map(|(_, s)| *s)
+        .filter(|s| s.is_finite())
+        .map(|s| s as u64))
+}
+
+/// The scheduler loop: sleeps until the next due time, a local delayed send, or the poll
+/// interval (for sends of other processes).
+pub(crate) async fn run(shared: Arc<Shared>) {
+    loop {
+        let wake = shared.scheduler_wake.notified();
+        tokio::pin!(wake);
+        wake.as_mut().enable();
+        let poll = shared.config.poll_interval;
+        let sleep = match tick(&shared).await {
+            Ok(Some(next)) => {
+                let until = shared.clock.instant_at(next);
+                until.min(tokio::time::Instant::now() + poll.max(Duration::from_millis(1)))
+            }
+            Ok(None) => tokio::time::Instant::now() + poll,
+            Err(e) => {
+                tracing::warn!(error = %e, "delay scheduler: redis unavailable, retrying");
+                tokio::time::Instant::now() + poll.max(Duration::from_millis(500))
+            }
+        };
+        tokio::select! {
+            _ = &mut wake => {}
+            _ = tokio::time::sleep_until(sleep) => {}
+        }
+    }
+}

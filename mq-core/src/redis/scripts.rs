@@ -1,0 +1,72 @@
+//! The Lua scripts that make multi-key steps atomic. Each touches the keys of one queue only
+//! (one hash tag), so they also run on Redis Cluster.
+
+use std::sync::LazyLock;
+
+use ::redis::Script;
+
+/// Appends messages to a queue. KEYS: stream, counter. ARGV: store time (ms), then one encoded
+/// message each. Returns their offsets.
+pub(crate) static APPEND: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local offsets = {}
+for i = 2, #ARGV do
+  local n = redis.call('INCR', KEYS[2]) - 1
+  redis.call('XADD', KEYS[1], n .. '-1', 'm', ARGV[i], 't', ARGV[1])
+  offsets[#offsets + 1] = n
+end
+return offsets
+",
+    )
+});
+
+/// Moves the due members of a queue's delay set into its stream, in due order.
+/// KEYS: delays, stream, counter. ARGV: now (ms), at most this many.
+/// Returns {moved, earliest remaining due or -1}.
+pub(crate) static MOVE_DUE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+for _, m in ipairs(due) do
+  local n = redis.call('INCR', KEYS[3]) - 1
+  redis.call('XADD', KEYS[2], n .. '-1', 'm', m, 't', ARGV[1])
+  redis.call('ZREM', KEYS[1], m)
+end
+local nxt = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+if #nxt == 0 then
+  return {#due, -1}
+end
+return {#due, tonumber(nxt[2])}
+",
+    )
+});
+
+/// Takes or renews a lease. KEYS: lease. ARGV: owner, ttl (ms). Returns 1 if the caller holds it.
+pub(crate) static LEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local cur = redis.call('GET', KEYS[1])
+if not cur then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+elseif cur == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+",
+    )
+});
+
+/// Gives a lease up if the caller holds it. KEYS: lease. ARGV: owner.
+pub(crate) static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+",
+    )
+});

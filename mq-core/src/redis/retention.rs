@@ -52,6 +52,15 @@ fn int(v: Option<&Value>) -> Option<i64> {
     }
 }
 
+/// The first offset a group has not read, from its last-delivered id: entries are `<offset>-1`,
+/// and a group placed before an entry (`0-0`, or `<offset>-0` when it started at a time) has
+/// not read that offset.
+fn next_unread(last_delivered: &str) -> Option<u64> {
+    let (offset, seq) = last_delivered.split_once('-')?;
+    let offset: u64 = offset.parse().ok()?;
+    Some(if seq == "0" { offset } else { offset + 1 })
+}
+
 /// Per group of a stream: (name, first offset it still needs, entries it has not settled).
 async fn groups(shared: &Shared, stream: &str) -> Result<Vec<(String, u64, u64)>> {
     let info: Value = match shared
@@ -75,8 +84,7 @@ async fn groups(shared: &Shared, stream: &str) -> Result<Vec<(String, u64, u64)>
             continue;
         };
         let next = text(field(g, "last-delivered-id"))
-            .and_then(|id| offset_of(&id))
-            .map(|o| o + 1)
+            .and_then(|id| next_unread(&id))
             .unwrap_or(0);
         let pending = int(field(g, "pending")).unwrap_or(0).max(0) as u64;
         let lag = int(field(g, "lag")).unwrap_or(0).max(0) as u64;
@@ -158,6 +166,20 @@ pub(crate) async fn lag(shared: &Shared, group: &str, topic: &str) -> Result<u64
         }
     }
     Ok(per_group.into_values().max().unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::next_unread;
+
+    #[test]
+    fn a_group_before_an_entry_has_not_read_it() {
+        assert_eq!(next_unread("0-0"), Some(0));
+        assert_eq!(next_unread("0-1"), Some(1));
+        assert_eq!(next_unread("41-1"), Some(42));
+        assert_eq!(next_unread("7-0"), Some(7));
+        assert_eq!(next_unread("junk"), None);
+    }
 }
 
 /// The trim loop.

@@ -41,6 +41,10 @@ impl Namespace {
 
 impl Drop for Namespace {
     fn drop(&mut self) {
+        if std::env::var_os("MQ_KEEP_KEYS").is_some() {
+            eprintln!("keys kept under {}:*", self.prefix);
+            return;
+        }
         let Ok(client) = redis::Client::open(self.url.as_str()) else {
             return;
         };

@@ -162,7 +162,37 @@ fn events(v: &Value) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unpaid_orders_are_cancelled_and_paid_ones_are_not() {
     let dir = tempfile::tempdir().unwrap();
-    let shop = Shop::start(dir.path(), &[]);
+    orders_and_delayed_cancellation(Shop::start(dir.path(), &[])).await;
+}
+
+/// The same shop, code unchanged, with its messages on Redis Streams (profile `redis-broker`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shop_runs_on_the_redis_broker() {
+    if !redis_answers() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let run = format!("demo-shop-test-{}-{}", std::process::id(), uuid_like());
+    orders_and_delayed_cancellation(Shop::start(
+        dir.path(),
+        &[
+            ("MQ_PROFILES", "redis-broker"),
+            ("MQ__MQ__BROKER__REDIS__PREFIX", &run),
+            ("MQ__MQ__IDEMPOTENCY__PREFIX", &format!("{run}-idem")),
+        ],
+    ))
+    .await;
+}
+
+/// A name part no other run uses.
+fn uuid_like() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+async fn orders_and_delayed_cancellation(shop: Shop) {
     product(&shop, "apple", 10).await;
     let unpaid = order(&shop, "u1", "apple", 3).await;
     let paid = order(&shop, "u1", "apple", 2).await;

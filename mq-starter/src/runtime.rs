@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mq_core::embedded::{EmbeddedBroker, EmbeddedConfig, FlushPolicy};
+use mq_core::redis::{RedisBroker, RedisConfig};
 use mq_core::{
     Backoff, Broker, BrokerError, CheckPolicy, ConsumeFrom, ConsumerOptions, DelayPolicy,
     Subscription, TagFilter,
@@ -115,14 +116,22 @@ impl MqApplication {
     /// Opens the broker the configuration names, without starting anything.
     pub async fn open_broker(settings: &MqSettings) -> Result<Arc<dyn Broker>, StartError> {
         let b = &settings.broker;
+        let levels = parse_durations(&b.delay_levels).map_err(|m| ConfigError::BadValue {
+            origin: "configuration".into(),
+            key: "mq.broker.delay-levels".into(),
+            message: m,
+        })?;
+        let delay = DelayPolicy {
+            levels,
+            max_delay: b.max_delay,
+        };
+        let check = CheckPolicy {
+            timeout: b.transaction.timeout,
+            interval: b.transaction.check_interval,
+            max_checks: b.transaction.check_max,
+        };
         match b.kind {
             BrokerKind::Embedded => {
-                let levels =
-                    parse_durations(&b.delay_levels).map_err(|m| ConfigError::BadValue {
-                        origin: "configuration".into(),
-                        key: "mq.broker.delay-levels".into(),
-                        message: m,
-                    })?;
                 let mut config = EmbeddedConfig::new(&b.data_dir)
                     .flush(match b.flush {
                         FlushMode::Async => FlushPolicy::Async {
@@ -133,25 +142,24 @@ impl MqApplication {
                     .default_queues(b.queues)
                     .segment_size(b.segment_size)
                     .max_message_size(b.max_message_size)
-                    .delay_policy(DelayPolicy {
-                        levels,
-                        max_delay: b.max_delay,
-                    })
-                    .check_policy(CheckPolicy {
-                        timeout: b.transaction.timeout,
-                        interval: b.transaction.check_interval,
-                        max_checks: b.transaction.check_max,
-                    });
+                    .delay_policy(delay)
+                    .check_policy(check);
                 config.file_reserved_time = b.file_reserved_time;
                 Ok(EmbeddedBroker::open(config).await?)
             }
-            BrokerKind::Redis => Err(StartError::Config(ConfigError::BadValue {
-                origin: "configuration".into(),
-                key: "mq.broker.kind".into(),
-                message:
-                    "the Redis broker backend is not available in this version; use `embedded`"
-                        .into(),
-            })),
+            BrokerKind::Redis => {
+                let r = &b.redis;
+                let config = RedisConfig::new(&r.url)
+                    .prefix(&r.prefix)
+                    .default_queues(b.queues)
+                    .max_message_size(b.max_message_size)
+                    .command_timeout(settings.producer.send_timeout)
+                    .poll_interval(r.poll_interval)
+                    .heartbeat_interval(r.heartbeat_interval)
+                    .delay_policy(delay)
+                    .check_policy(check);
+                Ok(RedisBroker::connect(config).await?)
+            }
         }
     }
 

@@ -59,6 +59,9 @@ fn is_transient(e: &RedisError) -> bool {
 impl Redis {
     /// Connects to `url` (`redis://` or `rediss://`, with credentials if the server wants them).
     pub(crate) async fn connect(url: &str, timeout: Duration) -> Result<Self> {
+        // `rediss://` needs a process-wide TLS provider; an application may have installed
+        // one already, which is as good.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let client = Client::open(url).map_err(|e| {
             BrokerError::InvalidConfig(format!("redis url {:?}: {e}", redact(url)))
         })?;

@@ -148,6 +148,12 @@ pub struct RedisSettings {
     pub url: String,
     /// Prefix of every key.
     pub prefix: String,
+    /// How often an idle consumer looks for messages stored by other processes.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// How often members heartbeat; three missed heartbeats and a member is gone.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
 }
 
 impl Default for RedisSettings {
@@ -155,6 +161,8 @@ impl Default for RedisSettings {
         RedisSettings {
             url: "redis://127.0.0.1:6379".into(),
             prefix: "mq".into(),
+            poll_interval: mq_core::redis::DEFAULT_POLL_INTERVAL,
+            heartbeat_interval: mq_core::redis::DEFAULT_HEARTBEAT_INTERVAL,
         }
     }
 }

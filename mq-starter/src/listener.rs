@@ -16,7 +16,9 @@ use crate::idempotency::{IdempotencyStore, Lease};
 use crate::metrics::Series;
 use crate::registry::IdempotencyKey;
 
-/// How long a duplicate waits while another delivery holds its key.
+/// Shortest wait of a duplicate while another delivery holds its key. The wait is a quarter of
+/// the lease at least: if the holder died, its lease must run out before the retries do, or
+/// the message would reach the dead-letter queue without ever being processed.
 const BUSY_RETRY: Duration = Duration::from_secs(1);
 /// Longest pause between two tries of an unreachable idempotency store.
 const STORE_DOWN_PAUSE: Duration = Duration::from_secs(2);
@@ -158,7 +160,10 @@ impl ListenerLoop {
                         self.settle(
                             consumer,
                             &receipts,
-                            Failure::retry_after("another delivery holds the key", BUSY_RETRY),
+                            Failure::retry_after(
+                                "another delivery holds the key",
+                                (idem.lease / 4).max(BUSY_RETRY),
+                            ),
                         )
                         .await;
                         return;

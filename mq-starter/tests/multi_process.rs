@@ -34,6 +34,8 @@ struct Effects {
 #[mq_listener(topic = "mp-orders", group = "mp-audit")]
 async fn audit(State(fx): State<Effects>, msg: MessageView) -> Result<(), String> {
     let key = msg.key().unwrap_or_default().to_owned();
+    // Some work, so that the killed process dies with deliveries in hand.
+    tokio::time::sleep(Duration::from_millis(3)).await;
     let mut conn = fx.conn.clone();
     conn.hincr::<_, _, _, ()>(format!("{}:seen", fx.prefix), key, 1)
         .await
@@ -44,6 +46,7 @@ async fn audit(State(fx): State<Effects>, msg: MessageView) -> Result<(), String
 async fn bill(State(fx): State<Effects>, msg: MessageView) -> Result<(), String> {
     let key = msg.key().unwrap_or_default().to_owned();
     println!("START {key}");
+    tokio::time::sleep(Duration::from_millis(3)).await;
     let mut conn = fx.conn.clone();
     conn.hincr::<_, _, _, ()>(format!("{}:effects", fx.prefix), key, 1)
         .await
@@ -140,7 +143,7 @@ async fn three_processes_one_killed() {
     std::fs::write(
         dir.path().join("application.yaml"),
         format!(
-            "mq:\n  broker:\n    kind: redis\n    redis:\n      url: {url}\n      prefix: {prefix}\n      heartbeat-interval: 500ms\n  consumer:\n    concurrency: {CONCURRENCY}\n    consume-timeout: 3s\n    consume-from: first\n    backoff: 200ms\n  idempotency:\n    store: redis\n    redis-url: {url}\n    prefix: {prefix}-idem\n  shutdown-timeout: 5s\n"
+            "mq:\n  broker:\n    kind: redis\n    redis:\n      url: {url}\n      prefix: {prefix}\n      heartbeat-interval: 500ms\n  consumer:\n    concurrency: {CONCURRENCY}\n    consume-timeout: 3s\n    consume-from: first\n    backoff: 200ms\n  idempotency:\n    store: redis\n    redis-url: {url}\n    prefix: {prefix}-idem\n    lease: 3s\n  shutdown-timeout: 5s\n"
         ),
     )
     .unwrap();

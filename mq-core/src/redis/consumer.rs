@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ::redis::streams::{StreamAutoClaimReply, StreamClaimReply, StreamPendingReply, StreamReadReply};
+use ::redis::streams::{
+    StreamAutoClaimReply, StreamClaimReply, StreamPendingReply, StreamReadReply,
+};
 use ::redis::Value;
 use async_trait::async_trait;
 use tokio::task::JoinHandle;
@@ -132,8 +134,12 @@ impl RedisConsumer {
             queue: 0,
             lease: None,
         });
-        let start = start_id(&shared, &sources[0..queue_count as usize], options.consume_from)
-            .await?;
+        let start = start_id(
+            &shared,
+            &sources[0..queue_count as usize],
+            options.consume_from,
+        )
+        .await?;
         for (i, s) in sources.iter().enumerate() {
             let from = if i == queue_count as usize {
                 "0".to_owned()
@@ -163,7 +169,9 @@ impl RedisConsumer {
             .lock()
             .push((shared.keys.members(group), options.instance.clone()));
         // The retry stream is a topic of one queue, so retention trims it too.
-        shared.create_topic(&sources[queue_count as usize].topic, 1).await?;
+        shared
+            .create_topic(&sources[queue_count as usize].topic, 1)
+            .await?;
         let n = sources.len();
         let presence = Arc::new(Presence {
             leases: parking_lot::Mutex::new(Vec::new()),
@@ -463,7 +471,9 @@ impl RedisConsumer {
         for (((id, map), offset), extra) in entries.into_iter().zip(offsets).zip(extra) {
             match decode_entry(&map, source.queue, offset, extra.unwrap_or(0)) {
                 Ok(view) => {
-                    if i != self.retry_source() && !self.subscription.filter.matches(view.tag.as_deref()) {
+                    if i != self.retry_source()
+                        && !self.subscription.filter.matches(view.tag.as_deref())
+                    {
                         skip.push(id);
                         continue;
                     }
@@ -507,7 +517,14 @@ impl RedisConsumer {
         }
     }
 
-    fn hand_out(&self, st: &mut State, i: usize, offset: u64, view: MessageView, first_failure_ms: Option<u64>) -> Delivery {
+    fn hand_out(
+        &self,
+        st: &mut State,
+        i: usize,
+        offset: u64,
+        view: MessageView,
+        first_failure_ms: Option<u64>,
+    ) -> Delivery {
         st.next_token += 1;
         let token = st.next_token;
         st.per_source[i] += 1;
@@ -544,7 +561,10 @@ impl RedisConsumer {
         let mut k = 0;
         while k < st.ready.len() && out.len() < max {
             let r = &st.ready[k];
-            if r.due <= now && st.owned[r.source] && (!self.orderly() || st.per_source[r.source] == 0) {
+            if r.due <= now
+                && st.owned[r.source]
+                && (!self.orderly() || st.per_source[r.source] == 0)
+            {
                 let r = st.ready.remove(k);
                 let d = self.hand_out(st, r.source, r.offset, r.view, Some(r.first_failure_ms));
                 out.push(d);
@@ -887,8 +907,14 @@ impl Consumer for RedisConsumer {
                 .append(&retry_stream.topic, 0, vec![envelope.encode()?])
                 .await?;
         } else {
-            scheduler::put(&self.shared, &retry_stream.topic, 0, due, vec![envelope.encode()?])
-                .await?;
+            scheduler::put(
+                &self.shared,
+                &retry_stream.topic,
+                0,
+                due,
+                vec![envelope.encode()?],
+            )
+            .await?;
         }
         self.acknowledge(i, &[receipt.offset]).await?;
         Ok(Disposition::Retry { retry, after })

@@ -76,7 +76,13 @@ pub(crate) async fn bury(
     Ok(())
 }
 
-async fn range(shared: &Shared, group: &str, from: u64, to: Option<u64>, limit: usize) -> Result<StreamRangeReply> {
+async fn range(
+    shared: &Shared,
+    group: &str,
+    from: u64,
+    to: Option<u64>,
+    limit: usize,
+) -> Result<StreamRangeReply> {
     let key = shared.keys.stream(&dlq_topic(group), 0);
     let end = to.map(entry_id).unwrap_or_else(|| "+".into());
     shared
@@ -117,7 +123,10 @@ pub(crate) async fn list(
     from: u64,
     limit: usize,
 ) -> Result<Vec<DeadLetter>> {
-    Ok(dead_letters(group, range(shared, group, from, None, limit.max(1)).await?))
+    Ok(dead_letters(
+        group,
+        range(shared, group, from, None, limit.max(1)).await?,
+    ))
 }
 
 pub(crate) async fn counts(shared: &Shared) -> Result<Vec<(String, u64)>> {

@@ -163,7 +163,10 @@ mod tests {
         let a = Subscription::new("t", "g");
         assert_eq!(describe(&a), describe(&a.clone()));
         assert_ne!(describe(&a), describe(&a.clone().tags("x").unwrap()));
-        assert_ne!(describe(&a), describe(&a.clone().mode(ConsumeMode::Orderly)));
+        assert_ne!(
+            describe(&a),
+            describe(&a.clone().mode(ConsumeMode::Orderly))
+        );
     }
 
     #[test]
@@ -172,6 +175,9 @@ mod tests {
         assert_eq!(assign(MessageModel::Clustering, 4, &m, "a"), vec![0, 1]);
         assert_eq!(assign(MessageModel::Clustering, 4, &m, "b"), vec![2, 3]);
         assert!(assign(MessageModel::Clustering, 4, &m, "c").is_empty());
-        assert_eq!(assign(MessageModel::Broadcasting, 3, &m, "c"), vec![0, 1, 2]);
+        assert_eq!(
+            assign(MessageModel::Broadcasting, 3, &m, "c"),
+            vec![0, 1, 2]
+        );
     }
 }

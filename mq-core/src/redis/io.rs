@@ -62,9 +62,8 @@ impl Redis {
         // `rediss://` needs a process-wide TLS provider; an application may have installed
         // one already, which is as good.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = Client::open(url).map_err(|e| {
-            BrokerError::InvalidConfig(format!("redis url {:?}: {e}", redact(url)))
-        })?;
+        let client = Client::open(url)
+            .map_err(|e| BrokerError::InvalidConfig(format!("redis url {:?}: {e}", redact(url))))?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("mq-redis-io")

@@ -261,7 +261,10 @@ impl RedisBroker {
     pub async fn pending_transactions(&self) -> Result<u64> {
         self.shared
             .redis
-            .query("HLEN", ::redis::cmd("HLEN").arg(self.shared.keys.half()).clone())
+            .query(
+                "HLEN",
+                ::redis::cmd("HLEN").arg(self.shared.keys.half()).clone(),
+            )
             .await
     }
 }
@@ -296,7 +299,11 @@ impl Shared {
             .arg(self.keys.topics())
             .arg(topic);
         let (n,): (u32,) = self.redis.pipe("creating a topic", pipe).await?;
-        self.topics.lock().entry(topic.to_owned()).or_insert((n, 0)).0 = n;
+        self.topics
+            .lock()
+            .entry(topic.to_owned())
+            .or_insert((n, 0))
+            .0 = n;
         Ok(n)
     }
 
@@ -436,7 +443,9 @@ impl Broker for RedisBroker {
 
     async fn send(&self, message: Message, options: SendOptions) -> Result<SendResult> {
         let mut results = self.shared.store(vec![message], &options).await?;
-        results.pop().ok_or_else(|| io::backend_error("send", "no result"))
+        results
+            .pop()
+            .ok_or_else(|| io::backend_error("send", "no result"))
     }
 
     async fn send_batch(
@@ -453,8 +462,8 @@ impl Broker for RedisBroker {
         options: ConsumerOptions,
     ) -> Result<Box<dyn Consumer>> {
         self.shared.check_open()?;
-        let consumer = consumer::RedisConsumer::join(self.shared.clone(), subscription, options)
-            .await?;
+        let consumer =
+            consumer::RedisConsumer::join(self.shared.clone(), subscription, options).await?;
         Ok(Box::new(consumer))
     }
 

@@ -168,20 +168,6 @@ pub(crate) async fn lag(shared: &Shared, group: &str, topic: &str) -> Result<u64
     Ok(per_group.into_values().max().unwrap_or(0))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::next_unread;
-
-    #[test]
-    fn a_group_before_an_entry_has_not_read_it() {
-        assert_eq!(next_unread("0-0"), Some(0));
-        assert_eq!(next_unread("0-1"), Some(1));
-        assert_eq!(next_unread("41-1"), Some(42));
-        assert_eq!(next_unread("7-0"), Some(7));
-        assert_eq!(next_unread("junk"), None);
-    }
-}
-
 /// The trim loop.
 pub(crate) async fn run(shared: Arc<Shared>) {
     loop {
@@ -193,5 +179,19 @@ pub(crate) async fn run(shared: Arc<Shared>) {
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "stream trimming failed; retrying later"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::next_unread;
+
+    #[test]
+    fn a_group_before_an_entry_has_not_read_it() {
+        assert_eq!(next_unread("0-0"), Some(0));
+        assert_eq!(next_unread("0-1"), Some(1));
+        assert_eq!(next_unread("41-1"), Some(42));
+        assert_eq!(next_unread("7-0"), Some(7));
+        assert_eq!(next_unread("junk"), None);
     }
 }

@@ -207,7 +207,10 @@ async fn check(shared: &Shared, id: &str) -> Result<bool> {
                 .redis
                 .query(
                     "ending a transaction",
-                    ::redis::cmd("ZREM").arg(shared.keys.half_due()).arg(id).clone(),
+                    ::redis::cmd("ZREM")
+                        .arg(shared.keys.half_due())
+                        .arg(id)
+                        .clone(),
                 )
                 .await?;
             return Ok(true);

@@ -24,11 +24,13 @@ impl Redis {
 #[async_trait::async_trait]
 impl Harness for Redis {
     async fn open(&self) -> Arc<dyn Broker> {
-        // Within one process every store wakes the consumers; a long poll keeps the cases on
-        // the paused clock from spending their hours of back-off on idle polls.
+        // Within one process every store wakes the consumers; a long poll and a slower
+        // heartbeat keep the cases on the paused clock from spending their hours of back-off
+        // on idle round trips.
         let config = RedisConfig::new(&self.0.url)
             .prefix(&self.0.prefix)
-            .poll_interval(Duration::from_secs(2));
+            .poll_interval(Duration::from_secs(2))
+            .heartbeat_interval(Duration::from_secs(2));
         RedisBroker::connect(config).await.expect("connect")
     }
 }

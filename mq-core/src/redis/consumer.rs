@@ -226,8 +226,9 @@ impl RedisConsumer {
     async fn refresh(&self, st: &mut State) -> Result<()> {
         let shared = &self.shared;
         let me = &self.options.instance;
-        shared.heartbeat(&self.subscription.group, me).await?;
-        let live = shared.live_members(&self.subscription.group).await?;
+        let live = shared
+            .heartbeat_and_members(&self.subscription.group, me)
+            .await?;
         let assigned = assign(self.subscription.model, self.queue_count, &live, me);
         let mut leases = Vec::new();
         for (i, source) in self.sources.iter().enumerate() {
@@ -253,11 +254,7 @@ impl RedisConsumer {
         *self.presence.leases.lock() = leases;
         st.assigned = assigned;
         if self.subscription.model == MessageModel::Clustering {
-            for i in 0..self.sources.len() {
-                if st.owned[i] {
-                    self.take_over(st, i, &live).await?;
-                }
-            }
+            self.take_over(st, &live).await?;
         }
         if !st.recovered_own {
             self.recover_own(st).await?;
@@ -267,25 +264,38 @@ impl RedisConsumer {
         Ok(())
     }
 
-    /// Claims the entries that members no longer alive left pending on source `i`.
-    async fn take_over(&self, st: &mut State, i: usize, live: &[String]) -> Result<()> {
-        let source = &self.sources[i];
-        let me = &self.options.instance;
-        let summary: StreamPendingReply = self
+    /// Claims the entries that members no longer alive left pending on the owned sources.
+    async fn take_over(&self, st: &mut State, live: &[String]) -> Result<()> {
+        let owned: Vec<usize> = (0..self.sources.len()).filter(|i| st.owned[*i]).collect();
+        let mut pipe = ::redis::pipe();
+        for i in &owned {
+            pipe.cmd("XPENDING")
+                .arg(&self.sources[*i].stream)
+                .arg(&self.rgroup);
+        }
+        let summaries: Vec<StreamPendingReply> = self
             .shared
             .redis
-            .query(
-                "reading pending entries",
-                ::redis::cmd("XPENDING")
-                    .arg(&source.stream)
-                    .arg(&self.rgroup)
-                    .clone(),
-            )
+            .pipe("reading pending entries", pipe)
             .await?;
-        let StreamPendingReply::Data(data) = summary else {
-            return Ok(());
-        };
-        for c in data.consumers {
+        for (i, summary) in owned.into_iter().zip(summaries) {
+            if let StreamPendingReply::Data(data) = summary {
+                self.take_over_source(st, i, data.consumers, live).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn take_over_source(
+        &self,
+        st: &mut State,
+        i: usize,
+        consumers: Vec<::redis::streams::StreamInfoConsumer>,
+        live: &[String],
+    ) -> Result<()> {
+        let source = &self.sources[i];
+        let me = &self.options.instance;
+        for c in consumers {
             if c.name == *me || live.contains(&c.name) {
                 continue;
             }

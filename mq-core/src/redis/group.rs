@@ -105,6 +105,29 @@ impl Shared {
         self.redis.pipe::<()>("heartbeat", pipe).await
     }
 
+    /// Heartbeats and reads the live members in one round trip.
+    pub(crate) async fn heartbeat_and_members(
+        &self,
+        group: &str,
+        instance: &str,
+    ) -> Result<Vec<String>> {
+        let now = self.clock.now_ms();
+        let key = self.keys.members(group);
+        let mut pipe = ::redis::pipe();
+        pipe.cmd("ZADD")
+            .arg(&key)
+            .arg(now)
+            .arg(instance)
+            .ignore()
+            .cmd("ZRANGEBYSCORE")
+            .arg(&key)
+            .arg(now.saturating_sub(self.liveness_ms()))
+            .arg("+inf");
+        let (mut members,): (Vec<String>,) = self.redis.pipe("heartbeat", pipe).await?;
+        members.sort();
+        Ok(members)
+    }
+
     /// Takes or renews the lease of an orderly queue; true if `instance` holds it.
     pub(crate) async fn lease(&self, key: &str, instance: &str) -> Result<bool> {
         let held: i64 = self

@@ -48,8 +48,12 @@ fn xlen(conn: &mut redis::Connection, key: &str) -> u64 {
 
 /// The entry ids of a stream, oldest first.
 fn ids(conn: &mut redis::Connection, key: &str) -> Vec<String> {
-    let reply: redis::streams::StreamRangeReply =
-        redis::cmd("XRANGE").arg(key).arg("-").arg("+").query(conn).unwrap();
+    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(key)
+        .arg("-")
+        .arg("+")
+        .query(conn)
+        .unwrap();
     reply.ids.into_iter().map(|e| e.id).collect()
 }
 
@@ -75,7 +79,11 @@ async fn round_trip(url: &str, prefix: &str) {
     send_all(&broker, "rt", &["r0", "r1", "r2"]).await;
     let got = drain(&*consumer, 3, Duration::from_secs(10), true).await;
     assert_eq!(bodies(&got), ["r0", "r1", "r2"], "through {url}");
-    assert_eq!(broker.lag("g", "rt").await.unwrap(), Some(0), "acked through {url}");
+    assert_eq!(
+        broker.lag("g", "rt").await.unwrap(),
+        Some(0),
+        "acked through {url}"
+    );
     drop(consumer);
     broker.shutdown().await.unwrap();
 }
@@ -118,6 +126,7 @@ async fn an_outage_fails_clearly_and_delivery_resumes_after_it() {
         .await
         .expect_err("a send while Redis is down must fail");
     let took = started.elapsed();
+    eprintln!("send while down, after {took:?}: {err}");
     let shown = format!("redis://:***@127.0.0.1:{}", server.port);
     match &err {
         BrokerError::Backend { backend, message } => {
@@ -136,7 +145,13 @@ async fn an_outage_fails_clearly_and_delivery_resumes_after_it() {
 
     // Receiving during the outage fails or finds nothing, and does not hang.
     let started = Instant::now();
-    match consumer.receive(16, Duration::from_millis(500)).await {
+    let outcome = consumer.receive(16, Duration::from_millis(500)).await;
+    eprintln!(
+        "receive while down, after {:?}: {:?}",
+        started.elapsed(),
+        outcome.as_ref().map(|d| bodies(d))
+    );
+    match outcome {
         Ok(d) => assert!(d.is_empty(), "delivered while down: {:?}", bodies(&d)),
         Err(e) => {
             assert!(matches!(e, BrokerError::Backend { .. }), "{e:?}");
@@ -187,9 +202,92 @@ async fn an_outage_fails_clearly_and_delivery_resumes_after_it() {
         after.extend(bodies(&batch));
     }
     after.sort();
-    assert_eq!(after, ["a2", "a3", "b0", "b1"], "delivered after the outage");
+    assert_eq!(
+        after,
+        ["a2", "a3", "b0", "b1"],
+        "delivered after the outage"
+    );
     drop(consumer);
     broker.shutdown().await.unwrap();
+}
+
+/// An acknowledgement that failed because Redis was down can be retried once it is back, and
+/// then holds: the message is not delivered again (here after its consume timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ack_that_failed_during_an_outage_can_be_retried() {
+    let Some(mut server) = support::OwnRedis::start(None, None) else {
+        return;
+    };
+    let consume_timeout = Duration::from_secs(2);
+    let broker = RedisBroker::connect(
+        RedisConfig::new(server.url())
+            .prefix("ack-outage")
+            .command_timeout(Duration::from_secs(1)),
+    )
+    .await
+    .unwrap();
+    broker.create_topic("t", 1).await.unwrap();
+    let consumer = broker
+        .subscribe(
+            Subscription::new("t", "g"),
+            first().consume_timeout(consume_timeout),
+        )
+        .await
+        .unwrap();
+    send_all(&broker, "t", &["x0"]).await;
+    let got = drain(&*consumer, 1, Duration::from_secs(10), false).await;
+    assert_eq!(bodies(&got), ["x0"]);
+
+    server.kill();
+    let during = consumer.ack(&receipts(&got)).await;
+    assert!(
+        during.is_err(),
+        "an ack that cannot reach Redis must not report success"
+    );
+    server.restart();
+    consumer
+        .ack(&receipts(&got))
+        .await
+        .expect("the same ack once Redis is back");
+
+    // Well past the consume timeout: an acknowledged message does not come back.
+    let until = Instant::now() + consume_timeout * 2 + Duration::from_secs(1);
+    let mut again = Vec::new();
+    while Instant::now() < until {
+        match consumer.receive(16, Duration::from_millis(500)).await {
+            Ok(batch) => again.extend(bodies(&batch)),
+            Err(e) => panic!("receive once Redis is back: {e}"),
+        }
+    }
+    assert!(
+        again.is_empty(),
+        "acknowledged (on retry) but delivered again: {again:?}"
+    );
+    drop(consumer);
+    broker.shutdown().await.unwrap();
+}
+
+/// `connect` to an address where no Redis listens fails within a bounded time, naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_without_a_server_fails_promptly_naming_it() {
+    let url = format!("redis://:pw-never-shown@127.0.0.1:{}", support::free_port());
+    let started = Instant::now();
+    let err = RedisBroker::connect(
+        RedisConfig::new(&url)
+            .prefix("nobody")
+            .command_timeout(Duration::from_secs(1)),
+    )
+    .await
+    .expect_err("nobody listens there");
+    let took = started.elapsed();
+    let text = err.to_string();
+    assert!(matches!(err, BrokerError::Backend { .. }), "{err:?}");
+    assert!(
+        text.contains(&url.replace("pw-never-shown", "***")),
+        "{text}"
+    );
+    assert!(!text.contains("pw-never-shown"), "{text}");
+    assert!(took < Duration::from_secs(5), "took {took:?}: {text}");
 }
 
 /// `redis://:password@` and `redis://user:password@` work end to end; a wrong or missing
@@ -224,7 +322,6 @@ async fn auth_urls_work_and_bad_credentials_fail_at_connect() {
     for url in [
         format!("redis://:{WRONG}@127.0.0.1:{port}"),
         format!("redis://mq:{WRONG}@127.0.0.1:{port}"),
-        format!("redis://127.0.0.1:{port}"),
     ] {
         let started = Instant::now();
         let err = RedisBroker::connect(
@@ -249,7 +346,31 @@ async fn auth_urls_work_and_bad_credentials_fail_at_connect() {
             "{url}: the error should say it is about authentication: {text}"
         );
         assert!(took < Duration::from_secs(10), "{url}: took {took:?}");
+        eprintln!("{url}: {text}");
     }
+}
+
+/// A URL without the password the server wants fails at `connect` with an error that names
+/// the server, as every other connect failure does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_password_fails_at_connect_naming_the_server() {
+    let Some(server) = support::OwnRedis::start(Some("auth-pw-0f3a9b"), None) else {
+        return;
+    };
+    let url = format!("redis://127.0.0.1:{}", server.port);
+    let err = RedisBroker::connect(
+        RedisConfig::new(&url)
+            .prefix("auth")
+            .command_timeout(Duration::from_secs(1)),
+    )
+    .await
+    .expect_err("a missing password must fail at connect");
+    let text = err.to_string();
+    assert!(text.contains("NOAUTH"), "{text}");
+    assert!(
+        text.contains(&url),
+        "the error should name the server it could not use: {text}"
+    );
 }
 
 /// `trim` removes what every group has acknowledged, keeps what a group has not read or not
@@ -322,18 +443,26 @@ async fn trim_keeps_what_some_group_still_needs() {
     );
     assert_eq!(report.removed, 4, "{report:?}");
 
-    // Nothing changed: nothing more goes.
+    // Nothing changed: nothing more goes, and the lag still counts what is left.
     assert_eq!(broker.trim().await.unwrap().removed, 0);
     assert_eq!(xlen(&mut conn, &shared), 6);
+    assert_eq!(broker.lag("slow", "shared").await.unwrap(), Some(5));
+    assert_eq!(broker.lag("fast", "shared").await.unwrap(), Some(0));
+    assert_eq!(broker.lag("idle", "idle").await.unwrap(), Some(10));
 
     slow.ack(&[m4]).await.unwrap();
     broker.trim().await.unwrap();
     assert_eq!(ids(&mut conn, &shared), ["6-1", "7-1", "8-1", "9-1"]);
+    assert_eq!(broker.lag("slow", "shared").await.unwrap(), Some(4));
 
     let rest = drain(&*slow, 4, Duration::from_secs(10), true).await;
     assert_eq!(bodies(&rest), ten[6..]);
     broker.trim().await.unwrap();
-    assert_eq!(xlen(&mut conn, &shared), 0, "every group settled everything");
+    assert_eq!(
+        xlen(&mut conn, &shared),
+        0,
+        "every group settled everything"
+    );
     assert_eq!(xlen(&mut conn, &idle_key), 10);
     assert_eq!(xlen(&mut conn, &lonely), 10);
 

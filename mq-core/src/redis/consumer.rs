@@ -48,6 +48,7 @@ struct Fetched {
     view: MessageView,
 }
 
+#[derive(Clone)]
 struct InFlight {
     token: u64,
     view: MessageView,
@@ -656,6 +657,20 @@ impl RedisConsumer {
         }
     }
 
+    /// Puts deliveries back in flight after their settlement failed in Redis, so that the
+    /// caller can settle them again (unless a timeout scan redelivered them meanwhile).
+    async fn restore(&self, flights: Vec<(usize, u64, InFlight)>) {
+        let mut st = self.state.lock().await;
+        for (i, offset, flight) in flights {
+            let taken = st.backlog[i].iter().any(|f| f.offset == offset)
+                || st.ready.iter().any(|r| r.source == i && r.offset == offset);
+            if !taken && !st.in_flight.contains_key(&(i, offset)) {
+                st.in_flight.insert((i, offset), flight);
+                st.per_source[i] += 1;
+            }
+        }
+    }
+
     /// Acknowledges settled entries of one source and forgets their attempts.
     async fn acknowledge(&self, i: usize, offsets: &[u64]) -> Result<()> {
         if offsets.is_empty() {
@@ -673,6 +688,116 @@ impl RedisConsumer {
         }
         pipe.ignore();
         self.shared.redis.pipe::<()>("acknowledging", pipe).await
+    }
+
+    /// Queues an in-place retry (orderly, broadcasting) of a delivery just taken out of
+    /// flight; returns its delay, or `None` if it is not retried in place.
+    fn retry_in_place(
+        &self,
+        st: &mut State,
+        i: usize,
+        offset: u64,
+        flight: &InFlight,
+        failure: &Failure,
+    ) -> Option<Duration> {
+        let retry = flight.view.reconsume_times.saturating_add(1);
+        if !self.in_place() || i == self.retry_source() || retry > self.options.max_reconsume_times
+        {
+            return None;
+        }
+        let after = failure.retry_after.unwrap_or(if self.orderly() {
+            self.options.suspend_current_queue_time
+        } else {
+            self.options.backoff.delay(retry)
+        });
+        let mut view = flight.view.clone();
+        view.reconsume_times = retry;
+        let now_ms = self.shared.clock.now_ms();
+        st.ready.push(Ready {
+            source: i,
+            offset,
+            due: Instant::now() + after,
+            view,
+            first_failure_ms: flight.first_failure_ms.unwrap_or(now_ms),
+        });
+        Some(after)
+    }
+
+    /// Records a failed delivery already taken out of flight: the attempt of an in-place
+    /// retry (`in_place`), or a copy in the retry stream, or the dead-letter queue.
+    async fn fail(
+        &self,
+        i: usize,
+        receipt: &Receipt,
+        flight: InFlight,
+        failure: Failure,
+        in_place: Option<Duration>,
+    ) -> Result<Disposition> {
+        let now_ms = self.shared.clock.now_ms();
+        let reconsume = flight.view.reconsume_times;
+        let retry = reconsume.saturating_add(1);
+        let first_failure = flight.first_failure_ms.unwrap_or(now_ms);
+        if retry > self.options.max_reconsume_times {
+            bury(
+                &self.shared,
+                &self.subscription.group,
+                &flight.view,
+                retry,
+                Some(first_failure),
+                &failure.reason,
+            )
+            .await?;
+            self.acknowledge(i, &[receipt.offset]).await?;
+            self.shared.activity.notify_waiters();
+            return Ok(Disposition::DeadLettered);
+        }
+        if let Some(after) = in_place {
+            let _: i64 = self
+                .shared
+                .redis
+                .query(
+                    "counting a failed attempt",
+                    ::redis::cmd("HINCRBY")
+                        .arg(&self.sources[i].attempts)
+                        .arg(receipt.offset)
+                        .arg(1)
+                        .clone(),
+                )
+                .await?;
+            self.shared.activity.notify_waiters();
+            return Ok(Disposition::Retry { retry, after });
+        }
+        // Concurrent clustering: a copy waits in the retry stream's delay set, the original
+        // is settled.
+        let after = failure
+            .retry_after
+            .unwrap_or_else(|| self.options.backoff.delay(retry));
+        let mut envelope = Envelope::from_view(&flight.view, retry);
+        envelope
+            .properties
+            .entry(property::FIRST_FAILURE_TIME.into())
+            .or_insert_with(|| first_failure.to_string());
+        envelope
+            .properties
+            .insert(property::LAST_ERROR.into(), failure.reason.clone());
+        let retry_stream = &self.sources[self.retry_source()];
+        let due = now_ms + after.as_millis() as u64;
+        if after.is_zero() {
+            self.shared
+                .append(&retry_stream.topic, 0, vec![envelope.encode()?])
+                .await?;
+        } else {
+            scheduler::put(
+                &self.shared,
+                &retry_stream.topic,
+                0,
+                due,
+                vec![envelope.encode()?],
+            )
+            .await?;
+        }
+        self.acknowledge(i, &[receipt.offset]).await?;
+        Ok(Disposition::Retry { retry, after })
     }
 
     fn leave(&self) {
@@ -824,110 +949,62 @@ impl Consumer for RedisConsumer {
 
     async fn ack(&self, receipts: &[Receipt]) -> Result<()> {
         self.check_open()?;
-        let mut by_source: HashMap<usize, Vec<u64>> = HashMap::new();
+        let mut by_source: HashMap<usize, Vec<(u64, InFlight)>> = HashMap::new();
         {
             let mut st = self.state.lock().await;
             for r in receipts {
-                if let Some((i, _)) = self.settle(&mut st, r) {
-                    by_source.entry(i).or_default().push(r.offset);
+                if let Some((i, flight)) = self.settle(&mut st, r) {
+                    by_source.entry(i).or_default().push((r.offset, flight));
                 }
             }
         }
-        for (i, offsets) in by_source {
-            self.acknowledge(i, &offsets).await?;
+        let mut failed = None;
+        let mut unsettled = Vec::new();
+        for (i, settled) in by_source {
+            let offsets: Vec<u64> = settled.iter().map(|(o, _)| *o).collect();
+            if failed.is_none() {
+                if let Err(e) = self.acknowledge(i, &offsets).await {
+                    failed = Some(e);
+                } else {
+                    continue;
+                }
+            }
+            unsettled.extend(settled.into_iter().map(|(o, f)| (i, o, f)));
         }
         self.shared.activity.notify_waiters();
-        Ok(())
+        match failed {
+            None => Ok(()),
+            Some(e) => {
+                self.restore(unsettled).await;
+                Err(e)
+            }
+        }
     }
 
     async fn nack(&self, receipt: &Receipt, failure: Failure) -> Result<Disposition> {
         self.check_open()?;
-        let mut st = self.state.lock().await;
-        let Some((i, flight)) = self.settle(&mut st, receipt) else {
+        let Some((i, flight, after)) = ({
+            let mut st = self.state.lock().await;
+            self.settle(&mut st, receipt).map(|(i, flight)| {
+                // An in-place retry takes its place at once, so that nothing later of an
+                // orderly queue is handed out while the attempt is being recorded.
+                let after = self.retry_in_place(&mut st, i, receipt.offset, &flight, &failure);
+                (i, flight, after)
+            })
+        }) else {
             return Ok(Disposition::Stale);
         };
-        let now_ms = self.shared.clock.now_ms();
-        let reconsume = flight.view.reconsume_times;
-        let retry = reconsume.saturating_add(1);
-        let first_failure = flight.first_failure_ms.unwrap_or(now_ms);
-        if retry > self.options.max_reconsume_times {
-            drop(st);
-            bury(
-                &self.shared,
-                &self.subscription.group,
-                &flight.view,
-                retry,
-                Some(first_failure),
-                &failure.reason,
-            )
-            .await?;
-            self.acknowledge(i, &[receipt.offset]).await?;
-            self.shared.activity.notify_waiters();
-            return Ok(Disposition::DeadLettered);
+        match self.fail(i, receipt, flight.clone(), failure, after).await {
+            Ok(d) => Ok(d),
+            Err(e) => {
+                let mut st = self.state.lock().await;
+                st.ready
+                    .retain(|r| !(r.source == i && r.offset == receipt.offset));
+                drop(st);
+                self.restore(vec![(i, receipt.offset, flight)]).await;
+                Err(e)
+            }
         }
-        if self.in_place() && i != self.retry_source() {
-            let after = failure.retry_after.unwrap_or(if self.orderly() {
-                self.options.suspend_current_queue_time
-            } else {
-                self.options.backoff.delay(retry)
-            });
-            let mut view = flight.view;
-            view.reconsume_times = retry;
-            st.ready.push(Ready {
-                source: i,
-                offset: receipt.offset,
-                due: Instant::now() + after,
-                view,
-                first_failure_ms: first_failure,
-            });
-            drop(st);
-            let _: i64 = self
-                .shared
-                .redis
-                .query(
-                    "counting a failed attempt",
-                    ::redis::cmd("HINCRBY")
-                        .arg(&self.sources[i].attempts)
-                        .arg(receipt.offset)
-                        .arg(1)
-                        .clone(),
-                )
-                .await?;
-            self.shared.activity.notify_waiters();
-            return Ok(Disposition::Retry { retry, after });
-        }
-        drop(st);
-        // Concurrent clustering: a copy waits in the retry stream's delay set, the original
-        // is settled.
-        let after = failure
-            .retry_after
-            .unwrap_or_else(|| self.options.backoff.delay(retry));
-        let mut envelope = Envelope::from_view(&flight.view, retry);
-        envelope
-            .properties
-            .entry(property::FIRST_FAILURE_TIME.into())
-            .or_insert_with(|| first_failure.to_string());
-        envelope
-            .properties
-            .insert(property::LAST_ERROR.into(), failure.reason.clone());
-        let retry_stream = &self.sources[self.retry_source()];
-        let due = now_ms + after.as_millis() as u64;
-        if after.is_zero() {
-            self.shared
-                .append(&retry_stream.topic, 0, vec![envelope.encode()?])
-                .await?;
-        } else {
-            scheduler::put(
-                &self.shared,
-                &retry_stream.topic,
-                0,
-                due,
-                vec![envelope.encode()?],
-            )
-            .await?;
-        }
-        self.acknowledge(i, &[receipt.offset]).await?;
-        Ok(Disposition::Retry { retry, after })
     }
 
     async fn dead_letter(&self, receipt: &Receipt, reason: &str) -> Result<()> {
@@ -938,16 +1015,23 @@ impl Consumer for RedisConsumer {
         }) else {
             return Ok(());
         };
-        bury(
-            &self.shared,
-            &self.subscription.group,
-            &flight.view,
-            flight.view.reconsume_times + 1,
-            flight.first_failure_ms,
-            reason,
-        )
-        .await?;
-        self.acknowledge(i, &[receipt.offset]).await?;
+        let buried = async {
+            bury(
+                &self.shared,
+                &self.subscription.group,
+                &flight.view,
+                flight.view.reconsume_times + 1,
+                flight.first_failure_ms,
+                reason,
+            )
+            .await?;
+            self.acknowledge(i, &[receipt.offset]).await
+        }
+        .await;
+        if let Err(e) = buried {
+            self.restore(vec![(i, receipt.offset, flight)]).await;
+            return Err(e);
+        }
         self.shared.activity.notify_waiters();
         Ok(())
     }

@@ -222,7 +222,17 @@ impl RedisBroker {
         config.validate()?;
         let redis = Redis::connect(&config.url, config.command_timeout).await?;
         // Fail now, with the URL in the error, rather than at the first send.
-        let _: String = redis.query("PING", ::redis::cmd("PING")).await?;
+        let pong: Result<String> = redis.query("PING", ::redis::cmd("PING")).await;
+        if let Err(e) = pong {
+            let why = match e {
+                BrokerError::Backend { message, .. } => message,
+                other => other.to_string(),
+            };
+            return Err(io::backend_error(
+                &format!("connecting to {}", io::redact(&config.url)),
+                why,
+            ));
+        }
         let shared = Arc::new(Shared {
             redis,
             keys: Keys::new(&config.prefix),

@@ -69,10 +69,10 @@ pub fn skip(why: &str) {
     eprintln!("\n*** SKIPPED: {why}. Install it to run this test. ***\n");
 }
 
-/// Whether `program` runs (`program --version`); if not, says so (see [`skip`]).
-pub fn have(program: &str) -> bool {
+/// Whether `program` runs (`program version_arg`); if not, says so (see [`skip`]).
+pub fn have(program: &str, version_arg: &str) -> bool {
     let ok = std::process::Command::new(program)
-        .arg("--version")
+        .arg(version_arg)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .status()
@@ -115,7 +115,7 @@ pub struct OwnRedis {
 impl OwnRedis {
     /// Starts a server, or returns `None` (saying so) when `redis-server` is not installed.
     pub fn start(password: Option<&str>, tls: Option<TlsFiles>) -> Option<Self> {
-        if !have("redis-server") {
+        if !have("redis-server", "--version") {
             return None;
         }
         let mut server = OwnRedis {
@@ -223,7 +223,10 @@ impl OwnRedis {
         }
         redis::Client::open(self.url().as_str())
             .ok()
-            .and_then(|c| c.get_connection_with_timeout(Duration::from_millis(500)).ok())
+            .and_then(|c| {
+                c.get_connection_with_timeout(Duration::from_millis(500))
+                    .ok()
+            })
             .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c).ok())
             .is_some()
     }

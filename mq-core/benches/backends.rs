@@ -294,7 +294,7 @@ impl Admin {
         }
     }
 
-    /// Deletes every key under `prefix:`; returns how many there were.
+    /// Deletes every key under `prefix:`; returns how many it deleted.
     fn delete_prefix(&mut self, prefix: &str) -> usize {
         let pattern = format!("{prefix}:*");
         let keys = match self
@@ -311,14 +311,17 @@ impl Admin {
             Resp::Error(e) => panic!("KEYS {pattern}: {e}"),
             _ => Vec::new(),
         };
+        let mut deleted = 0;
         for chunk in keys.chunks(256) {
             let mut args: Vec<&[u8]> = vec![b"DEL"];
             args.extend(chunk.iter().map(Vec::as_slice));
-            if let Resp::Error(e) = self.cmd(&args).expect("redis DEL") {
-                panic!("DEL: {e}");
+            match self.cmd(&args).expect("redis DEL") {
+                Resp::Int(n) => deleted += n.max(0) as usize,
+                Resp::Error(e) => panic!("DEL: {e}"),
+                _ => {}
             }
         }
-        keys.len()
+        deleted
     }
 
     /// `INFO commandstats`: command -> (calls, usec).
@@ -363,7 +366,12 @@ fn process_cpu_seconds() -> f64 {
     // Fields after the `(comm)`: state is field 3, utime 14, stime 15.
     let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
     let fields: Vec<&str> = after.split_whitespace().collect();
-    let tick = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let tick = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     (tick(11) + tick(12)) / 100.0
 }
 
@@ -372,12 +380,18 @@ fn process_cpu_seconds() -> f64 {
 /// The figures of one run.
 struct RunResult {
     messages: u64,
+    /// First send -> last send returned.
+    send_phase: Duration,
+    /// Measured messages acknowledged when the last send returned.
+    acked_at_sends_done: u64,
     elapsed: Duration,
     duplicates: u64,
     /// First send of a batch -> receive returned it, ns.
     e2e: Histogram<u64>,
     /// CPU seconds of this process during the measured phase.
     cpu: f64,
+    /// The consumers' loops, summed, during the measured phase.
+    timing: Loop,
     /// CPU seconds of the Redis server during the measured phase (Redis runs).
     redis_cpu: Option<f64>,
     /// Redis commands during the measured phase (Redis runs).
@@ -431,12 +445,37 @@ fn body(len: usize, sent_ns: u64, seq: u64, marker: u64) -> Vec<u8> {
     b
 }
 
+/// Where a member's loop spent its time.
+#[derive(Debug, Clone, Copy, Default)]
+struct Loop {
+    /// `receive` calls that returned messages.
+    batches: u64,
+    delivered: u64,
+    receive_ns: u64,
+    ack_ns: u64,
+}
+
+impl Loop {
+    fn add(&mut self, o: &Loop) {
+        self.batches += o.batches;
+        self.delivered += o.delivered;
+        self.receive_ns += o.receive_ns;
+        self.ack_ns += o.ack_ns;
+    }
+}
+
 /// One member's loop: receive up to `batch`, record, ack the batch with one call.
-async fn consume(consumer: Box<dyn Consumer>, shared: Arc<Shared>, batch: usize) -> Histogram<u64> {
+async fn consume(
+    consumer: Box<dyn Consumer>,
+    shared: Arc<Shared>,
+    batch: usize,
+) -> (Histogram<u64>, Loop) {
     let mut hist = histogram();
+    let mut timing = Loop::default();
     let mut receipts = Vec::with_capacity(batch);
     let mut seqs = Vec::with_capacity(batch);
     while !shared.stop.load(Ordering::Acquire) {
+        let asked = nanos_since(shared.start);
         let deliveries = consumer
             .receive(batch, Duration::from_millis(20))
             .await
@@ -445,6 +484,7 @@ async fn consume(consumer: Box<dyn Consumer>, shared: Arc<Shared>, batch: usize)
             continue;
         }
         let now = nanos_since(shared.start);
+        let measuring = shared.first_sent.load(Ordering::Acquire) <= asked;
         receipts.clear();
         seqs.clear();
         let mut warm = 0;
@@ -458,8 +498,15 @@ async fn consume(consumer: Box<dyn Consumer>, shared: Arc<Shared>, batch: usize)
             }
             receipts.push(d.receipt.clone());
         }
+        let acking = nanos_since(shared.start);
         consumer.ack(&receipts).await.expect("ack");
         let acked = nanos_since(shared.start);
+        if measuring {
+            timing.batches += 1;
+            timing.delivered += deliveries.len() as u64;
+            timing.receive_ns += now - asked;
+            timing.ack_ns += acked - acking;
+        }
         shared.warm.fetch_add(warm, Ordering::AcqRel);
         if !seqs.is_empty() {
             let mut fresh = 0;
@@ -477,7 +524,7 @@ async fn consume(consumer: Box<dyn Consumer>, shared: Arc<Shared>, batch: usize)
         }
     }
     consumer.close().await.expect("close consumer");
-    hist
+    (hist, timing)
 }
 
 /// Sends messages in calls of `per_call` until `total` are claimed or the deadline passes.
@@ -524,7 +571,12 @@ async fn sender(
     sent
 }
 
-async fn wait_until(what: &str, limit: Duration, done: impl Fn() -> bool, progress: impl Fn() -> String) {
+async fn wait_until(
+    what: &str,
+    limit: Duration,
+    done: impl Fn() -> bool,
+    progress: impl Fn() -> String,
+) {
     let deadline = Instant::now() + limit;
     while !done() {
         if Instant::now() > deadline {
@@ -645,6 +697,8 @@ async fn run_once(
     for t in spawn_senders(settings.messages, settings.seconds, MEASURED) {
         sent += t.await.expect("sender");
     }
+    let sends_done = nanos_since(shared.start);
+    let acked_at_sends_done = shared.distinct.load(Ordering::Acquire);
     // Drain: every measured message must be acknowledged.
     wait_until(
         "drain",
@@ -678,8 +732,11 @@ async fn run_once(
 
     shared.stop.store(true, Ordering::Release);
     let mut e2e = histogram();
+    let mut timing = Loop::default();
     for c in consumers {
-        e2e.add(c.await.expect("consumer")).expect("merge histograms");
+        let (hist, t) = c.await.expect("consumer");
+        e2e.add(hist).expect("merge histograms");
+        timing.add(&t);
     }
     let distinct = shared.distinct.load(Ordering::Acquire);
     assert_eq!(distinct, sent, "acknowledged vs sent");
@@ -689,11 +746,14 @@ async fn run_once(
     drop(broker);
     drop(dir);
     RunResult {
+        send_phase: Duration::from_nanos(sends_done.saturating_sub(first)),
+        acked_at_sends_done,
         messages: sent,
         elapsed: Duration::from_nanos(last.saturating_sub(first).max(1)),
         duplicates: shared.duplicates.load(Ordering::Acquire),
         e2e,
         cpu,
+        timing,
         redis_cpu,
         commands,
     }
@@ -715,14 +775,18 @@ fn describe(settings: &Settings, scenario: Scenario) -> String {
 
 fn print_run(backend: Backend, scenario: Scenario, i: usize, r: &RunResult) {
     let per_msg = |s: f64| s * 1e6 / r.messages as f64;
+    let t = &r.timing;
+    let per_batch = |ns: u64| ns as f64 / 1e3 / t.batches.max(1) as f64;
     println!(
-        "{:<6} {:<8} run {}: {:>7} msgs in {:>6.3} s = {:>8.0} msg/s  e2e p50 {:>7.2} ms  p99 {:>7.2} ms  dup {}  cpu/msg: bench {:>5.2} us{}",
+        "{:<6} {:<8} run {}: {:>7} msgs in {:>6.3} s = {:>8.0} msg/s (sends {:>8.0} msg/s, {:>3.0}% acked by then)  e2e p50 {:>7.2} ms  p99 {:>7.2} ms  dup {}  cpu/msg: bench {:>5.2} us{}  consumer: {:.0} msgs/batch, receive {:.0} us, ack {:.0} us",
         scenario.name(),
         backend.name(),
         i + 1,
         r.messages,
         r.elapsed.as_secs_f64(),
         r.throughput(),
+        r.messages as f64 / r.send_phase.as_secs_f64().max(1e-9),
+        100.0 * r.acked_at_sends_done as f64 / r.messages as f64,
         ms(r.e2e.value_at_quantile(0.50)),
         ms(r.e2e.value_at_quantile(0.99)),
         r.duplicates,
@@ -730,6 +794,9 @@ fn print_run(backend: Backend, scenario: Scenario, i: usize, r: &RunResult) {
         r.redis_cpu
             .map(|c| format!(", redis-server {:>5.2} us", per_msg(c)))
             .unwrap_or_default(),
+        t.delivered as f64 / t.batches.max(1) as f64,
+        per_batch(t.receive_ns),
+        per_batch(t.ack_ns),
     );
 }
 
@@ -818,7 +885,11 @@ fn main() {
     let mut rows = Vec::new();
     let mut run_no = 0;
     for &scenario in &settings.scenarios {
-        println!("scenario {}: {}", scenario.name(), describe(&settings, scenario));
+        println!(
+            "scenario {}: {}",
+            scenario.name(),
+            describe(&settings, scenario)
+        );
         let mut results: BTreeMap<&str, Vec<RunResult>> = BTreeMap::new();
         let mut pair_ratios = Vec::new();
         for i in 0..settings.runs {
@@ -873,9 +944,7 @@ fn main() {
     }
     drop(runtime);
 
-    let fmt = |v: Option<f64>, digits: usize| {
-        v.map_or("-".to_owned(), |v| format!("{v:.digits$}"))
-    };
+    let fmt = |v: Option<f64>, digits: usize| v.map_or("-".to_owned(), |v| format!("{v:.digits$}"));
     println!();
     println!("medians ({:.1} s in all):", began.elapsed().as_secs_f64());
     println!("| scenario | embedded (msg/s) | redis (msg/s) | ratio of medians | median per-pair ratio | e2e p50 embedded / redis (ms) |");

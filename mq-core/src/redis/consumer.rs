@@ -76,7 +76,12 @@ struct State {
     next_token: u64,
     next_refresh: Option<Instant>,
     next_timeout_scan: Option<Instant>,
-    recovered_own: bool,
+    /// Per source: own pending entries may be missing from this state (first read after
+    /// joining, or a read whose reply was lost to a cancelled or failed `receive`).
+    unsure: Vec<bool>,
+    /// Per orderly source: no other member holds an entry of it (checked once after the
+    /// queue was taken over, so that what the previous owner holds goes first).
+    clear: Vec<bool>,
 }
 
 /// What the heartbeat task keeps alive.
@@ -194,6 +199,8 @@ impl RedisConsumer {
                 owned: vec![false; n],
                 backlog: (0..n).map(|_| VecDeque::new()).collect(),
                 per_source: vec![0; n],
+                unsure: vec![true; n],
+                clear: vec![false; n],
                 ..State::default()
             }),
             presence,
@@ -233,7 +240,11 @@ impl RedisConsumer {
         let assigned = assign(self.subscription.model, self.queue_count, &live, me);
         let mut leases = Vec::new();
         for (i, source) in self.sources.iter().enumerate() {
-            let wanted = i == self.retry_source() || assigned.contains(&(i as u32));
+            // An orderly queue stays with this member until what it holds of it is settled,
+            // so that the next owner cannot overtake it.
+            let wanted = i == self.retry_source()
+                || assigned.contains(&(i as u32))
+                || (source.lease.is_some() && st.owned[i] && Self::holds(st, i));
             let owned = match (&source.lease, wanted) {
                 (Some(lease), true) => {
                     let held = shared.lease(lease, me).await?;
@@ -250,16 +261,15 @@ impl RedisConsumer {
                 }
                 (None, wanted) => wanted,
             };
+            if !owned {
+                st.clear[i] = false;
+            }
             st.owned[i] = owned;
         }
         *self.presence.leases.lock() = leases;
         st.assigned = assigned;
         if self.subscription.model == MessageModel::Clustering {
             self.take_over(st, &live).await?;
-        }
-        if !st.recovered_own {
-            self.recover_own(st).await?;
-            st.recovered_own = true;
         }
         st.next_refresh = Some(Instant::now() + self.shared.config.heartbeat_interval);
         Ok(())
@@ -319,7 +329,9 @@ impl RedisConsumer {
                 continue;
             }
             let mut cmd = ::redis::cmd("XCLAIM");
-            cmd.arg(&source.stream).arg(&self.rgroup).arg(me).arg(0);
+            // Not idle for a heartbeat: another member has just claimed it.
+            let min_idle = self.shared.config.heartbeat_interval.as_millis() as u64;
+            cmd.arg(&source.stream).arg(&self.rgroup).arg(me).arg(min_idle);
             for p in &pending.ids {
                 cmd.arg(&p.id);
             }
@@ -345,12 +357,19 @@ impl RedisConsumer {
         Ok(())
     }
 
-    /// After a restart under the same instance name: what this member held comes first.
-    async fn recover_own(&self, st: &mut State) -> Result<()> {
-        for i in 0..self.sources.len() {
-            if !st.owned[i] {
-                continue;
-            }
+    /// Whether this member has anything of source `i` out, waiting or fetched.
+    fn holds(st: &State, i: usize) -> bool {
+        st.per_source[i] > 0
+            || !st.backlog[i].is_empty()
+            || st.ready.iter().any(|r| r.source == i)
+    }
+
+    /// Reads back this member's own pending entries of source `i` that its state does not
+    /// track: after a restart under the same instance name, or after a read whose reply was
+    /// lost. They come before anything new.
+    async fn recover(&self, st: &mut State, i: usize) -> Result<()> {
+        let mut after = "0".to_owned();
+        loop {
             let reply: Option<StreamReadReply> = self
                 .shared
                 .redis
@@ -364,26 +383,61 @@ impl RedisConsumer {
                         .arg(CLAIM_BATCH)
                         .arg("STREAMS")
                         .arg(&self.sources[i].stream)
-                        .arg("0")
+                        .arg(&after)
                         .clone(),
                 )
                 .await?;
-            let entries: Vec<_> = reply
+            let ids: Vec<_> = reply
                 .into_iter()
                 .flat_map(|r| r.keys)
                 .flat_map(|k| k.ids)
+                .collect();
+            let Some(last) = ids.last().map(|e| e.id.clone()) else {
+                break;
+            };
+            let page = ids.len();
+            let entries = ids
+                .into_iter()
                 .filter(|e| !e.map.is_empty())
+                .filter(|e| {
+                    offset_of(&e.id).is_some_and(|o| {
+                        !st.in_flight.contains_key(&(i, o))
+                            && !st.ready.iter().any(|r| r.source == i && r.offset == o)
+                    })
+                })
                 .map(|e| (e.id, e.map))
                 .collect();
-            let entries = entries
-                .into_iter()
-                .filter(|(id, _)| {
-                    offset_of(id).is_some_and(|o| !st.in_flight.contains_key(&(i, o)))
-                })
-                .collect();
             self.enqueue(st, i, entries, false).await?;
+            if page < CLAIM_BATCH {
+                break;
+            }
+            after = last;
         }
+        st.unsure[i] = false;
         Ok(())
+    }
+
+    /// Whether another member still holds entries of orderly source `i`; until it settles
+    /// them this member does not read the queue.
+    async fn others_hold(&self, i: usize) -> Result<bool> {
+        let summary: StreamPendingReply = self
+            .shared
+            .redis
+            .query(
+                "reading pending entries",
+                ::redis::cmd("XPENDING")
+                    .arg(&self.sources[i].stream)
+                    .arg(&self.rgroup)
+                    .clone(),
+            )
+            .await?;
+        Ok(match summary {
+            StreamPendingReply::Data(data) => data
+                .consumers
+                .iter()
+                .any(|c| c.name != self.options.instance && c.pending > 0),
+            _ => false,
+        })
     }
 
     /// Redelivers entries held longer than `consume-timeout` (by anyone), counting an attempt.
@@ -566,6 +620,11 @@ impl RedisConsumer {
         if st.next_timeout_scan.is_none_or(|t| now >= t) {
             self.timeout_scan(st).await?;
         }
+        for i in 0..self.sources.len() {
+            if st.owned[i] && st.unsure[i] {
+                self.recover(st, i).await?;
+            }
+        }
         let mut out = Vec::new();
         // In-place retries that are due, oldest first.
         st.ready.sort_by_key(|r| (r.due, r.offset));
@@ -595,49 +654,84 @@ impl RedisConsumer {
                 };
                 out.push(self.hand_out(st, i, f.offset, f.view, None));
             }
+            let mine = i == self.retry_source() || st.assigned.contains(&(i as u32));
             let room = self.capacity(st, i).min(max.saturating_sub(out.len()));
-            if room > 0 && st.backlog[i].is_empty() {
+            if mine && room > 0 && st.backlog[i].is_empty() {
                 reads.push((i, room));
             }
         }
-        if !reads.is_empty() {
-            let mut pipe = ::redis::pipe();
-            for (i, room) in &reads {
-                pipe.cmd("XREADGROUP")
-                    .arg("GROUP")
-                    .arg(&self.rgroup)
-                    .arg(&self.options.instance)
-                    .arg("COUNT")
-                    .arg(*room)
-                    .arg("STREAMS")
-                    .arg(&self.sources[*i].stream)
-                    .arg(">");
+        if let Err(e) = self.read_new(st, reads, max, &mut out).await {
+            if out.is_empty() {
+                return Err(e);
             }
-            let replies: Vec<Option<StreamReadReply>> =
-                self.shared.redis.pipe("reading messages", pipe).await?;
-            for ((i, _), reply) in reads.iter().zip(replies) {
-                let entries: Vec<_> = reply
-                    .into_iter()
-                    .flat_map(|r| r.keys)
-                    .flat_map(|k| k.ids)
-                    .map(|e| (e.id, e.map))
-                    .collect();
-                self.enqueue(st, *i, entries, true).await?;
-                while out.len() < max && self.capacity(st, *i) > 0 {
-                    let Some(f) = st.backlog[*i].pop_front() else {
-                        break;
-                    };
-                    out.push(self.hand_out(st, *i, f.offset, f.view, None));
-                }
-            }
+            // What was handed out stands; the lost reply is recovered on the next pass.
+            tracing::warn!(group = %self.subscription.group, error = %e, "reading new messages failed");
         }
         Ok(out)
+    }
+
+    /// Reads new entries of the sources in `reads` (source, room) into the backlog and hands
+    /// out what fits in `max`.
+    async fn read_new(
+        &self,
+        st: &mut State,
+        reads: Vec<(usize, usize)>,
+        max: usize,
+        out: &mut Vec<Delivery>,
+    ) -> Result<()> {
+        let mut ready_reads = Vec::with_capacity(reads.len());
+        for (i, room) in reads {
+            if self.orderly() && i != self.retry_source() && !st.clear[i] {
+                if self.others_hold(i).await? {
+                    continue;
+                }
+                st.clear[i] = true;
+            }
+            ready_reads.push((i, room));
+        }
+        if ready_reads.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = ::redis::pipe();
+        for (i, room) in &ready_reads {
+            // Until the reply is in this state, the entries it hands over may be lost.
+            st.unsure[*i] = true;
+            pipe.cmd("XREADGROUP")
+                .arg("GROUP")
+                .arg(&self.rgroup)
+                .arg(&self.options.instance)
+                .arg("COUNT")
+                .arg(*room)
+                .arg("STREAMS")
+                .arg(&self.sources[*i].stream)
+                .arg(">");
+        }
+        let replies: Vec<Option<StreamReadReply>> =
+            self.shared.redis.pipe("reading messages", pipe).await?;
+        for ((i, _), reply) in ready_reads.iter().zip(replies) {
+            let entries: Vec<_> = reply
+                .into_iter()
+                .flat_map(|r| r.keys)
+                .flat_map(|k| k.ids)
+                .map(|e| (e.id, e.map))
+                .collect();
+            self.enqueue(st, *i, entries, true).await?;
+            st.unsure[*i] = false;
+            while out.len() < max && self.capacity(st, *i) > 0 {
+                let Some(f) = st.backlog[*i].pop_front() else {
+                    break;
+                };
+                out.push(self.hand_out(st, *i, f.offset, f.view, None));
+            }
+        }
+        Ok(())
     }
 
     /// When the next in-place retry or housekeeping is due.
     fn next_wake(&self, st: &State) -> Option<Instant> {
         st.ready
             .iter()
+            .filter(|r| st.owned[r.source])
             .map(|r| r.due)
             .chain(st.next_refresh)
             .chain(st.next_timeout_scan)
@@ -690,6 +784,27 @@ impl RedisConsumer {
         self.shared.redis.pipe::<()>("acknowledging", pipe).await
     }
 
+    /// Keeps an orderly queue's place while its delivery is being dead-lettered or copied to
+    /// the retry stream, so that nothing later of the queue is handed out meanwhile.
+    fn hold_place(&self, st: &mut State, i: usize, offset: u64, flight: &InFlight) {
+        if self.orderly() && i != self.retry_source() {
+            st.ready.push(Ready {
+                source: i,
+                offset,
+                due: Instant::now() + Duration::from_secs(365 * 24 * 3600),
+                view: flight.view.clone(),
+                first_failure_ms: 0,
+            });
+        }
+    }
+
+    async fn release_place(&self, i: usize, offset: u64) {
+        let mut st = self.state.lock().await;
+        st.ready.retain(|r| !(r.source == i && r.offset == offset));
+        drop(st);
+        self.shared.activity.notify_waiters();
+    }
+
     /// Queues an in-place retry (orderly, broadcasting) of a delivery just taken out of
     /// flight; returns its delay, or `None` if it is not retried in place.
     fn retry_in_place(
@@ -701,8 +816,11 @@ impl RedisConsumer {
         failure: &Failure,
     ) -> Option<Duration> {
         let retry = flight.view.reconsume_times.saturating_add(1);
-        if !self.in_place() || i == self.retry_source() || retry > self.options.max_reconsume_times
-        {
+        let broadcasting = self.subscription.model == MessageModel::Broadcasting;
+        // A broadcasting member's retry stream is its own (its Redis group), so its entries
+        // retry in place too; a clustering group's retry stream is shared.
+        let shared_retry = i == self.retry_source() && !broadcasting;
+        if !self.in_place() || shared_retry || retry > self.options.max_reconsume_times {
             return None;
         }
         let after = failure.retry_after.unwrap_or(if self.orderly() {
@@ -989,13 +1107,21 @@ impl Consumer for RedisConsumer {
                 // An in-place retry takes its place at once, so that nothing later of an
                 // orderly queue is handed out while the attempt is being recorded.
                 let after = self.retry_in_place(&mut st, i, receipt.offset, &flight, &failure);
+                if after.is_none() {
+                    self.hold_place(&mut st, i, receipt.offset, &flight);
+                }
                 (i, flight, after)
             })
         }) else {
             return Ok(Disposition::Stale);
         };
         match self.fail(i, receipt, flight.clone(), failure, after).await {
-            Ok(d) => Ok(d),
+            Ok(d) => {
+                if after.is_none() {
+                    self.release_place(i, receipt.offset).await;
+                }
+                Ok(d)
+            }
             Err(e) => {
                 let mut st = self.state.lock().await;
                 st.ready
@@ -1011,7 +1137,9 @@ impl Consumer for RedisConsumer {
         self.check_open()?;
         let Some((i, flight)) = ({
             let mut st = self.state.lock().await;
-            self.settle(&mut st, receipt)
+            self.settle(&mut st, receipt).inspect(|(i, flight)| {
+                self.hold_place(&mut st, *i, receipt.offset, flight);
+            })
         }) else {
             return Ok(());
         };
@@ -1028,11 +1156,11 @@ impl Consumer for RedisConsumer {
             self.acknowledge(i, &[receipt.offset]).await
         }
         .await;
+        self.release_place(i, receipt.offset).await;
         if let Err(e) = buried {
             self.restore(vec![(i, receipt.offset, flight)]).await;
             return Err(e);
         }
-        self.shared.activity.notify_waiters();
         Ok(())
     }
 

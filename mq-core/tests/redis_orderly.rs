@@ -104,3 +104,74 @@ async fn orderly_queues_move_between_members_in_order() {
     assert_eq!(a.assignment().await.unwrap(), vec![0, 1, 2, 3]);
     broker.shutdown().await.unwrap();
 }
+
+/// A member that joins while another holds an orderly message does not overtake it: the
+/// holder keeps the queue until the message is settled (here after a retry in place).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joining_member_does_not_overtake_a_held_message() {
+    let Some(url) = support::redis_url() else {
+        return;
+    };
+    let ns = support::Namespace::new(&url);
+    let broker = RedisBroker::connect(
+        RedisConfig::new(&url)
+            .prefix(&ns.prefix)
+            .heartbeat_interval(Duration::from_millis(100)),
+    )
+    .await
+    .unwrap();
+    let topic = unique("handover");
+    broker.create_topic(&topic, 2).await.unwrap();
+    let sub = Subscription::new(&topic, unique("g")).mode(ConsumeMode::Orderly);
+    let opts = |name: &str| {
+        ConsumerOptions::new()
+            .instance(name)
+            .consume_from(ConsumeFrom::First)
+            .suspend_current_queue_time(Duration::from_millis(300))
+    };
+    let a = broker.subscribe(sub.clone(), opts("a")).await.unwrap();
+    // Queue 1 goes to "b" once it joins (averagely: a gets 0, b gets 1).
+    for m in ["m0", "m1", "m2"] {
+        broker
+            .send(Message::new(&topic, m), SendOptions::queue(1))
+            .await
+            .unwrap();
+    }
+    let held = a.receive(1, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(held.iter().map(body).collect::<Vec<_>>(), vec!["m0"]);
+    let b = broker.subscribe(sub, opts("b")).await.unwrap();
+    // a's next refresh sees b; b must not deliver m1 while a holds m0.
+    let early = b.receive(10, Duration::from_millis(600)).await.unwrap();
+    assert!(
+        early.is_empty(),
+        "b overtook m0: {:?}",
+        early.iter().map(body).collect::<Vec<_>>()
+    );
+    a.nack(&held[0].receipt, mq_core::Failure::new("not yet"))
+        .await
+        .unwrap();
+    let again = a.receive(1, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(again.iter().map(body).collect::<Vec<_>>(), vec!["m0"]);
+    assert!(b
+        .receive(10, Duration::from_millis(200))
+        .await
+        .unwrap()
+        .is_empty());
+    a.ack(&[again[0].receipt.clone()]).await.unwrap();
+    // Now the queue moves to b, which goes on in order.
+    let mut rest = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while rest.len() < 2 && tokio::time::Instant::now() < deadline {
+        for d in b.receive(10, Duration::from_millis(200)).await.unwrap() {
+            rest.push(body(&d));
+            b.ack(&[d.receipt]).await.unwrap();
+        }
+        assert!(a
+            .receive(10, Duration::from_millis(10))
+            .await
+            .unwrap()
+            .is_empty());
+    }
+    assert_eq!(rest, vec!["m1", "m2"]);
+    broker.shutdown().await.unwrap();
+}

@@ -113,7 +113,7 @@ pub struct SendResult {
 pub struct ConsumerOptions {
     /// The instance name, unique among the live members of a group. Broadcasting progress is
     /// kept per instance name, so name instances explicitly to keep it across restarts. The
-    /// default is unique per process and per consumer.
+    /// default (`<pid>-<random>@<n>`) is unique per process, host and consumer.
     pub instance: String,
     /// Where a group with no stored progress starts.
     pub consume_from: ConsumeFrom,
@@ -132,12 +132,14 @@ pub struct ConsumerOptions {
 impl Default for ConsumerOptions {
     fn default() -> Self {
         static NEXT: AtomicU64 = AtomicU64::new(1);
+        // The pid alone is not unique across hosts (in containers it is often 1).
+        static PROCESS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        let process = PROCESS.get_or_init(|| {
+            let random = crate::message::MessageId::new().as_u128() as u32;
+            format!("{}-{random:08x}", std::process::id())
+        });
         ConsumerOptions {
-            instance: format!(
-                "{}@{}",
-                std::process::id(),
-                NEXT.fetch_add(1, Ordering::Relaxed)
-            ),
+            instance: format!("{process}@{}", NEXT.fetch_add(1, Ordering::Relaxed)),
             consume_from: ConsumeFrom::Last,
             consume_timeout: DEFAULT_CONSUME_TIMEOUT,
             max_in_flight_per_queue: DEFAULT_MAX_IN_FLIGHT_PER_QUEUE,

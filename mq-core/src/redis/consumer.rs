@@ -13,6 +13,7 @@ use ::redis::streams::{
 };
 use ::redis::Value;
 use async_trait::async_trait;
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -96,10 +97,16 @@ pub(crate) struct RedisConsumer {
     options: ConsumerOptions,
     /// The Redis consumer group: the mq group, or one per member when broadcasting.
     rgroup: String,
+    /// The group's members set on this topic.
+    members: String,
     sources: Vec<Source>,
     queue_count: u32,
     state: tokio::sync::Mutex<State>,
     presence: Arc<Presence>,
+    /// Woken by stores into the topic and the retry stream, and by this member's own
+    /// settlements (capacity freed, retries queued).
+    signals: [Arc<Notify>; 2],
+    wake: Notify,
     closed: AtomicBool,
     heartbeat: parking_lot::Mutex<Option<JoinHandle<()>>>,
 }
@@ -170,10 +177,11 @@ impl RedisConsumer {
                 _ => {}
             }
         }
+        let members = shared.keys.members(group, &subscription.topic);
         shared
             .members
             .lock()
-            .push((shared.keys.members(group), options.instance.clone()));
+            .push((members.clone(), options.instance.clone()));
         // The retry stream is a topic of one queue, so retention trims it too.
         shared
             .create_topic(&sources[queue_count as usize].topic, 1)
@@ -182,10 +190,14 @@ impl RedisConsumer {
         let presence = Arc::new(Presence {
             leases: parking_lot::Mutex::new(Vec::new()),
         });
+        let shared_signals = (
+            shared.signal(&subscription.topic),
+            shared.signal(&sources[queue_count as usize].topic),
+        );
         let consumer = RedisConsumer {
             heartbeat: parking_lot::Mutex::new(Some(tokio::spawn(heartbeat(
                 shared.clone(),
-                group.clone(),
+                members.clone(),
                 options.instance.clone(),
                 presence.clone(),
             )))),
@@ -193,6 +205,7 @@ impl RedisConsumer {
             subscription,
             options,
             rgroup,
+            members,
             sources,
             queue_count,
             state: tokio::sync::Mutex::new(State {
@@ -204,6 +217,8 @@ impl RedisConsumer {
                 ..State::default()
             }),
             presence,
+            signals: [shared_signals.0, shared_signals.1],
+            wake: Notify::new(),
             closed: AtomicBool::new(false),
         };
         Ok(consumer)
@@ -234,9 +249,7 @@ impl RedisConsumer {
     async fn refresh(&self, st: &mut State) -> Result<()> {
         let shared = &self.shared;
         let me = &self.options.instance;
-        let live = shared
-            .heartbeat_and_members(&self.subscription.group, me)
-            .await?;
+        let live = shared.heartbeat_and_members(&self.members, me).await?;
         let assigned = assign(self.subscription.model, self.queue_count, &live, me);
         let mut leases = Vec::new();
         for (i, source) in self.sources.iter().enumerate() {
@@ -331,7 +344,10 @@ impl RedisConsumer {
             let mut cmd = ::redis::cmd("XCLAIM");
             // Not idle for a heartbeat: another member has just claimed it.
             let min_idle = self.shared.config.heartbeat_interval.as_millis() as u64;
-            cmd.arg(&source.stream).arg(&self.rgroup).arg(me).arg(min_idle);
+            cmd.arg(&source.stream)
+                .arg(&self.rgroup)
+                .arg(me)
+                .arg(min_idle);
             for p in &pending.ids {
                 cmd.arg(&p.id);
             }
@@ -359,9 +375,7 @@ impl RedisConsumer {
 
     /// Whether this member has anything of source `i` out, waiting or fetched.
     fn holds(st: &State, i: usize) -> bool {
-        st.per_source[i] > 0
-            || !st.backlog[i].is_empty()
-            || st.ready.iter().any(|r| r.source == i)
+        st.per_source[i] > 0 || !st.backlog[i].is_empty() || st.ready.iter().any(|r| r.source == i)
     }
 
     /// Reads back this member's own pending entries of source `i` that its state does not
@@ -802,7 +816,7 @@ impl RedisConsumer {
         let mut st = self.state.lock().await;
         st.ready.retain(|r| !(r.source == i && r.offset == offset));
         drop(st);
-        self.shared.activity.notify_waiters();
+        self.wake.notify_waiters();
     }
 
     /// Queues an in-place retry (orderly, broadcasting) of a delivery just taken out of
@@ -866,7 +880,7 @@ impl RedisConsumer {
             )
             .await?;
             self.acknowledge(i, &[receipt.offset]).await?;
-            self.shared.activity.notify_waiters();
+            self.wake.notify_waiters();
             return Ok(Disposition::DeadLettered);
         }
         if let Some(after) = in_place {
@@ -882,7 +896,7 @@ impl RedisConsumer {
                         .clone(),
                 )
                 .await?;
-            self.shared.activity.notify_waiters();
+            self.wake.notify_waiters();
             return Ok(Disposition::Retry { retry, after });
         }
         // Concurrent clustering: a copy waits in the retry stream's delay set, the original
@@ -926,7 +940,7 @@ impl RedisConsumer {
             task.abort();
         }
         let shared = self.shared.clone();
-        let members = shared.keys.members(&self.subscription.group);
+        let members = self.members.clone();
         let instance = self.options.instance.clone();
         let leases = std::mem::take(&mut *self.presence.leases.lock());
         shared
@@ -945,7 +959,7 @@ impl RedisConsumer {
                 let _ = shared.release(&lease, &instance).await;
             }
         });
-        self.shared.activity.notify_waiters();
+        self.wake.notify_waiters();
     }
 }
 
@@ -1003,7 +1017,12 @@ async fn first_at_or_after(shared: &Shared, stream: &str, ms: u64) -> Result<Str
 }
 
 /// Keeps a member alive and its orderly leases held while it lives.
-async fn heartbeat(shared: Arc<Shared>, group: String, instance: String, presence: Arc<Presence>) {
+async fn heartbeat(
+    shared: Arc<Shared>,
+    members: String,
+    instance: String,
+    presence: Arc<Presence>,
+) {
     let mut tick = tokio::time::interval(shared.config.heartbeat_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -1011,14 +1030,14 @@ async fn heartbeat(shared: Arc<Shared>, group: String, instance: String, presenc
         if shared.closed.load(Ordering::Acquire) {
             return;
         }
-        if let Err(e) = shared.heartbeat(&group, &instance).await {
-            tracing::warn!(group = %group, instance = %instance, error = %e, "heartbeat failed");
+        if let Err(e) = shared.heartbeat(&members, &instance).await {
+            tracing::warn!(members = %members, instance = %instance, error = %e, "heartbeat failed");
             continue;
         }
         let leases = presence.leases.lock().clone();
         for lease in leases {
             if let Ok(false) = shared.lease(&lease, &instance).await {
-                tracing::warn!(group = %group, instance = %instance, lease = %lease, "orderly lease lost");
+                tracing::warn!(instance = %instance, lease = %lease, "orderly lease lost");
             }
         }
     }
@@ -1040,8 +1059,14 @@ impl Consumer for RedisConsumer {
         loop {
             self.check_open()?;
             let notified = self.shared.activity.notified();
-            tokio::pin!(notified);
+            let stored = self.signals[0].notified();
+            let retried = self.signals[1].notified();
+            let settled = self.wake.notified();
+            tokio::pin!(notified, stored, retried, settled);
             notified.as_mut().enable();
+            stored.as_mut().enable();
+            retried.as_mut().enable();
+            settled.as_mut().enable();
             let (got, wake) = {
                 let mut st = self.state.lock().await;
                 let got = self.fetch(&mut st, max).await?;
@@ -1060,6 +1085,9 @@ impl Consumer for RedisConsumer {
             }
             tokio::select! {
                 _ = &mut notified => {}
+                _ = &mut stored => {}
+                _ = &mut retried => {}
+                _ = &mut settled => {}
                 _ = tokio::time::sleep_until(until) => {}
             }
         }
@@ -1089,7 +1117,7 @@ impl Consumer for RedisConsumer {
             }
             unsettled.extend(settled.into_iter().map(|(o, f)| (i, o, f)));
         }
-        self.shared.activity.notify_waiters();
+        self.wake.notify_waiters();
         match failed {
             None => Ok(()),
             Some(e) => {

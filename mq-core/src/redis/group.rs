@@ -23,15 +23,15 @@ impl Shared {
         3 * self.config.heartbeat_interval.as_millis() as u64
     }
 
-    /// The live members of a group, sorted by name.
-    pub(crate) async fn live_members(&self, group: &str) -> Result<Vec<String>> {
+    /// The live members in a members set, sorted by name.
+    pub(crate) async fn live_members(&self, members_key: &str) -> Result<Vec<String>> {
         let since = self.clock.now_ms().saturating_sub(self.liveness_ms());
         let mut members: Vec<String> = self
             .redis
             .query(
                 "reading group members",
                 ::redis::cmd("ZRANGEBYSCORE")
-                    .arg(self.keys.members(group))
+                    .arg(members_key)
                     .arg(since)
                     .arg("+inf")
                     .clone(),
@@ -48,7 +48,8 @@ impl Shared {
         sub: &Subscription,
         options: &ConsumerOptions,
     ) -> Result<()> {
-        let live = self.live_members(&sub.group).await?;
+        let members = self.keys.members(&sub.group, &sub.topic);
+        let live = self.live_members(&members).await?;
         if live.contains(&options.instance) {
             return Err(BrokerError::InvalidSubscription {
                 group: sub.group.clone(),
@@ -61,7 +62,7 @@ impl Shared {
             .query(
                 "reading the group's subscription",
                 ::redis::cmd("GET")
-                    .arg(self.keys.subscription(&sub.group))
+                    .arg(self.keys.subscription(&sub.group, &sub.topic))
                     .clone(),
             )
             .await?;
@@ -77,11 +78,11 @@ impl Shared {
         }
         let mut pipe = ::redis::pipe();
         pipe.cmd("SET")
-            .arg(self.keys.subscription(&sub.group))
+            .arg(self.keys.subscription(&sub.group, &sub.topic))
             .arg(&mine)
             .ignore()
             .cmd("ZADD")
-            .arg(self.keys.members(&sub.group))
+            .arg(&members)
             .arg(self.clock.now_ms())
             .arg(&options.instance)
             .ignore();
@@ -89,16 +90,16 @@ impl Shared {
     }
 
     /// Records that `instance` is alive and forgets members long gone.
-    pub(crate) async fn heartbeat(&self, group: &str, instance: &str) -> Result<()> {
+    pub(crate) async fn heartbeat(&self, members_key: &str, instance: &str) -> Result<()> {
         let now = self.clock.now_ms();
         let mut pipe = ::redis::pipe();
         pipe.cmd("ZADD")
-            .arg(self.keys.members(group))
+            .arg(members_key)
             .arg(now)
             .arg(instance)
             .ignore()
             .cmd("ZREMRANGEBYSCORE")
-            .arg(self.keys.members(group))
+            .arg(members_key)
             .arg("-inf")
             .arg(format!("({}", now.saturating_sub(10 * self.liveness_ms())))
             .ignore();
@@ -108,19 +109,18 @@ impl Shared {
     /// Heartbeats and reads the live members in one round trip.
     pub(crate) async fn heartbeat_and_members(
         &self,
-        group: &str,
+        key: &str,
         instance: &str,
     ) -> Result<Vec<String>> {
         let now = self.clock.now_ms();
-        let key = self.keys.members(group);
         let mut pipe = ::redis::pipe();
         pipe.cmd("ZADD")
-            .arg(&key)
+            .arg(key)
             .arg(now)
             .arg(instance)
             .ignore()
             .cmd("ZRANGEBYSCORE")
-            .arg(&key)
+            .arg(key)
             .arg(now.saturating_sub(self.liveness_ms()))
             .arg("+inf");
         let (mut members,): (Vec<String>,) = self.redis.pipe("heartbeat", pipe).await?;

@@ -35,6 +35,11 @@ impl Keys {
         format!("{}:delays", self.stream(topic, queue))
     }
 
+    /// Counter: orders the members of a queue's delay set that are due at the same time.
+    pub(crate) fn delay_seq(&self, topic: &str, queue: u32) -> String {
+        format!("{}:dseq", self.stream(topic, queue))
+    }
+
     /// Hash: per offset, failed attempts a group made in place or lost to timeouts.
     pub(crate) fn attempts(&self, topic: &str, queue: u32, group: &str) -> String {
         format!("{}:attempts:{group}", self.stream(topic, queue))
@@ -51,14 +56,15 @@ impl Keys {
         format!("{}:delay-index", self.prefix)
     }
 
-    /// Sorted set: live instances of a group, scored by their last heartbeat (ms).
-    pub(crate) fn members(&self, group: &str) -> String {
-        format!("{}:group:{group}:members", self.prefix)
+    /// Sorted set: live instances of a group on a topic, scored by their last heartbeat (ms).
+    /// A group that subscribes to several topics has members per topic, as in RocketMQ.
+    pub(crate) fn members(&self, group: &str, topic: &str) -> String {
+        format!("{}:group:{group}:{topic}:members", self.prefix)
     }
 
-    /// String: the subscription a group's members share.
-    pub(crate) fn subscription(&self, group: &str) -> String {
-        format!("{}:group:{group}:subscription", self.prefix)
+    /// String: the subscription a group's members on a topic share.
+    pub(crate) fn subscription(&self, group: &str, topic: &str) -> String {
+        format!("{}:group:{group}:{topic}:subscription", self.prefix)
     }
 
     /// Set: groups that have a dead-letter queue.
@@ -125,6 +131,7 @@ mod tests {
         for key in [
             k.counter("order", 3),
             k.delays("order", 3),
+            k.delay_seq("order", 3),
             k.attempts("order", 3, "g"),
             k.lease("order", 3, "g"),
         ] {

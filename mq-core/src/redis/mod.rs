@@ -188,8 +188,11 @@ pub(crate) struct Shared {
     config: RedisConfig,
     /// Queue counts of known topics, and the round-robin position of each.
     topics: Mutex<HashMap<String, (u32, u64)>>,
-    /// Woken on every local store, so local consumers do not wait for their poll.
+    /// Woken at shutdown, so that waiting consumers see it at once.
     activity: Notify,
+    /// Per topic: woken when this process stores into it, so that its local consumers do not
+    /// wait for their poll.
+    signals: Mutex<HashMap<String, Arc<Notify>>>,
     /// Woken when a delayed message is stored.
     scheduler_wake: Notify,
     /// Woken when a half message or a checker arrives.
@@ -240,6 +243,7 @@ impl RedisBroker {
             config,
             topics: Mutex::new(HashMap::new()),
             activity: Notify::new(),
+            signals: Mutex::new(HashMap::new()),
             scheduler_wake: Notify::new(),
             checker_wake: Notify::new(),
             checkers: Mutex::new(HashMap::new()),
@@ -286,6 +290,15 @@ impl Shared {
         } else {
             Ok(())
         }
+    }
+
+    /// The signal of `topic`'s local consumers.
+    fn signal(&self, topic: &str) -> Arc<Notify> {
+        self.signals
+            .lock()
+            .entry(topic.to_owned())
+            .or_insert_with(|| Arc::new(Notify::new()))
+            .clone()
     }
 
     /// The queue count of `topic`, creating it with the default count if it is new.
@@ -376,7 +389,7 @@ impl Shared {
                 args,
             )
             .await?;
-        self.activity.notify_waiters();
+        self.signal(topic).notify_waiters();
         Ok(offsets)
     }
 

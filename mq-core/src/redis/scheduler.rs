@@ -22,15 +22,22 @@ pub(crate) async fn put(
     due_ms: u64,
     blobs: Vec<Vec<u8>>,
 ) -> Result<Vec<u64>> {
-    let delays = shared.keys.delays(topic, queue);
     let count = blobs.len() as u64;
-    let mut pipe = ::redis::pipe();
-    pipe.cmd("ZADD").arg(&delays);
-    for blob in &blobs {
-        pipe.arg(due_ms).arg(blob.as_slice());
-    }
-    pipe.ignore().cmd("ZCARD").arg(&delays);
-    let (size,): (u64,) = shared.redis.pipe("storing delayed messages", pipe).await?;
+    let mut args = Vec::with_capacity(blobs.len() + 1);
+    args.push(due_ms.to_string().into_bytes());
+    args.extend(blobs);
+    let size: u64 = shared
+        .redis
+        .script(
+            "storing delayed messages",
+            &scripts::PUT_DELAYED,
+            vec![
+                shared.keys.delays(topic, queue),
+                shared.keys.delay_seq(topic, queue),
+            ],
+            args,
+        )
+        .await?;
     // The index names the queue after its set holds the message, so a scheduler that reads
     // the index finds it (see `reindex`).
     let _: () = shared
@@ -102,7 +109,7 @@ async fn move_due(shared: &Shared, topic: &str, queue: u32, now: u64) -> Result<
         .await?;
     reindex(shared, topic, queue, next).await?;
     if moved > 0 {
-        shared.activity.notify_waiters();
+        shared.signal(topic).notify_waiters();
     }
     Ok(moved)
 }
@@ -191,10 +198,62 @@ async fn tick(shared: &Shared) -> Result<Option<u64>> {
         .map(|s| s as u64))
 }
 
+/// Puts every queue with delayed messages back in the index. The index can miss one only if a
+/// scheduler stopped between its two steps of `reindex`; this pass, at start and every
+/// `trim-interval`, bounds how long such a message waits.
+async fn reconcile(shared: &Shared) -> Result<()> {
+    let topics: Vec<(String, u32)> = shared
+        .redis
+        .query(
+            "listing topics",
+            ::redis::cmd("HGETALL").arg(shared.keys.topics()).clone(),
+        )
+        .await?;
+    let queues: Vec<(String, u32)> = topics
+        .into_iter()
+        .flat_map(|(t, n)| (0..n).map(move |q| (t.clone(), q)))
+        .collect();
+    for chunk in queues.chunks(256) {
+        let mut pipe = ::redis::pipe();
+        for (t, q) in chunk {
+            pipe.cmd("ZRANGE")
+                .arg(shared.keys.delays(t, *q))
+                .arg(0)
+                .arg(0)
+                .arg("WITHSCORES");
+        }
+        let heads: Vec<Vec<(Vec<u8>, f64)>> = shared.redis.pipe("reading delay sets", pipe).await?;
+        let mut fix = ::redis::pipe();
+        let mut any = false;
+        for ((t, q), head) in chunk.iter().zip(heads) {
+            if let Some((_, due)) = head.first() {
+                any = true;
+                fix.cmd("ZADD")
+                    .arg(shared.keys.delay_index())
+                    .arg("LT")
+                    .arg(*due as u64)
+                    .arg(index_member(t, *q))
+                    .ignore();
+            }
+        }
+        if any {
+            shared.redis.pipe::<()>("indexing delays", fix).await?;
+        }
+    }
+    Ok(())
+}
+
 /// The scheduler loop: sleeps until the next due time, a local delayed send, or the poll
 /// interval (for sends of other processes).
 pub(crate) async fn run(shared: Arc<Shared>) {
+    let mut next_reconcile = tokio::time::Instant::now();
     loop {
+        if tokio::time::Instant::now() >= next_reconcile {
+            if let Err(e) = reconcile(&shared).await {
+                tracing::warn!(error = %e, "delay scheduler: reconciling the index failed");
+            }
+            next_reconcile = tokio::time::Instant::now() + shared.config.trim_interval;
+        }
         let wake = shared.scheduler_wake.notified();
         tokio::pin!(wake);
         wake.as_mut().enable();

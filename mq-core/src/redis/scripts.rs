@@ -21,7 +21,23 @@ return offsets
     )
 });
 
-/// Moves the due members of a queue's delay set into its stream, in due order.
+/// Stores delayed messages of a queue in send order. KEYS: delays, sequence. ARGV: due (ms),
+/// then one encoded message each. Each member is prefixed with 16 hex digits of a per-queue
+/// sequence, so that members due at the same time leave in the order they came. Returns the
+/// size of the set.
+pub(crate) static PUT_DELAYED: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+for i = 2, #ARGV do
+  local n = redis.call('INCR', KEYS[2])
+  redis.call('ZADD', KEYS[1], ARGV[1], string.format('%016x', n) .. ARGV[i])
+end
+return redis.call('ZCARD', KEYS[1])
+",
+    )
+});
+
+/// Moves the due members (see `PUT_DELAYED`) of a queue's delay set into its stream, in due order.
 /// KEYS: delays, stream, counter. ARGV: now (ms), at most this many.
 /// Returns {moved, earliest remaining due or -1}.
 pub(crate) static MOVE_DUE: LazyLock<Script> = LazyLock::new(|| {
@@ -30,7 +46,7 @@ pub(crate) static MOVE_DUE: LazyLock<Script> = LazyLock::new(|| {
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
 for _, m in ipairs(due) do
   local n = redis.call('INCR', KEYS[3]) - 1
-  redis.call('XADD', KEYS[2], n .. '-1', 'm', m, 't', ARGV[1])
+  redis.call('XADD', KEYS[2], n .. '-1', 'm', string.sub(m, 17), 't', ARGV[1])
   redis.call('ZREM', KEYS[1], m)
 end
 local nxt = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')

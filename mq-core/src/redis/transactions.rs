@@ -198,6 +198,15 @@ pub(crate) async fn end(
 /// Checks one due transaction if this broker has its producer's checker. Returns whether it
 /// was handled here.
 async fn check(shared: &Shared, id: &str) -> Result<bool> {
+    // A look without the lock first: most due halves of other producers are skipped cheaply.
+    match read(shared, id).await {
+        Ok(Some(half)) if !shared.checkers.lock().contains_key(&half.producer) => return Ok(false),
+        Ok(_) => {}
+        Err(e) => {
+            discard_unreadable(shared, id, &e).await?;
+            return Ok(true);
+        }
+    }
     let Some(lock) = Lock::try_take(shared, id).await? else {
         return Ok(false);
     };
@@ -222,7 +231,15 @@ async fn check(shared: &Shared, id: &str) -> Result<bool> {
         let envelope = Envelope::decode(&half.message)
             .map_err(|e| super::io::backend_error("half message is unreadable", e))?;
         let view = envelope.view(half.queue, 0, shared.clock.now_ms(), 0);
-        let state = checker.check(&view).await;
+        // The answer must come while the lock is held, or the producer's own ending could
+        // race it.
+        let state = match tokio::time::timeout(LOCK_TTL / 2, checker.check(&view)).await {
+            Ok(state) => state,
+            Err(_) => {
+                tracing::warn!(transaction = id, producer = %half.producer, "check-back did not answer in time; treated as unknown");
+                TxState::Unknown
+            }
+        };
         half.checks += 1;
         match state {
             TxState::Commit => {
@@ -285,39 +302,75 @@ async fn check(shared: &Shared, id: &str) -> Result<bool> {
     outcome
 }
 
-/// One pass over the due transactions. Returns the next due time of one this broker can
-/// answer, if it knows one.
+/// A half message that cannot be decoded is not a message: it is reported and moved out of
+/// the way, so that it does not stop the check-back of every other transaction.
+async fn discard_unreadable(shared: &Shared, id: &str, error: &BrokerError) -> Result<()> {
+    tracing::error!(transaction = id, %error, "unreadable half message discarded");
+    let note = serde_json::json!({
+        "transaction": id,
+        "reason": format!("unreadable: {error}"),
+        "discarded_at_ms": shared.clock.now_ms(),
+    });
+    let _: () = shared
+        .redis
+        .query(
+            "recording a discarded transaction",
+            ::redis::cmd("RPUSH")
+                .arg(shared.keys.half_discarded())
+                .arg(note.to_string())
+                .clone(),
+        )
+        .await?;
+    forget(shared, id).await
+}
+
+/// Due transactions read per page.
+const PAGE: usize = 128;
+
+/// One pass over the due transactions, paging past those of producers this broker has no
+/// checker for. Returns the next due time, if it knows one.
 async fn tick(shared: &Shared) -> Result<Option<u64>> {
     if shared.checkers.lock().is_empty() {
         return Ok(None);
     }
     let now = shared.clock.now_ms();
-    let due: Vec<(String, f64)> = shared
-        .redis
-        .query(
-            "reading due transactions",
-            ::redis::cmd("ZRANGE")
-                .arg(shared.keys.half_due())
-                .arg("-inf")
-                .arg("+inf")
-                .arg("BYSCORE")
-                .arg("LIMIT")
-                .arg(0)
-                .arg(128)
-                .arg("WITHSCORES")
-                .clone(),
-        )
-        .await?;
-    let mut next = None;
-    for (id, score) in due {
-        let score = score as u64;
-        if score > now {
-            next = Some(score);
-            break;
+    let mut skipped = 0;
+    loop {
+        let due: Vec<(String, f64)> = shared
+            .redis
+            .query(
+                "reading due transactions",
+                ::redis::cmd("ZRANGE")
+                    .arg(shared.keys.half_due())
+                    .arg("-inf")
+                    .arg("+inf")
+                    .arg("BYSCORE")
+                    .arg("LIMIT")
+                    .arg(skipped)
+                    .arg(PAGE)
+                    .arg("WITHSCORES")
+                    .clone(),
+            )
+            .await?;
+        let page = due.len();
+        for (id, score) in due {
+            let score = score as u64;
+            if score > now {
+                return Ok(Some(score));
+            }
+            match check(shared, &id).await {
+                Ok(true) => {}
+                Ok(false) => skipped += 1,
+                Err(e) => {
+                    tracing::warn!(transaction = %id, error = %e, "check-back failed; retrying later");
+                    skipped += 1;
+                }
+            }
         }
-        check(shared, &id).await?;
+        if page < PAGE {
+            return Ok(None);
+        }
     }
-    Ok(next)
 }
 
 /// The check-back loop.

@@ -730,3 +730,127 @@ async fn a_closed_member_hands_its_unacknowledged_messages_to_the_others() {
     drop(members);
     broker.shutdown().await.unwrap();
 }
+
+async fn shared_broker() -> Option<(support::Namespace, Arc<RedisBroker>)> {
+    let url = support::redis_url()?;
+    let ns = support::Namespace::new(&url);
+    let broker = RedisBroker::connect(RedisConfig::new(&url).prefix(&ns.prefix))
+        .await
+        .unwrap();
+    Some((ns, broker))
+}
+
+/// One group may subscribe to several topics (as `#[mq_listener(topic = [..])]` does): its
+/// members and subscription are kept per topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_group_on_two_topics() {
+    let Some((_ns, broker)) = shared_broker().await else {
+        return;
+    };
+    let group = mq_core::testkit::unique("g");
+    let opts = ConsumerOptions::new()
+        .instance("same-instance")
+        .consume_from(mq_core::ConsumeFrom::First);
+    let orders = broker
+        .subscribe(Subscription::new("orders", &group), opts.clone())
+        .await
+        .unwrap();
+    let refunds = broker
+        .subscribe(Subscription::new("refunds", &group), opts)
+        .await
+        .unwrap();
+    send_all(&broker, "orders", &["o1"]).await;
+    send_all(&broker, "refunds", &["r1"]).await;
+    assert_eq!(
+        bodies(&drain(&*orders, 1, Duration::from_secs(5), true).await),
+        ["o1"]
+    );
+    assert_eq!(
+        bodies(&drain(&*refunds, 1, Duration::from_secs(5), true).await),
+        ["r1"]
+    );
+    assert_eq!(orders.assignment().await.unwrap(), vec![0, 1, 2, 3]);
+    broker.shutdown().await.unwrap();
+}
+
+/// A delayed batch comes out in the order it was sent, though every member is due at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delayed_batch_keeps_its_order() {
+    let Some((_ns, broker)) = shared_broker().await else {
+        return;
+    };
+    let topic = mq_core::testkit::unique("delayed-batch");
+    let consumer = broker
+        .subscribe(Subscription::new(&topic, "g"), first())
+        .await
+        .unwrap();
+    let sent: Vec<String> = (0..12).rev().map(|i| format!("step{i}")).collect();
+    let batch = sent
+        .iter()
+        .map(|b| Message::new(&topic, b.clone()))
+        .collect();
+    broker
+        .send_batch(
+            batch,
+            SendOptions::queue(0).delayed(mq_core::Delay::After(Duration::from_millis(300))),
+        )
+        .await
+        .unwrap();
+    let got = bodies(&drain(&*consumer, 12, Duration::from_secs(5), true).await);
+    assert_eq!(got, sent);
+    broker.shutdown().await.unwrap();
+}
+
+/// Half messages of producers this broker has no checker for do not hold back the check-back
+/// of the ones it can answer, however many there are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_back_is_not_blocked_by_other_producers() {
+    let Some(url) = support::redis_url() else {
+        return;
+    };
+    let ns = support::Namespace::new(&url);
+    let policy = mq_core::CheckPolicy {
+        timeout: Duration::from_millis(100),
+        interval: Duration::from_millis(200),
+        max_checks: 5,
+    };
+    let broker = RedisBroker::connect(
+        RedisConfig::new(&url)
+            .prefix(&ns.prefix)
+            .check_policy(policy)
+            .poll_interval(Duration::from_millis(50)),
+    )
+    .await
+    .unwrap();
+    let topic = mq_core::testkit::unique("tx");
+    let consumer = broker
+        .subscribe(Subscription::new(&topic, "g"), first())
+        .await
+        .unwrap();
+    for i in 0..300 {
+        broker
+            .prepare(
+                Message::new(&topic, format!("orphan {i}")),
+                SendOptions::new(),
+                "retired-app",
+            )
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    broker
+        .prepare(Message::new(&topic, "paid"), SendOptions::new(), "shop")
+        .await
+        .unwrap();
+    broker
+        .register_checker(
+            "shop",
+            mq_core::testkit::ScriptedChecker::new(vec![], mq_core::TxState::Commit),
+        )
+        .await
+        .unwrap();
+    let got = bodies(&drain(&*consumer, 1, Duration::from_secs(10), true).await);
+    assert_eq!(got, ["paid"]);
+    assert_eq!(broker.pending_transactions().await.unwrap(), 300);
+    broker.shutdown().await.unwrap();
+}

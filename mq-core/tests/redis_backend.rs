@@ -854,3 +854,69 @@ async fn check_back_is_not_blocked_by_other_producers() {
     assert_eq!(broker.pending_transactions().await.unwrap(), 300);
     broker.shutdown().await.unwrap();
 }
+
+/// A broadcasting member gone longer than the reserve loses its progress, so that it does not
+/// keep every later message in Redis; a member still around keeps its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gone_broadcasting_members_do_not_pin_the_stream() {
+    let Some(url) = support::redis_url() else {
+        return;
+    };
+    let ns = support::Namespace::new(&url);
+    let broker = RedisBroker::connect(
+        RedisConfig::new(&url)
+            .prefix(&ns.prefix)
+            .heartbeat_interval(Duration::from_millis(100))
+            .broadcast_reserve(Duration::from_millis(500)),
+    )
+    .await
+    .unwrap();
+    let topic = mq_core::testkit::unique("bcast");
+    broker.create_topic(&topic, 1).await.unwrap();
+    let sub = Subscription::new(&topic, "g").model(mq_core::MessageModel::Broadcasting);
+    let gone = broker
+        .subscribe(sub.clone(), first().instance("gone"))
+        .await
+        .unwrap();
+    let stays = broker
+        .subscribe(sub, first().instance("stays"))
+        .await
+        .unwrap();
+    gone.close().await.unwrap();
+    drop(gone);
+    send_all(&broker, &topic, &["a", "b", "c"]).await;
+    assert_eq!(
+        drain(&*stays, 3, Duration::from_secs(5), true).await.len(),
+        3
+    );
+    // Nothing may go while the member that left could still come back.
+    broker.trim().await.unwrap();
+    let mut conn = plain(&url);
+    let key = stream_key(&ns.prefix, &topic, 0);
+    assert_eq!(xlen(&mut conn, &key), 3);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    // The member still around has just been active.
+    assert!(stays
+        .receive(1, Duration::from_millis(10))
+        .await
+        .unwrap()
+        .is_empty());
+    let report = broker.trim().await.unwrap();
+    assert_eq!(xlen(&mut conn, &key), 0, "{report:?}");
+    let groups: Vec<redis::Value> = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(&key)
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(
+        groups.len(),
+        1,
+        "only the member still around keeps its group"
+    );
+    send_all(&broker, &topic, &["d"]).await;
+    assert_eq!(
+        bodies(&drain(&*stays, 1, Duration::from_secs(5), true).await),
+        ["d"]
+    );
+    broker.shutdown().await.unwrap();
+}

@@ -99,6 +99,8 @@ pub(crate) struct RedisConsumer {
     rgroup: String,
     /// The group's members set on this topic.
     members: String,
+    /// Broadcasting: where this member's last heartbeat is kept for retention.
+    seen: Option<String>,
     sources: Vec<Source>,
     queue_count: u32,
     state: tokio::sync::Mutex<State>,
@@ -178,6 +180,13 @@ impl RedisConsumer {
             }
         }
         let members = shared.keys.members(group, &subscription.topic);
+        let seen =
+            (subscription.model == MessageModel::Broadcasting).then(|| shared.keys.seen(group));
+        if let Some(seen) = &seen {
+            shared
+                .heartbeat(&members, Some(seen), &options.instance)
+                .await?;
+        }
         shared
             .members
             .lock()
@@ -198,6 +207,7 @@ impl RedisConsumer {
             heartbeat: parking_lot::Mutex::new(Some(tokio::spawn(heartbeat(
                 shared.clone(),
                 members.clone(),
+                seen.clone(),
                 options.instance.clone(),
                 presence.clone(),
             )))),
@@ -206,6 +216,7 @@ impl RedisConsumer {
             options,
             rgroup,
             members,
+            seen,
             sources,
             queue_count,
             state: tokio::sync::Mutex::new(State {
@@ -249,7 +260,9 @@ impl RedisConsumer {
     async fn refresh(&self, st: &mut State) -> Result<()> {
         let shared = &self.shared;
         let me = &self.options.instance;
-        let live = shared.heartbeat_and_members(&self.members, me).await?;
+        let live = shared
+            .heartbeat_and_members(&self.members, self.seen.as_deref(), me)
+            .await?;
         let assigned = assign(self.subscription.model, self.queue_count, &live, me);
         let mut leases = Vec::new();
         for (i, source) in self.sources.iter().enumerate() {
@@ -1020,6 +1033,7 @@ async fn first_at_or_after(shared: &Shared, stream: &str, ms: u64) -> Result<Str
 async fn heartbeat(
     shared: Arc<Shared>,
     members: String,
+    seen: Option<String>,
     instance: String,
     presence: Arc<Presence>,
 ) {
@@ -1030,7 +1044,7 @@ async fn heartbeat(
         if shared.closed.load(Ordering::Acquire) {
             return;
         }
-        if let Err(e) = shared.heartbeat(&members, &instance).await {
+        if let Err(e) = shared.heartbeat(&members, seen.as_deref(), &instance).await {
             tracing::warn!(members = %members, instance = %instance, error = %e, "heartbeat failed");
             continue;
         }

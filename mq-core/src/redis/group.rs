@@ -90,9 +90,17 @@ impl Shared {
     }
 
     /// Records that `instance` is alive and forgets members long gone.
-    pub(crate) async fn heartbeat(&self, members_key: &str, instance: &str) -> Result<()> {
+    pub(crate) async fn heartbeat(
+        &self,
+        members_key: &str,
+        seen: Option<&str>,
+        instance: &str,
+    ) -> Result<()> {
         let now = self.clock.now_ms();
         let mut pipe = ::redis::pipe();
+        if let Some(seen) = seen {
+            pipe.cmd("HSET").arg(seen).arg(instance).arg(now).ignore();
+        }
         pipe.cmd("ZADD")
             .arg(members_key)
             .arg(now)
@@ -110,10 +118,14 @@ impl Shared {
     pub(crate) async fn heartbeat_and_members(
         &self,
         key: &str,
+        seen: Option<&str>,
         instance: &str,
     ) -> Result<Vec<String>> {
         let now = self.clock.now_ms();
         let mut pipe = ::redis::pipe();
+        if let Some(seen) = seen {
+            pipe.cmd("HSET").arg(seen).arg(instance).arg(now).ignore();
+        }
         pipe.cmd("ZADD")
             .arg(key)
             .arg(now)

@@ -67,6 +67,12 @@ impl Keys {
         format!("{}:group:{group}:{topic}:subscription", self.prefix)
     }
 
+    /// Hash: broadcasting member → its last heartbeat (ms); kept after the member leaves, so
+    /// that retention can drop the progress of one gone too long.
+    pub(crate) fn seen(&self, group: &str) -> String {
+        format!("{}:group:{group}:seen", self.prefix)
+    }
+
     /// Set: groups that have a dead-letter queue.
     pub(crate) fn dead_letter_groups(&self) -> String {
         format!("{}:dlq-groups", self.prefix)

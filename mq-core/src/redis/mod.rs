@@ -66,6 +66,8 @@ pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(100);
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 /// How often streams are trimmed below what every group has settled.
 pub const DEFAULT_TRIM_INTERVAL: Duration = Duration::from_secs(30);
+/// How long a broadcasting member may stay away before its progress is dropped.
+pub const DEFAULT_BROADCAST_RESERVE: Duration = Duration::from_secs(24 * 3600);
 
 /// Configuration of a [`RedisBroker`].
 #[derive(Debug, Clone)]
@@ -88,6 +90,10 @@ pub struct RedisConfig {
     pub heartbeat_interval: Duration,
     /// How often streams are trimmed.
     pub trim_interval: Duration,
+    /// A broadcasting member unseen this long loses its progress, so that it no longer holds
+    /// back trimming (RocketMQ keeps broadcasting progress on the client; a client that never
+    /// comes back must not pin the broker's storage).
+    pub broadcast_reserve: Duration,
     /// Delay levels and maximum delay.
     pub delay: DelayPolicy,
     /// Check-back of transactions.
@@ -106,6 +112,7 @@ impl RedisConfig {
             poll_interval: DEFAULT_POLL_INTERVAL,
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
             trim_interval: DEFAULT_TRIM_INTERVAL,
+            broadcast_reserve: DEFAULT_BROADCAST_RESERVE,
             delay: DelayPolicy::default(),
             check: CheckPolicy::default(),
         }
@@ -150,6 +157,12 @@ impl RedisConfig {
     /// Sets how often streams are trimmed.
     pub fn trim_interval(mut self, interval: Duration) -> Self {
         self.trim_interval = interval;
+        self
+    }
+
+    /// Sets how long a broadcasting member may stay away before its progress is dropped.
+    pub fn broadcast_reserve(mut self, reserve: Duration) -> Self {
+        self.broadcast_reserve = reserve;
         self
     }
 

@@ -110,9 +110,49 @@ async fn groups(shared: &Shared, stream: &str) -> Result<Vec<(String, u64, u64)>
     Ok(out)
 }
 
+/// Whether a broadcasting member's own group (`group@instance`; mq group names cannot hold
+/// `@`) belongs to a member whose last heartbeat is older than the reserve: it is gone, and
+/// its group would keep every later message of the stream forever.
+async fn abandoned(shared: &Shared, group: &str) -> Result<bool> {
+    let Some((group, instance)) = group.split_once('@') else {
+        return Ok(false);
+    };
+    let seen: Option<u64> = shared
+        .redis
+        .query(
+            "reading when a member was last seen",
+            ::redis::cmd("HGET")
+                .arg(shared.keys.seen(group))
+                .arg(instance)
+                .clone(),
+        )
+        .await?;
+    let reserve = shared.config.broadcast_reserve.as_millis() as u64;
+    Ok(seen.is_some_and(|ms| ms.saturating_add(reserve) < shared.clock.now_ms()))
+}
+
 /// Trims one stream; returns the entries removed.
 async fn trim(shared: &Shared, stream: &str) -> Result<u64> {
-    let Some(min) = groups(shared, stream).await?.iter().map(|g| g.1).min() else {
+    let mut keep = Vec::new();
+    for g in groups(shared, stream).await? {
+        if abandoned(shared, &g.0).await? {
+            tracing::info!(stream, group = %g.0, "removing the group of a broadcasting member gone longer than the reserve");
+            let _: i64 = shared
+                .redis
+                .query(
+                    "removing an abandoned group",
+                    ::redis::cmd("XGROUP")
+                        .arg("DESTROY")
+                        .arg(stream)
+                        .arg(&g.0)
+                        .clone(),
+                )
+                .await?;
+        } else {
+            keep.push(g);
+        }
+    }
+    let Some(min) = keep.iter().map(|g| g.1).min() else {
         return Ok(0);
     };
     shared

@@ -402,6 +402,17 @@ impl RunResult {
     fn throughput(&self) -> f64 {
         self.messages as f64 / self.elapsed.as_secs_f64()
     }
+
+    /// Acknowledgements per second after the last send returned (the consumers alone).
+    fn drain_rate(&self) -> f64 {
+        let left = self.messages - self.acked_at_sends_done;
+        let secs = self.elapsed.saturating_sub(self.send_phase).as_secs_f64();
+        if left == 0 || secs <= 0.0 {
+            f64::NAN
+        } else {
+            left as f64 / secs
+        }
+    }
 }
 
 /// State shared by the senders and consumers of one run.
@@ -778,7 +789,7 @@ fn print_run(backend: Backend, scenario: Scenario, i: usize, r: &RunResult) {
     let t = &r.timing;
     let per_batch = |ns: u64| ns as f64 / 1e3 / t.batches.max(1) as f64;
     println!(
-        "{:<6} {:<8} run {}: {:>7} msgs in {:>6.3} s = {:>8.0} msg/s (sends {:>8.0} msg/s, {:>3.0}% acked by then)  e2e p50 {:>7.2} ms  p99 {:>7.2} ms  dup {}  cpu/msg: bench {:>5.2} us{}  consumer: {:.0} msgs/batch, receive {:.0} us, ack {:.0} us",
+        "{:<6} {:<8} run {}: {:>7} msgs in {:>6.3} s = {:>8.0} msg/s (sends {:>7.0} msg/s, {:>3.0}% acked by then, drain {:>7.0} msg/s)  e2e p50 {:>7.2} ms  p99 {:>7.2} ms  dup {}  cpu/msg: bench {:>5.2} us{}  consumer: {:.0} msgs/batch, receive {:.0} us, ack {:.0} us",
         scenario.name(),
         backend.name(),
         i + 1,
@@ -787,6 +798,7 @@ fn print_run(backend: Backend, scenario: Scenario, i: usize, r: &RunResult) {
         r.throughput(),
         r.messages as f64 / r.send_phase.as_secs_f64().max(1e-9),
         100.0 * r.acked_at_sends_done as f64 / r.messages as f64,
+        r.drain_rate(),
         ms(r.e2e.value_at_quantile(0.50)),
         ms(r.e2e.value_at_quantile(0.99)),
         r.duplicates,

@@ -28,10 +28,12 @@
 //! connection. If Redis is not reachable, only the embedded broker runs. `MQ_BENCH_BACKENDS`
 //! (`embedded,redis`) picks backends.
 //!
-//! Also printed per run: CPU time of this process (`/proc/self/stat`) and of the Redis server
-//! (`INFO cpu`) per message, and per scenario the Redis commands per message
-//! (`INFO commandstats`, before/after difference; other clients of the same server would show
-//! up in it too).
+//! Also printed per run: the send-phase rate and the drain rate after the last send, CPU time
+//! of this process (`/proc/self/stat`) and of the Redis server (`INFO cpu`) per message, the
+//! consumers' time in `receive` and `ack` per batch, and the mean e2e latency per queue
+//! (whether every queue is served alike); per scenario, the Redis commands per message
+//! (`INFO commandstats`, before/after difference). The server figures cover the whole server:
+//! other clients of the same Redis show up in them.
 //!
 //! Run with `cargo bench -p mq-core --bench backends [-- batch|single]`.
 
@@ -457,13 +459,16 @@ fn body(len: usize, sent_ns: u64, seq: u64, marker: u64) -> Vec<u8> {
 }
 
 /// Where a member's loop spent its time.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 struct Loop {
     /// `receive` calls that returned messages.
     batches: u64,
     delivered: u64,
     receive_ns: u64,
     ack_ns: u64,
+    /// Per queue: measured messages and the sum of their e2e latencies (ns), to show whether
+    /// every queue is served alike.
+    queues: Vec<(u64, u64)>,
 }
 
 impl Loop {
@@ -472,6 +477,22 @@ impl Loop {
         self.delivered += o.delivered;
         self.receive_ns += o.receive_ns;
         self.ack_ns += o.ack_ns;
+        if self.queues.len() < o.queues.len() {
+            self.queues.resize(o.queues.len(), (0, 0));
+        }
+        for (mine, theirs) in self.queues.iter_mut().zip(&o.queues) {
+            mine.0 += theirs.0;
+            mine.1 += theirs.1;
+        }
+    }
+
+    /// Mean e2e latency per queue, ms.
+    fn queue_means(&self) -> String {
+        self.queues
+            .iter()
+            .map(|(n, sum)| format!("{:.0}", *sum as f64 / 1e6 / (*n).max(1) as f64))
+            .collect::<Vec<_>>()
+            .join("/")
     }
 }
 
@@ -502,7 +523,14 @@ async fn consume(
         for d in &deliveries {
             let b = &d.message.body;
             if read_u64(b, 16) == MEASURED {
-                hist.saturating_record(now.saturating_sub(read_u64(b, 0)).max(1_000));
+                let latency = now.saturating_sub(read_u64(b, 0));
+                hist.saturating_record(latency.max(1_000));
+                let q = d.message.queue_id as usize;
+                if timing.queues.len() <= q {
+                    timing.queues.resize(q + 1, (0, 0));
+                }
+                timing.queues[q].0 += 1;
+                timing.queues[q].1 += latency;
                 seqs.push(read_u64(b, 8));
             } else {
                 warm += 1;
@@ -789,7 +817,7 @@ fn print_run(backend: Backend, scenario: Scenario, i: usize, r: &RunResult) {
     let t = &r.timing;
     let per_batch = |ns: u64| ns as f64 / 1e3 / t.batches.max(1) as f64;
     println!(
-        "{:<6} {:<8} run {}: {:>7} msgs in {:>6.3} s = {:>8.0} msg/s (sends {:>7.0} msg/s, {:>3.0}% acked by then, drain {:>7.0} msg/s)  e2e p50 {:>7.2} ms  p99 {:>7.2} ms  dup {}  cpu/msg: bench {:>5.2} us{}  consumer: {:.0} msgs/batch, receive {:.0} us, ack {:.0} us",
+        "{:<6} {:<8} run {}: {:>7} msgs in {:>6.3} s = {:>8.0} msg/s (sends {:>7.0} msg/s, {:>3.0}% acked by then, drain {:>7.0} msg/s)  e2e p50 {:>7.2} ms  p99 {:>7.2} ms  dup {}  cpu/msg: bench {:>5.2} us{}  consumer: {:.0} msgs/batch, receive {:.0} us, ack {:.0} us; mean e2e per queue {} ms",
         scenario.name(),
         backend.name(),
         i + 1,
@@ -809,6 +837,7 @@ fn print_run(backend: Backend, scenario: Scenario, i: usize, r: &RunResult) {
         t.delivered as f64 / t.batches.max(1) as f64,
         per_batch(t.receive_ns),
         per_batch(t.ack_ns),
+        t.queue_means(),
     );
 }
 

@@ -80,6 +80,8 @@ struct State {
     /// Per source: own pending entries may be missing from this state (first read after
     /// joining, or a read whose reply was lost to a cancelled or failed `receive`).
     unsure: Vec<bool>,
+    /// The source the next pass starts with, so that no queue is always served last.
+    rotate: usize,
     /// Per orderly source: no other member holds an entry of it (checked once after the
     /// queue was taken over, so that what the previous owner holds goes first).
     clear: Vec<bool>,
@@ -671,7 +673,10 @@ impl RedisConsumer {
         }
         // Then the backlog, and new entries where there is room.
         let mut reads = Vec::new();
-        for i in 0..self.sources.len() {
+        let n = self.sources.len();
+        st.rotate = (st.rotate + 1) % n;
+        for k in 0..n {
+            let i = (st.rotate + k) % n;
             if !st.owned[i] {
                 continue;
             }
@@ -733,15 +738,9 @@ impl RedisConsumer {
                 .arg(&self.sources[*i].stream)
                 .arg(">");
         }
-        let replies: Vec<Option<StreamReadReply>> =
-            self.shared.redis.pipe("reading messages", pipe).await?;
+        let replies: Vec<Value> = self.shared.reader.pipe("reading messages", pipe).await?;
         for ((i, _), reply) in ready_reads.iter().zip(replies) {
-            let entries: Vec<_> = reply
-                .into_iter()
-                .flat_map(|r| r.keys)
-                .flat_map(|k| k.ids)
-                .map(|e| (e.id, e.map))
-                .collect();
+            let entries = entries_of(reply);
             self.enqueue(st, *i, entries, true).await?;
             st.unsure[*i] = false;
             while out.len() < max && self.capacity(st, *i) > 0 {
@@ -792,22 +791,37 @@ impl RedisConsumer {
         }
     }
 
+    /// Adds the commands that settle `offsets` of source `i` to `pipe`; `failed` are those
+    /// that may have counted attempts to forget.
+    fn ack_commands(
+        &self,
+        pipe: &mut ::redis::Pipeline,
+        i: usize,
+        offsets: &[u64],
+        failed: &[u64],
+    ) {
+        let source = &self.sources[i];
+        pipe.cmd("XACK").arg(&source.stream).arg(&self.rgroup);
+        for o in offsets {
+            pipe.arg(entry_id(*o));
+        }
+        pipe.ignore();
+        if !failed.is_empty() {
+            pipe.cmd("HDEL").arg(&source.attempts);
+            for o in failed {
+                pipe.arg(*o);
+            }
+            pipe.ignore();
+        }
+    }
+
     /// Acknowledges settled entries of one source and forgets their attempts.
     async fn acknowledge(&self, i: usize, offsets: &[u64]) -> Result<()> {
         if offsets.is_empty() {
             return Ok(());
         }
-        let source = &self.sources[i];
         let mut pipe = ::redis::pipe();
-        pipe.cmd("XACK").arg(&source.stream).arg(&self.rgroup);
-        for o in offsets {
-            pipe.arg(entry_id(*o));
-        }
-        pipe.ignore().cmd("HDEL").arg(&source.attempts);
-        for o in offsets {
-            pipe.arg(*o);
-        }
-        pipe.ignore();
+        self.ack_commands(&mut pipe, i, offsets, offsets);
         self.shared.redis.pipe::<()>("acknowledging", pipe).await
     }
 
@@ -1118,27 +1132,31 @@ impl Consumer for RedisConsumer {
                 }
             }
         }
-        let mut failed = None;
-        let mut unsettled = Vec::new();
-        for (i, settled) in by_source {
+        if by_source.is_empty() {
+            return Ok(());
+        }
+        // One round trip for the whole call, whatever queues it spans.
+        let mut pipe = ::redis::pipe();
+        for (i, settled) in &by_source {
             let offsets: Vec<u64> = settled.iter().map(|(o, _)| *o).collect();
-            if failed.is_none() {
-                if let Err(e) = self.acknowledge(i, &offsets).await {
-                    failed = Some(e);
-                } else {
-                    continue;
-                }
-            }
-            unsettled.extend(settled.into_iter().map(|(o, f)| (i, o, f)));
+            let failed: Vec<u64> = settled
+                .iter()
+                .filter(|(_, f)| f.first_failure_ms.is_some() || f.view.reconsume_times > 0)
+                .map(|(o, _)| *o)
+                .collect();
+            self.ack_commands(&mut pipe, *i, &offsets, &failed);
         }
+        let acked = self.shared.reader.pipe::<()>("acknowledging", pipe).await;
         self.wake.notify_waiters();
-        match failed {
-            None => Ok(()),
-            Some(e) => {
-                self.restore(unsettled).await;
-                Err(e)
-            }
+        if let Err(e) = acked {
+            let unsettled = by_source
+                .into_iter()
+                .flat_map(|(i, s)| s.into_iter().map(move |(o, f)| (i, o, f)))
+                .collect();
+            self.restore(unsettled).await;
+            return Err(e);
         }
+        Ok(())
     }
 
     async fn nack(&self, receipt: &Receipt, failure: Failure) -> Result<Disposition> {
@@ -1223,4 +1241,52 @@ impl Drop for RedisConsumer {
     fn drop(&mut self) {
         self.leave();
     }
+}
+
+fn text_of(v: Value) -> String {
+    match v {
+        Value::BulkString(b) => String::from_utf8(b).unwrap_or_default(),
+        Value::SimpleString(s) => s,
+        _ => String::new(),
+    }
+}
+
+/// The entries of one `XREADGROUP` reply (`[[stream, [[id, [field, value, ...]], ...]]]`),
+/// moved out of the reply rather than copied as the typed replies of the redis crate do.
+fn entries_of(reply: Value) -> Vec<(String, HashMap<String, Value>)> {
+    let mut out = Vec::new();
+    let streams = match reply {
+        Value::Array(streams) => streams,
+        Value::Map(pairs) => pairs
+            .into_iter()
+            .map(|(k, v)| Value::Array(vec![k, v]))
+            .collect(),
+        _ => return out,
+    };
+    for stream in streams {
+        let Value::Array(mut parts) = stream else {
+            continue;
+        };
+        let Some(Value::Array(entries)) = parts.pop() else {
+            continue;
+        };
+        for entry in entries {
+            let Value::Array(mut id_fields) = entry else {
+                continue;
+            };
+            let fields = id_fields.pop();
+            let Some(id) = id_fields.pop() else {
+                continue;
+            };
+            let mut map = HashMap::with_capacity(2);
+            if let Some(Value::Array(fields)) = fields {
+                let mut it = fields.into_iter();
+                while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                    map.insert(text_of(k), v);
+                }
+            }
+            out.push((text_of(id), map));
+        }
+    }
+    out
 }

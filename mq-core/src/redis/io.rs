@@ -1,7 +1,7 @@
 //! The connection to Redis and the runtime its I/O runs on.
 //!
-//! Every command runs on the broker's own I/O runtime, never on the caller's: a caller on a
-//! current-thread runtime waits for it in a blocking task, which keeps a paused test clock
+//! The connection's task runs on the broker's own I/O runtime. A caller on a current-thread
+//! runtime has its commands run there too and waits for them in a blocking task, which keeps a paused test clock
 //! from jumping ahead while Redis answers (tokio does not auto-advance time while a blocking
 //! task runs). Delays, back-off and check-back are timed on the caller's clock
 //! ([`Clock`](crate::clock::Clock)), so the conformance cases on a paused clock run in
@@ -203,6 +203,9 @@ where
                 .await
                 .map_err(|e| backend_error("redis I/O task", e))
         }
+        // A multi-thread runtime has no paused clock: the command runs where it is awaited
+        // (the connection's own task lives on the I/O runtime).
+        Some(RuntimeFlavor::MultiThread) => Ok(fut.await),
         _ => io
             .spawn(fut)
             .await

@@ -19,6 +19,7 @@
 //! # Ok(()) }
 //! ```
 
+mod appender;
 mod consumer;
 mod dead_letter;
 mod envelope;
@@ -196,6 +197,11 @@ impl RedisConfig {
 /// What the broker, its consumers and its background tasks share.
 pub(crate) struct Shared {
     redis: Redis,
+    /// Consumers' reads and acknowledgements: a connection and I/O thread of their own, so
+    /// that they do not queue behind sends.
+    reader: Redis,
+    /// Per queue in use: the task that groups concurrent appends.
+    appenders: Mutex<HashMap<(String, u32), appender::Appender>>,
     keys: Keys,
     clock: Clock,
     config: RedisConfig,
@@ -237,6 +243,7 @@ impl RedisBroker {
     pub async fn connect(config: RedisConfig) -> Result<Arc<Self>> {
         config.validate()?;
         let redis = Redis::connect(&config.url, config.command_timeout).await?;
+        let reader = Redis::connect(&config.url, config.command_timeout).await?;
         // Fail now, with the URL in the error, rather than at the first send.
         let pong: Result<String> = redis.query("PING", ::redis::cmd("PING")).await;
         if let Err(e) = pong {
@@ -251,6 +258,8 @@ impl RedisBroker {
         }
         let shared = Arc::new(Shared {
             redis,
+            reader,
+            appenders: Mutex::new(HashMap::new()),
             keys: Keys::new(&config.prefix),
             clock: Clock::new(),
             config,
@@ -387,21 +396,46 @@ impl Shared {
 
     /// Appends encoded messages to a queue; returns their offsets.
     async fn append(&self, topic: &str, queue: u32, blobs: Vec<Vec<u8>>) -> Result<Vec<u64>> {
-        let mut args = Vec::with_capacity(blobs.len() + 1);
-        args.push(self.clock.now_ms().to_string().into_bytes());
-        args.extend(blobs);
-        let offsets: Vec<u64> = self
-            .redis
-            .script(
-                "storing messages",
-                &scripts::APPEND,
-                vec![
-                    self.keys.stream(topic, queue),
-                    self.keys.counter(topic, queue),
-                ],
-                args,
-            )
-            .await?;
+        let multi_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if !multi_thread {
+            let mut args = Vec::with_capacity(blobs.len() + 1);
+            args.push(self.clock.now_ms().to_string().into_bytes());
+            args.extend(blobs);
+            let offsets: Vec<u64> = self
+                .redis
+                .script(
+                    "storing messages",
+                    &scripts::APPEND,
+                    vec![
+                        self.keys.stream(topic, queue),
+                        self.keys.counter(topic, queue),
+                    ],
+                    args,
+                )
+                .await?;
+            self.signal(topic).notify_waiters();
+            return Ok(offsets);
+        }
+        let appender = {
+            let mut appenders = self.appenders.lock();
+            match appenders.get(&(topic.to_owned(), queue)) {
+                Some(a) => a.clone(),
+                None => {
+                    let a = appender::Appender::start(
+                        self.redis.clone(),
+                        self.clock,
+                        [
+                            self.keys.stream(topic, queue),
+                            self.keys.counter(topic, queue),
+                        ],
+                    );
+                    appenders.insert((topic.to_owned(), queue), a.clone());
+                    a
+                }
+            }
+        };
+        let offsets = appender.append(blobs).await?;
         self.signal(topic).notify_waiters();
         Ok(offsets)
     }

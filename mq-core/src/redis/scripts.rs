@@ -6,15 +6,18 @@ use std::sync::LazyLock;
 use ::redis::Script;
 
 /// Appends messages to a queue. KEYS: stream, counter. ARGV: store time (ms), then one encoded
-/// message each. Returns their offsets.
+/// message each. Returns their offsets. (`string.format('%d')`, not `..`: concatenating a Lua
+/// number formats it as a float, slower and wrong above 10^14.)
 pub(crate) static APPEND: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
+local k = #ARGV - 1
+local n = redis.call('INCRBY', KEYS[2], k) - k
 local offsets = {}
 for i = 2, #ARGV do
-  local n = redis.call('INCR', KEYS[2]) - 1
-  redis.call('XADD', KEYS[1], n .. '-1', 'm', ARGV[i], 't', ARGV[1])
-  offsets[#offsets + 1] = n
+  redis.call('XADD', KEYS[1], string.format('%d-1', n), 'm', ARGV[i], 't', ARGV[1])
+  offsets[i - 1] = n
+  n = n + 1
 end
 return offsets
 ",
@@ -46,7 +49,7 @@ pub(crate) static MOVE_DUE: LazyLock<Script> = LazyLock::new(|| {
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
 for _, m in ipairs(due) do
   local n = redis.call('INCR', KEYS[3]) - 1
-  redis.call('XADD', KEYS[2], n .. '-1', 'm', string.sub(m, 17), 't', ARGV[1])
+  redis.call('XADD', KEYS[2], string.format('%d-1', n), 'm', string.sub(m, 17), 't', ARGV[1])
   redis.call('ZREM', KEYS[1], m)
 end
 local nxt = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')

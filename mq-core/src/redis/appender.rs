@@ -1,0 +1,87 @@
+//! Group commit of sends: concurrent appends to one queue share one `APPEND` script call,
+//! as the embedded broker's writer shares one write among waiting sends. One task per queue
+//! in use takes whatever is waiting (up to `MAX_GROUP` messages) and stores it in one call,
+//! in arrival order. Used by callers on multi-thread runtimes; a current-thread caller stores
+//! directly, so that a paused test clock never waits on another runtime.
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::clock::Clock;
+use crate::error::Result;
+
+use super::io::{backend_error, Redis};
+use super::scripts;
+
+/// Messages stored by one script call at most: bounds how long one call blocks the server.
+const MAX_GROUP: usize = 1024;
+
+type Request = (Vec<Vec<u8>>, oneshot::Sender<Result<Vec<u64>>>);
+
+/// The sending side of one queue's appender.
+#[derive(Clone)]
+pub(crate) struct Appender(mpsc::UnboundedSender<Request>);
+
+impl Appender {
+    /// Starts the appender of the queue whose stream and counter keys are `keys`.
+    pub(crate) fn start(redis: Redis, clock: Clock, keys: [String; 2]) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        // On the broker's I/O runtime, so that it outlives any caller's runtime.
+        redis.clone().spawn(run(redis, clock, keys, rx));
+        Appender(tx)
+    }
+
+    /// Stores encoded messages; returns their offsets.
+    pub(crate) async fn append(&self, blobs: Vec<Vec<u8>>) -> Result<Vec<u64>> {
+        let (done, wait) = oneshot::channel();
+        self.0
+            .send((blobs, done))
+            .map_err(|_| backend_error("storing messages", "the queue's appender stopped"))?;
+        wait.await
+            .map_err(|_| backend_error("storing messages", "the queue's appender stopped"))?
+    }
+}
+
+async fn run(
+    redis: Redis,
+    clock: Clock,
+    keys: [String; 2],
+    mut rx: mpsc::UnboundedReceiver<Request>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut count = first.0.len();
+        let mut group = vec![first];
+        while count < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(request) => {
+                    count += request.0.len();
+                    group.push(request);
+                }
+                Err(_) => break,
+            }
+        }
+        let mut args = Vec::with_capacity(count + 1);
+        args.push(clock.now_ms().to_string().into_bytes());
+        let mut waiters = Vec::with_capacity(group.len());
+        for (blobs, done) in group {
+            waiters.push((blobs.len(), done));
+            args.extend(blobs);
+        }
+        let stored: Result<Vec<u64>> = redis
+            .script("storing messages", &scripts::APPEND, keys.to_vec(), args)
+            .await;
+        match stored {
+            Ok(offsets) => {
+                let mut offsets = offsets.into_iter();
+                for (n, done) in waiters {
+                    let _ = done.send(Ok(offsets.by_ref().take(n).collect()));
+                }
+            }
+            Err(e) => {
+                let why = e.to_string();
+                for (_, done) in waiters {
+                    let _ = done.send(Err(backend_error("storing messages", &why)));
+                }
+            }
+        }
+    }
+}

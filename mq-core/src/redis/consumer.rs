@@ -501,10 +501,13 @@ impl RedisConsumer {
                 if st.ready.iter().any(|r| r.source == i && r.offset == offset) {
                     continue;
                 }
+                // Fetched but not handed out yet: not an attempt, and it is still here.
+                if st.backlog[i].iter().any(|f| f.offset == offset) {
+                    continue;
+                }
                 if st.in_flight.remove(&(i, offset)).is_some() {
                     st.per_source[i] -= 1;
                 }
-                st.backlog[i].retain(|f| f.offset != offset);
                 timed_out.push((e.id, e.map));
             }
             if !timed_out.is_empty() {

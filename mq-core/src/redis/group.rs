@@ -23,24 +23,6 @@ impl Shared {
         3 * self.config.heartbeat_interval.as_millis() as u64
     }
 
-    /// The live members in a members set, sorted by name.
-    pub(crate) async fn live_members(&self, members_key: &str) -> Result<Vec<String>> {
-        let since = self.clock.now_ms().saturating_sub(self.liveness_ms());
-        let mut members: Vec<String> = self
-            .redis
-            .query(
-                "reading group members",
-                ::redis::cmd("ZRANGEBYSCORE")
-                    .arg(members_key)
-                    .arg(since)
-                    .arg("+inf")
-                    .clone(),
-            )
-            .await?;
-        members.sort();
-        Ok(members)
-    }
-
     /// Joins a group: refuses a subscription that differs from the live members' and an
     /// instance name that is already live.
     pub(crate) async fn join_group(
@@ -49,44 +31,36 @@ impl Shared {
         options: &ConsumerOptions,
     ) -> Result<()> {
         let members = self.keys.members(&sub.group, &sub.topic);
-        let live = self.live_members(&members).await?;
-        if live.contains(&options.instance) {
-            return Err(BrokerError::InvalidSubscription {
-                group: sub.group.clone(),
-                reason: format!("instance {:?} is already a live member", options.instance),
-            });
-        }
         let mine = describe(sub);
-        let stored: Option<String> = self
+        let now = self.clock.now_ms();
+        // One script: two instances starting together cannot both pass the checks.
+        let (code, stored): (i64, String) = self
             .redis
-            .query(
-                "reading the group's subscription",
-                ::redis::cmd("GET")
-                    .arg(self.keys.subscription(&sub.group, &sub.topic))
-                    .clone(),
+            .script(
+                "joining the group",
+                &scripts::JOIN,
+                vec![members, self.keys.subscription(&sub.group, &sub.topic)],
+                vec![
+                    options.instance.as_bytes().to_vec(),
+                    now.to_string().into_bytes(),
+                    now.saturating_sub(self.liveness_ms())
+                        .to_string()
+                        .into_bytes(),
+                    mine.as_bytes().to_vec(),
+                ],
             )
             .await?;
-        if let Some(stored) = stored.filter(|s| *s != mine) {
-            if !live.is_empty() {
-                return Err(BrokerError::InvalidSubscription {
-                    group: sub.group.clone(),
-                    reason: format!(
-                        "members of a group must subscribe identically: live members use {stored}, this one {mine}"
-                    ),
-                });
-            }
-        }
-        let mut pipe = ::redis::pipe();
-        pipe.cmd("SET")
-            .arg(self.keys.subscription(&sub.group, &sub.topic))
-            .arg(&mine)
-            .ignore()
-            .cmd("ZADD")
-            .arg(&members)
-            .arg(self.clock.now_ms())
-            .arg(&options.instance)
-            .ignore();
-        self.redis.pipe::<()>("joining the group", pipe).await
+        let reason = match code {
+            0 => return Ok(()),
+            1 => format!("instance {:?} is already a live member", options.instance),
+            _ => format!(
+                "members of a group must subscribe identically: live members use {stored}, this one {mine}"
+            ),
+        };
+        Err(BrokerError::InvalidSubscription {
+            group: sub.group.clone(),
+            reason,
+        })
     }
 
     /// Records that `instance` is alive and forgets members long gone.

@@ -59,12 +59,12 @@ impl Keys {
     /// Sorted set: live instances of a group on a topic, scored by their last heartbeat (ms).
     /// A group that subscribes to several topics has members per topic, as in RocketMQ.
     pub(crate) fn members(&self, group: &str, topic: &str) -> String {
-        format!("{}:group:{group}:{topic}:members", self.prefix)
+        format!("{}:group:{{{group}:{topic}}}:members", self.prefix)
     }
 
     /// String: the subscription a group's members on a topic share.
     pub(crate) fn subscription(&self, group: &str, topic: &str) -> String {
-        format!("{}:group:{group}:{topic}:subscription", self.prefix)
+        format!("{}:group:{{{group}:{topic}}}:subscription", self.prefix)
     }
 
     /// Hash: broadcasting member → its last heartbeat (ms); kept after the member leaves, so
@@ -144,6 +144,7 @@ mod tests {
             assert_eq!(tag(&key), "order:3", "{key}");
         }
         assert_eq!(tag(&k.half()), tag(&k.half_due()));
+        assert_eq!(tag(&k.members("g", "t")), tag(&k.subscription("g", "t")));
         assert_eq!(tag(&k.half()), tag(&k.half_lock("x")));
     }
 

@@ -61,6 +61,29 @@ return {#due, tonumber(nxt[2])}
     )
 });
 
+/// Joins a group. KEYS: members, subscription. ARGV: instance, now (ms), live since (ms),
+/// subscription. Returns {0, ""} when joined, {1, ""} if the instance is already live, {2,
+/// stored} if live members subscribe differently.
+pub(crate) static JOIN: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local live = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[3], '+inf')
+for _, m in ipairs(live) do
+  if m == ARGV[1] then
+    return {1, ''}
+  end
+end
+local stored = redis.call('GET', KEYS[2])
+if stored and stored ~= ARGV[4] and #live > 0 then
+  return {2, stored}
+end
+redis.call('SET', KEYS[2], ARGV[4])
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+return {0, ''}
+",
+    )
+});
+
 /// Takes or renews a lease. KEYS: lease. ARGV: owner, ttl (ms). Returns 1 if the caller holds it.
 pub(crate) static LEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(

@@ -41,6 +41,21 @@ impl Appender {
     }
 }
 
+/// Stores encoded messages in one `APPEND` call; returns their offsets.
+pub(crate) async fn append_now(
+    redis: &Redis,
+    clock: &Clock,
+    keys: &[String; 2],
+    blobs: Vec<Vec<u8>>,
+) -> Result<Vec<u64>> {
+    let mut args = Vec::with_capacity(blobs.len() + 1);
+    args.push(clock.now_ms().to_string().into_bytes());
+    args.extend(blobs);
+    redis
+        .script("storing messages", &scripts::APPEND, keys.to_vec(), args)
+        .await
+}
+
 async fn run(
     redis: Redis,
     clock: Clock,
@@ -59,16 +74,13 @@ async fn run(
                 Err(_) => break,
             }
         }
-        let mut args = Vec::with_capacity(count + 1);
-        args.push(clock.now_ms().to_string().into_bytes());
+        let mut blobs = Vec::with_capacity(count);
         let mut waiters = Vec::with_capacity(group.len());
-        for (blobs, done) in group {
-            waiters.push((blobs.len(), done));
-            args.extend(blobs);
+        for (request, done) in group {
+            waiters.push((request.len(), done));
+            blobs.extend(request);
         }
-        let stored: Result<Vec<u64>> = redis
-            .script("storing messages", &scripts::APPEND, keys.to_vec(), args)
-            .await;
+        let stored = append_now(&redis, &clock, &keys, blobs).await;
         match stored {
             Ok(offsets) => {
                 let mut offsets = offsets.into_iter();

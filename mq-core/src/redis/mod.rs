@@ -399,21 +399,11 @@ impl Shared {
         let multi_thread = tokio::runtime::Handle::try_current()
             .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
         if !multi_thread {
-            let mut args = Vec::with_capacity(blobs.len() + 1);
-            args.push(self.clock.now_ms().to_string().into_bytes());
-            args.extend(blobs);
-            let offsets: Vec<u64> = self
-                .redis
-                .script(
-                    "storing messages",
-                    &scripts::APPEND,
-                    vec![
-                        self.keys.stream(topic, queue),
-                        self.keys.counter(topic, queue),
-                    ],
-                    args,
-                )
-                .await?;
+            let keys = [
+                self.keys.stream(topic, queue),
+                self.keys.counter(topic, queue),
+            ];
+            let offsets = appender::append_now(&self.redis, &self.clock, &keys, blobs).await?;
             self.signal(topic).notify_waiters();
             return Ok(offsets);
         }

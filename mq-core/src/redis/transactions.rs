@@ -52,22 +52,7 @@ pub(crate) async fn prepare(
         message: Envelope::from_message(message).encode()?,
     };
     let due = shared.clock.now_ms() + shared.config.check.timeout.as_millis() as u64;
-    let mut pipe = ::redis::pipe();
-    pipe.atomic()
-        .cmd("HSET")
-        .arg(shared.keys.half())
-        .arg(&id)
-        .arg(encode(&half)?)
-        .ignore()
-        .cmd("ZADD")
-        .arg(shared.keys.half_due())
-        .arg(due)
-        .arg(&id)
-        .ignore();
-    shared
-        .redis
-        .pipe::<()>("storing a half message", pipe)
-        .await?;
+    store(shared, &id, &half, due).await?;
     shared.checker_wake.notify_waiters();
     Ok(Prepared {
         transaction: TransactionId(id),
@@ -263,36 +248,11 @@ async fn check(shared: &Shared, id: &str) -> Result<bool> {
                     "checks": half.checks,
                     "discarded_at_ms": shared.clock.now_ms(),
                 });
-                let _: () = shared
-                    .redis
-                    .query(
-                        "recording a discarded transaction",
-                        ::redis::cmd("RPUSH")
-                            .arg(shared.keys.half_discarded())
-                            .arg(note.to_string())
-                            .clone(),
-                    )
-                    .await?;
-                forget(shared, id).await?;
+                discard(shared, id, note).await?;
             }
             TxState::Unknown => {
                 let due = shared.clock.now_ms() + shared.config.check.interval.as_millis() as u64;
-                let mut pipe = ::redis::pipe();
-                pipe.atomic()
-                    .cmd("HSET")
-                    .arg(shared.keys.half())
-                    .arg(id)
-                    .arg(encode(&half)?)
-                    .ignore()
-                    .cmd("ZADD")
-                    .arg(shared.keys.half_due())
-                    .arg(due)
-                    .arg(id)
-                    .ignore();
-                shared
-                    .redis
-                    .pipe::<()>("rescheduling a check-back", pipe)
-                    .await?;
+                store(shared, id, &half, due).await?;
             }
         }
         Ok(true)
@@ -311,6 +271,11 @@ async fn discard_unreadable(shared: &Shared, id: &str, error: &BrokerError) -> R
         "reason": format!("unreadable: {error}"),
         "discarded_at_ms": shared.clock.now_ms(),
     });
+    discard(shared, id, note).await
+}
+
+/// Removes a half message, leaving `note` in the list of discarded transactions.
+async fn discard(shared: &Shared, id: &str, note: serde_json::Value) -> Result<()> {
     let _: () = shared
         .redis
         .query(
@@ -322,6 +287,26 @@ async fn discard_unreadable(shared: &Shared, id: &str, error: &BrokerError) -> R
         )
         .await?;
     forget(shared, id).await
+}
+
+/// Stores (or updates) a half message and its next check time, together.
+async fn store(shared: &Shared, id: &str, half: &Half, due: u64) -> Result<()> {
+    let mut pipe = ::redis::pipe();
+    pipe.atomic()
+        .cmd("HSET")
+        .arg(shared.keys.half())
+        .arg(id)
+        .arg(encode(half)?)
+        .ignore()
+        .cmd("ZADD")
+        .arg(shared.keys.half_due())
+        .arg(due)
+        .arg(id)
+        .ignore();
+    shared
+        .redis
+        .pipe::<()>("storing a half message", pipe)
+        .await
 }
 
 /// Due transactions read per page.

@@ -17,6 +17,16 @@ pub mod property {
     pub const LAST_FAILURE_TIME: &str = "mq.last-failure-time";
     /// What the last failure said.
     pub const LAST_ERROR: &str = "mq.last-error";
+
+    /// Every property above: what a dead letter loses when it is sent again as a fresh message.
+    pub(crate) const ALL: [&str; 6] = [
+        ORIGIN_TOPIC,
+        CONSUMER_GROUP,
+        ATTEMPTS,
+        FIRST_FAILURE_TIME,
+        LAST_FAILURE_TIME,
+        LAST_ERROR,
+    ];
 }
 
 /// A dead-lettered message of one group.

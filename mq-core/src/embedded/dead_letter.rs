@@ -146,14 +146,7 @@ impl DeadLetterBook {
             return Ok(false);
         }
         let mut view = dead.message;
-        for key in [
-            property::ORIGIN_TOPIC,
-            property::CONSUMER_GROUP,
-            property::ATTEMPTS,
-            property::FIRST_FAILURE_TIME,
-            property::LAST_FAILURE_TIME,
-            property::LAST_ERROR,
-        ] {
+        for key in property::ALL {
             view.properties.remove(key);
         }
         view.properties

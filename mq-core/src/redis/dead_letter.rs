@@ -179,14 +179,7 @@ pub(crate) async fn resend(shared: &Shared, group: &str, seq: u64) -> Result<boo
         return Ok(false);
     };
     let mut view = dead.message;
-    for k in [
-        property::ORIGIN_TOPIC,
-        property::CONSUMER_GROUP,
-        property::ATTEMPTS,
-        property::FIRST_FAILURE_TIME,
-        property::LAST_FAILURE_TIME,
-        property::LAST_ERROR,
-    ] {
+    for k in property::ALL {
         view.properties.remove(k);
     }
     let envelope = Envelope::from_view(&view, 0);

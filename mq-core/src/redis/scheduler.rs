@@ -40,21 +40,27 @@ pub(crate) async fn put(
         .await?;
     // The index names the queue after its set holds the message, so a scheduler that reads
     // the index finds it (see `reindex`).
-    let _: () = shared
-        .redis
-        .query(
-            "indexing a delayed queue",
-            ::redis::cmd("ZADD")
-                .arg(shared.keys.delay_index())
-                .arg("LT")
-                .arg(due_ms)
-                .arg(index_member(topic, queue))
-                .clone(),
-        )
-        .await?;
+    lower_index(shared, &index_member(topic, queue), due_ms).await?;
     shared.scheduler_wake.notify_waiters();
     let first = size.saturating_sub(count);
     Ok((first..size).collect())
+}
+
+/// Adds to `pipe` the command that lowers a queue's index score to `due` (or adds it).
+fn lower_index_cmd(pipe: &mut ::redis::Pipeline, shared: &Shared, member: &str, due: u64) {
+    pipe.cmd("ZADD")
+        .arg(shared.keys.delay_index())
+        .arg("LT")
+        .arg(due)
+        .arg(member)
+        .ignore();
+}
+
+/// Lowers a queue's index score to `due` (or adds it).
+async fn lower_index(shared: &Shared, member: &str, due: u64) -> Result<()> {
+    let mut pipe = ::redis::pipe();
+    lower_index_cmd(&mut pipe, shared, member, due);
+    shared.redis.pipe::<()>("indexing delays", pipe).await
 }
 
 /// Messages waiting in every delay set.
@@ -136,18 +142,7 @@ async fn reindex(shared: &Shared, topic: &str, queue: u32, next: i64) -> Result<
         .arg("WITHSCORES");
     let (head,): (Vec<(Vec<u8>, f64)>,) = shared.redis.pipe("indexing delays", pipe).await?;
     if let Some((_, due)) = head.first() {
-        let _: () = shared
-            .redis
-            .query(
-                "indexing delays",
-                ::redis::cmd("ZADD")
-                    .arg(shared.keys.delay_index())
-                    .arg("LT")
-                    .arg(*due as u64)
-                    .arg(&member)
-                    .clone(),
-            )
-            .await?;
+        lower_index(shared, &member, *due as u64).await?;
     }
     Ok(())
 }
@@ -228,12 +223,7 @@ async fn reconcile(shared: &Shared) -> Result<()> {
         for ((t, q), head) in chunk.iter().zip(heads) {
             if let Some((_, due)) = head.first() {
                 any = true;
-                fix.cmd("ZADD")
-                    .arg(shared.keys.delay_index())
-                    .arg("LT")
-                    .arg(*due as u64)
-                    .arg(index_member(t, *q))
-                    .ignore();
+                lower_index_cmd(&mut fix, shared, &index_member(t, *q), *due as u64);
             }
         }
         if any {

@@ -32,6 +32,14 @@ impl Clock {
         (self.now_ns() / 1_000_000) as u64
     }
 
+    /// The due time, in ms since the Unix epoch, of something `after` from now: the first whole
+    /// millisecond at or after that instant. `now_ms() + after` would fall due up to a
+    /// millisecond early, since `now_ms` rounds down.
+    pub fn due_after(&self, after: Duration) -> u64 {
+        let ms = (self.now_ns() + after.as_nanos()).div_ceil(1_000_000);
+        ms.min(u128::from(u64::MAX)) as u64
+    }
+
     fn now_ns(&self) -> u128 {
         self.anchor_ns + self.anchor.elapsed().as_nanos()
     }
@@ -60,6 +68,22 @@ impl Default for Clock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Whatever the sub-millisecond phase of the clock, a due time never comes before its
+    /// delay has passed, and never more than a millisecond after.
+    #[tokio::test(start_paused = true)]
+    async fn due_times_never_come_early() {
+        let clock = Clock::new();
+        let delay = Duration::from_millis(100);
+        for _ in 0..1000 {
+            let now = Instant::now();
+            let at = clock.instant_at(clock.due_after(delay));
+            assert!(at >= now + delay, "early by {:?}", now + delay - at);
+            assert!(at < now + delay + Duration::from_millis(1));
+            // 1 000 steps of 1.001 us visit every phase of a millisecond.
+            tokio::time::advance(Duration::from_nanos(1001)).await;
+        }
+    }
 
     #[tokio::test(start_paused = true)]
     async fn follows_the_paused_tokio_clock() {

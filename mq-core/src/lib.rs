@@ -36,6 +36,9 @@ pub mod dead_letter;
 pub mod delay;
 pub mod embedded;
 pub mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod message;
 mod rebalance;
 #[cfg(feature = "redis")]

@@ -38,7 +38,8 @@ impl Segment {
         Ok(Segment { base, path, file })
     }
 
-    fn len(&self) -> Result<u64> {
+    /// The file's length: where its data ends.
+    pub fn len(&self) -> Result<u64> {
         self.file
             .metadata()
             .map(|m| m.len())
@@ -119,6 +120,34 @@ impl CommitLog {
             segment_size,
             segments: RwLock::new(segments),
         })
+    }
+
+    /// The directory of the segment files.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Segment files missing between the oldest and the newest (retention only ever deletes
+    /// the oldest): each is reported under its own name.
+    pub fn missing_segments(&self) -> Vec<Corruption> {
+        let bases: Vec<u64> = self.segments.read().keys().copied().collect();
+        let mut out = Vec::new();
+        for pair in bases.windows(2) {
+            let mut base = pair[0] + self.segment_size;
+            while base < pair[1] {
+                let segment = self.dir.join(format!("{base:020}"));
+                let reason = "commit-log segment file missing: its records are lost".to_owned();
+                tracing::error!(segment = %segment.display(), %reason, "commit-log damage");
+                out.push(Corruption {
+                    segment,
+                    offset: 0,
+                    length: self.segment_size.min(pair[1] - base),
+                    reason,
+                });
+                base += self.segment_size;
+            }
+        }
+        out
     }
 
     /// The configured segment size.

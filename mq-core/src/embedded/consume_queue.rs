@@ -45,6 +45,11 @@ impl CqEntry {
         out.extend_from_slice(&self.store_timestamp.to_le_bytes());
     }
 
+    /// Whether this is the entry of a record lost to damage (or never written: zeros).
+    pub fn is_empty(&self) -> bool {
+        self.size == 0
+    }
+
     fn decode(b: &[u8]) -> Self {
         let mut p = [0u8; 8];
         p.copy_from_slice(&b[0..8]);
@@ -91,9 +96,15 @@ pub(crate) struct ConsumeQueue {
 
 impl ConsumeQueue {
     /// Opens (or creates) the index in `dir`, dropping a partly written last entry.
-    pub fn open(queue_id: u32, dir: &Path, per_segment: u64) -> Result<Self> {
+    ///
+    /// The index is derived data, so its damage is repaired here rather than trusted: a
+    /// segment longer than its capacity is cut to it, and everything after the first missing
+    /// or short segment is dropped (recovery rebuilds it from the commit log). What was
+    /// repaired is returned, so that recovery knows to rescan the whole log.
+    pub fn open(queue_id: u32, dir: &Path, per_segment: u64) -> Result<(Self, Vec<String>)> {
         fs::create_dir_all(dir).map_err(|e| BrokerError::io("create directory", dir, e))?;
-        let mut segments = BTreeMap::new();
+        let mut found = BTreeMap::new();
+        let mut damage = Vec::new();
         let entries = fs::read_dir(dir).map_err(|e| BrokerError::io("list directory", dir, e))?;
         for entry in entries {
             let entry = entry.map_err(|e| BrokerError::io("list directory", dir, e))?;
@@ -104,31 +115,71 @@ impl ConsumeQueue {
             else {
                 continue;
             };
-            segments.insert(first, Arc::new(open_segment(dir, first)?));
+            if first % per_segment != 0 {
+                damage.push(format!(
+                    "index segment {} does not start at a segment boundary; removed",
+                    entry.path().display()
+                ));
+                remove(&entry.path())?;
+                continue;
+            }
+            found.insert(first, Arc::new(open_segment(dir, first)?));
+        }
+        let capacity = per_segment * ENTRY_LEN as u64;
+        let mut segments = BTreeMap::new();
+        let mut expected = None;
+        let mut max = None;
+        for (first, seg) in found {
+            if max.is_some() || expected.is_some_and(|e| e != first) {
+                // After a hole nothing is trusted: recovery re-indexes it from the log.
+                damage.push(format!(
+                    "index segment {} follows a missing or short segment; removed",
+                    seg.path.display()
+                ));
+                remove(&seg.path)?;
+                continue;
+            }
+            let len = file_len(&seg)?;
+            let whole = (len - len % ENTRY_LEN as u64).min(capacity);
+            if len > capacity {
+                damage.push(format!(
+                    "index segment {} is longer than its {per_segment} entries; cut",
+                    seg.path.display()
+                ));
+            }
+            if whole != len {
+                seg.file
+                    .set_len(whole)
+                    .map_err(|e| BrokerError::io("truncate consume queue", &seg.path, e))?;
+            }
+            if whole < capacity {
+                // Only the last segment may be short; if another follows, it is dropped above.
+                max = Some(first + whole / ENTRY_LEN as u64);
+            }
+            expected = Some(first + per_segment);
+            segments.insert(first, seg);
         }
         if segments.is_empty() {
             segments.insert(0, Arc::new(open_segment(dir, 0)?));
         }
         let min = segments.keys().next().copied().unwrap_or(0);
-        let mut max = min;
-        if let Some(last) = segments.values().next_back() {
-            let len = file_len(last)?;
-            let whole = len - len % ENTRY_LEN as u64;
-            if whole != len {
-                last.file
-                    .set_len(whole)
-                    .map_err(|e| BrokerError::io("truncate consume queue", &last.path, e))?;
-            }
-            max = last.first + whole / ENTRY_LEN as u64;
-        }
-        Ok(ConsumeQueue {
-            queue_id,
-            dir: dir.to_owned(),
-            per_segment,
-            segments: RwLock::new(segments),
-            min_offset: AtomicU64::new(min),
-            max_offset: AtomicU64::new(max),
-        })
+        let max = max.or(expected).unwrap_or(min);
+        Ok((
+            ConsumeQueue {
+                queue_id,
+                dir: dir.to_owned(),
+                per_segment,
+                segments: RwLock::new(segments),
+                min_offset: AtomicU64::new(min),
+                max_offset: AtomicU64::new(max),
+            },
+            damage,
+        ))
+    }
+
+    /// The directory of this index.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// The offset of the oldest entry still stored.
@@ -182,12 +233,77 @@ impl ConsumeQueue {
             }
         };
         let seg_end = seg.first + self.per_segment;
+        if from >= seg_end {
+            // A missing segment (deleted under a running broker): nothing readable here.
+            return Err(BrokerError::io(
+                "read consume queue",
+                &self.dir,
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!("no index segment holds offset {from}"),
+                ),
+            ));
+        }
         let count = (end.min(seg_end) - from).min(max as u64) as usize;
         let mut buf = vec![0u8; count * ENTRY_LEN];
-        seg.file
-            .read_exact_at(&mut buf, (from - seg.first) * ENTRY_LEN as u64)
-            .map_err(|e| BrokerError::io("read consume queue", &seg.path, e))?;
+        let at = (from - seg.first) * ENTRY_LEN as u64;
+        // A file cut under a running broker reads short: serve what is there.
+        let mut filled = 0;
+        while filled < buf.len() {
+            match seg.file.read_at(&mut buf[filled..], at + filled as u64) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(BrokerError::io("read consume queue", &seg.path, e)),
+            }
+        }
+        buf.truncate(filled - filled % ENTRY_LEN);
         Ok(buf.chunks_exact(ENTRY_LEN).map(CqEntry::decode).collect())
+    }
+
+    /// Writes `entries` from `offset` on, which must not lie past [`max_offset`]
+    /// (Self::max_offset): recovery uses it to replace entries the commit log contradicts, to
+    /// restore entries below the oldest segment and to append. Before the writer starts only.
+    pub fn put(&self, offset: u64, entries: &[CqEntry]) -> Result<()> {
+        if offset > self.max_offset() {
+            return Err(BrokerError::io(
+                "write consume queue",
+                &self.dir,
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!(
+                        "offset {offset} lies past the end {} of the index",
+                        self.max_offset()
+                    ),
+                ),
+            ));
+        }
+        let mut encoded = Vec::with_capacity(entries.len() * ENTRY_LEN);
+        for e in entries {
+            e.encode(&mut encoded);
+        }
+        let mut at = offset;
+        let mut rest = &encoded[..];
+        while !rest.is_empty() {
+            let seg_first = at - at % self.per_segment;
+            let seg = self.segment_for_write(seg_first)?;
+            let room = (seg_first + self.per_segment - at) as usize * ENTRY_LEN;
+            let n = room.min(rest.len());
+            seg.file
+                .write_all_at(&rest[..n], (at - seg_first) * ENTRY_LEN as u64)
+                .map_err(|e| BrokerError::io("write consume queue", &seg.path, e))?;
+            rest = &rest[n..];
+            at += (n / ENTRY_LEN) as u64;
+        }
+        let first = offset - offset % self.per_segment;
+        if first < self.min_offset() {
+            // Entries of a new first segment before `offset` read as zeros: empty entries.
+            self.min_offset.store(first, Ordering::Release);
+        }
+        if at > self.max_offset() {
+            self.max_offset.store(at, Ordering::Release);
+        }
+        Ok(())
     }
 
     /// The entry at `offset`, if stored.
@@ -234,10 +350,18 @@ impl ConsumeQueue {
         Ok(())
     }
 
-    /// Forces the index files to disk.
-    pub fn sync(&self) -> Result<()> {
-        let last = self.segments.read().values().next_back().cloned();
-        if let Some(seg) = last {
+    /// Forces the index files to disk: the last segment, or every one after recovery
+    /// rewrote entries.
+    pub fn sync(&self, all: bool) -> Result<()> {
+        let segments: Vec<_> = {
+            let segments = self.segments.read();
+            if all {
+                segments.values().cloned().collect()
+            } else {
+                segments.values().next_back().cloned().into_iter().collect()
+            }
+        };
+        for seg in segments {
             seg.file
                 .sync_data()
                 .map_err(|e| BrokerError::io("sync consume queue", &seg.path, e))?;
@@ -288,6 +412,10 @@ fn open_segment(dir: &Path, first: u64) -> Result<CqSegment> {
     Ok(CqSegment { first, path, file })
 }
 
+fn remove(path: &Path) -> Result<()> {
+    fs::remove_file(path).map_err(|e| BrokerError::io("delete consume queue", path, e))
+}
+
 fn file_len(seg: &CqSegment) -> Result<u64> {
     seg.file
         .metadata()
@@ -311,7 +439,7 @@ mod tests {
     #[test]
     fn appends_across_segments_and_reads_back() {
         let dir = tempfile::tempdir().unwrap();
-        let cq = ConsumeQueue::open(0, dir.path(), 4).unwrap();
+        let (cq, _) = ConsumeQueue::open(0, dir.path(), 4).unwrap();
         let mut buf = Vec::new();
         for i in 0..10 {
             entry(i).encode(&mut buf);
@@ -332,7 +460,7 @@ mod tests {
         assert_eq!(cq.offset_for_timestamp(9999).unwrap(), 10);
 
         drop(cq);
-        let cq = ConsumeQueue::open(0, dir.path(), 4).unwrap();
+        let (cq, _) = ConsumeQueue::open(0, dir.path(), 4).unwrap();
         assert_eq!(cq.max_offset(), 10);
         cq.truncate(5).unwrap();
         assert_eq!(cq.max_offset(), 5);
@@ -345,7 +473,7 @@ mod tests {
     #[test]
     fn partial_entry_is_dropped_on_open() {
         let dir = tempfile::tempdir().unwrap();
-        let cq = ConsumeQueue::open(0, dir.path(), 100).unwrap();
+        let (cq, _) = ConsumeQueue::open(0, dir.path(), 100).unwrap();
         let mut buf = Vec::new();
         entry(0).encode(&mut buf);
         entry(1).encode(&mut buf);
@@ -355,7 +483,76 @@ mod tests {
         let f = OpenOptions::new().write(true).open(path).unwrap();
         f.write_all_at(&buf[ENTRY_LEN..], ENTRY_LEN as u64).unwrap();
         drop(cq);
-        let cq = ConsumeQueue::open(0, dir.path(), 100).unwrap();
+        let (cq, _) = ConsumeQueue::open(0, dir.path(), 100).unwrap();
         assert_eq!(cq.max_offset(), 1);
+    }
+
+    fn append(cq: &ConsumeQueue, range: std::ops::Range<u64>) {
+        let mut buf = Vec::new();
+        for i in range {
+            entry(i).encode(&mut buf);
+        }
+        cq.append(&buf).unwrap();
+    }
+
+    #[test]
+    fn damaged_segments_are_cut_and_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cq, damage) = ConsumeQueue::open(0, dir.path(), 4).unwrap();
+        assert!(damage.is_empty());
+        append(&cq, 0..14);
+        drop(cq);
+        let seg = |first: u64| dir.path().join(format!("{first:020}"));
+
+        // A short middle segment: everything after it goes, the rest stays readable.
+        let f = OpenOptions::new().write(true).open(seg(4)).unwrap();
+        f.set_len(2 * ENTRY_LEN as u64).unwrap();
+        drop(f);
+        let (cq, damage) = ConsumeQueue::open(0, dir.path(), 4).unwrap();
+        assert_eq!(damage.len(), 2, "{damage:?}");
+        assert_eq!(cq.max_offset(), 6);
+        assert_eq!(cq.read(4, 10).unwrap(), vec![entry(4), entry(5)]);
+        assert!(!seg(8).exists() && !seg(12).exists());
+        append(&cq, 6..14);
+        drop(cq);
+
+        // A segment longer than its capacity is cut to it.
+        let f = OpenOptions::new().write(true).open(seg(8)).unwrap();
+        f.write_all_at(&[7u8; ENTRY_LEN * 3], 4 * ENTRY_LEN as u64)
+            .unwrap();
+        drop(f);
+        let (cq, damage) = ConsumeQueue::open(0, dir.path(), 4).unwrap();
+        assert_eq!(damage.len(), 1, "{damage:?}");
+        assert_eq!(cq.max_offset(), 14);
+        assert_eq!(cq.read(8, 10).unwrap().len(), 4);
+        drop(cq);
+
+        // A missing middle segment.
+        std::fs::remove_file(seg(4)).unwrap();
+        let (cq, damage) = ConsumeQueue::open(0, dir.path(), 4).unwrap();
+        assert_eq!(damage.len(), 2, "{damage:?}");
+        assert_eq!(cq.max_offset(), 4);
+    }
+
+    #[test]
+    fn put_rewrites_entries_and_restores_a_lost_first_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cq, _) = ConsumeQueue::open(0, dir.path(), 4).unwrap();
+        append(&cq, 0..10);
+        drop(cq);
+        std::fs::remove_file(dir.path().join(format!("{:020}", 0))).unwrap();
+        let (cq, damage) = ConsumeQueue::open(0, dir.path(), 4).unwrap();
+        assert!(
+            damage.is_empty(),
+            "a missing first segment looks like retention"
+        );
+        assert_eq!((cq.min_offset(), cq.max_offset()), (4, 10));
+        cq.put(1, &[entry(1), entry(2), entry(3)]).unwrap();
+        assert_eq!(cq.min_offset(), 0);
+        assert_eq!(cq.read(0, 10).unwrap()[0], CqEntry::EMPTY);
+        assert_eq!(cq.read(1, 3).unwrap(), vec![entry(1), entry(2), entry(3)]);
+        cq.put(10, &[entry(10)]).unwrap();
+        assert_eq!(cq.max_offset(), 11);
+        assert!(cq.put(12, &[entry(12)]).is_err());
     }
 }

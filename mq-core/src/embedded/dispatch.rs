@@ -657,7 +657,7 @@ impl Groups {
                     p.window.push_back(Slot::Done);
                     continue;
                 };
-                let rec = match record {
+                let rec = match self.store.check_placement(cq, offset, record) {
                     Ok(rec) => rec,
                     Err(_) => {
                         // Reported by the store; a bad record is never served.
@@ -665,9 +665,7 @@ impl Groups {
                         continue;
                     }
                 };
-                if rec.placement.queue_offset != offset
-                    || !(retry || subscription.filter.matches(rec.message.tag.as_deref()))
-                {
+                if !(retry || subscription.filter.matches(rec.message.tag.as_deref())) {
                     p.window.push_back(Slot::Done);
                     continue;
                 }
@@ -713,9 +711,11 @@ impl Groups {
     ) -> Result<()> {
         let min_position = self.store.commit_log().min_position();
         let record = match cq.entry(offset)? {
-            Some(e) if e.size > 0 && e.position >= min_position => {
-                self.store.read_records(&[e]).pop()
-            }
+            Some(e) if e.size > 0 && e.position >= min_position => self
+                .store
+                .read_records(&[e])
+                .pop()
+                .map(|r| self.store.check_placement(cq, offset, r)),
             _ => None,
         };
         let token = self.next_id.fetch_add(1, Ordering::Relaxed);

@@ -1,5 +1,6 @@
 //! When appended bytes become durable: the flush policy and the checkpoint recovery starts from.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
 use std::time::Duration;
@@ -31,35 +32,56 @@ impl Default for FlushPolicy {
     }
 }
 
-/// The commit-log position below which every record is durable and indexed. Recovery
-/// re-indexes from here, so a stale checkpoint costs time, never data.
-pub(crate) struct Checkpoint;
+/// What the last sync made durable: the commit-log position below which every record is
+/// written and indexed, and how many entries each queue's index held then. Recovery re-indexes
+/// from the position; a queue whose index holds fewer entries than recorded was damaged and is
+/// rebuilt from the whole log. A missing or damaged checkpoint costs time (a full rescan),
+/// never data.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Checkpoint {
+    /// Commit-log position.
+    pub position: u64,
+    /// Per topic, the first and one past the last offset of each queue's index.
+    pub queues: BTreeMap<String, Vec<[u64; 2]>>,
+}
 
 impl Checkpoint {
-    /// Reads the checkpoint; a missing or damaged file means "start from the beginning".
-    pub fn read(path: &Path) -> u64 {
-        let Ok(bytes) = fs::read(path) else {
-            return 0;
+    /// Reads the checkpoint; `None` when it is missing or damaged (logged).
+    pub fn read(path: &Path) -> Option<Checkpoint> {
+        let bytes = match fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "checkpoint unreadable; recovering from the start of the log");
+                return None;
+            }
         };
-        if bytes.len() != 12 {
-            tracing::warn!(path = %path.display(), "checkpoint has the wrong size; recovering from the start");
-            return 0;
+        let Some(split) = bytes.len().checked_sub(4) else {
+            tracing::warn!(path = %path.display(), "checkpoint too short; recovering from the start of the log");
+            return None;
+        };
+        let (body, crc) = bytes.split_at(split);
+        let mut c = [0u8; 4];
+        c.copy_from_slice(crc);
+        if crc32c::crc32c(body) != u32::from_le_bytes(c) {
+            tracing::warn!(path = %path.display(), "checkpoint checksum mismatch; recovering from the start of the log");
+            return None;
         }
-        let mut pos = [0u8; 8];
-        pos.copy_from_slice(&bytes[0..8]);
-        let mut crc = [0u8; 4];
-        crc.copy_from_slice(&bytes[8..12]);
-        if crc32c::crc32c(&pos) != u32::from_le_bytes(crc) {
-            tracing::warn!(path = %path.display(), "checkpoint checksum mismatch; recovering from the start");
-            return 0;
+        match serde_json::from_slice(body) {
+            Ok(cp) => Some(cp),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "checkpoint undecodable; recovering from the start of the log");
+                None
+            }
         }
-        u64::from_le_bytes(pos)
     }
 
     /// Writes the checkpoint atomically (temporary file, fsync, rename).
-    pub fn write(path: &Path, position: u64) -> Result<()> {
-        let mut bytes = position.to_le_bytes().to_vec();
-        bytes.extend_from_slice(&crc32c::crc32c(&position.to_le_bytes()).to_le_bytes());
+    pub fn write(&self, path: &Path) -> Result<()> {
+        let mut bytes = serde_json::to_vec(self)
+            .map_err(|e| BrokerError::io("encode", path, std::io::Error::other(e)))?;
+        let crc = crc32c::crc32c(&bytes);
+        bytes.extend_from_slice(&crc.to_le_bytes());
         write_atomically(path, &bytes)
     }
 }
@@ -75,6 +97,12 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
         f.sync_all().map_err(|e| BrokerError::io("sync", &tmp, e))?;
     }
     fs::rename(&tmp, path).map_err(|e| BrokerError::io("rename", path, e))?;
+    // The rename itself is durable only once the directory is synced.
+    if let Some(dir) = path.parent() {
+        fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| BrokerError::io("sync directory", dir, e))?;
+    }
     Ok(())
 }
 
@@ -86,12 +114,20 @@ mod tests {
     fn checkpoint_round_trips_and_rejects_damage() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("checkpoint");
-        assert_eq!(Checkpoint::read(&path), 0);
-        Checkpoint::write(&path, 123_456).unwrap();
-        assert_eq!(Checkpoint::read(&path), 123_456);
+        assert_eq!(Checkpoint::read(&path), None);
+        let cp = Checkpoint {
+            position: 123_456,
+            queues: [("t".to_owned(), vec![[0, 3], [0, 0], [4, 7]])]
+                .into_iter()
+                .collect(),
+        };
+        cp.write(&path).unwrap();
+        assert_eq!(Checkpoint::read(&path), Some(cp));
         let mut bytes = fs::read(&path).unwrap();
-        bytes[0] ^= 1;
-        fs::write(&path, bytes).unwrap();
-        assert_eq!(Checkpoint::read(&path), 0);
+        bytes[3] ^= 1;
+        fs::write(&path, &bytes).unwrap();
+        assert_eq!(Checkpoint::read(&path), None);
+        fs::write(&path, &bytes[..2]).unwrap();
+        assert_eq!(Checkpoint::read(&path), None);
     }
 }

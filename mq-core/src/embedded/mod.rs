@@ -37,7 +37,8 @@ mod dead_letter;
 mod dispatch;
 mod flush;
 mod offsets;
-mod record;
+pub(crate) mod record;
+mod recovery;
 mod retention;
 mod retry;
 mod scheduler;
@@ -470,7 +471,8 @@ impl Broker for EmbeddedBroker {
         let topic = self.store.topic_for_send(&topic_name)?;
         let queue = topic.queue(&options.queue)?;
         if let Some(delay) = options.delay {
-            let now = self.clock.now_ms();
+            // Rounded up, so that a delay never falls due before it has passed.
+            let now = self.clock.due_after(Duration::ZERO);
             let due = self.store.config().delay.due_ms(delay, now)?;
             if due > now {
                 let mut results = Vec::with_capacity(messages.len());
@@ -557,7 +559,17 @@ impl Broker for EmbeddedBroker {
         options: ConsumerOptions,
     ) -> Result<Box<dyn Consumer>> {
         self.check_open()?;
-        Ok(Box::new(self.groups.join(subscription, options)?))
+        let consumer = self.groups.join(subscription, options)?;
+        // A new group's start point is saved before it is used: after a crash the group must
+        // resume there, not at a `consume-from: last` that has moved past what was sent.
+        let groups = self.groups.clone();
+        tokio::task::spawn_blocking(move || groups.persist())
+            .await
+            .map_err(|e| BrokerError::Backend {
+                backend: "embedded",
+                message: format!("saving the group's start failed: {e}"),
+            })??;
+        Ok(Box::new(consumer))
     }
 
     async fn lag(&self, group: &str, topic: &str) -> Result<Option<u64>> {

@@ -148,13 +148,6 @@ pub(crate) struct DecodedRecord {
     pub message: MessageView,
 }
 
-impl DecodedRecord {
-    /// The topic the record was stored under.
-    pub fn topic(&self) -> &str {
-        &self.message.topic
-    }
-}
-
 /// Verifies and decodes the record at the start of `buf`.
 ///
 /// Body bytes are shared with `buf`, not copied.

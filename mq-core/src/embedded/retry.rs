@@ -162,7 +162,8 @@ impl Groups {
                 },
                 &group.retry_topic,
                 retry_queue,
-                now_ms + after.as_millis() as u64,
+                // Rounded up: `now_ms` rounds down, and a retry must not come before its back-off.
+                self.clock.due_after(after),
             )
             .await?;
         self.settle(group, instance, receipt);
@@ -240,5 +241,90 @@ impl Groups {
             .await?;
         tracing::warn!(group = %group_name, topic = %origin, attempts = reconsume + 1, reason, "message dead-lettered");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::time::Duration;
+
+    use tokio::time::Instant;
+
+    use crate::broker::{Broker, ConsumerOptions, Failure, SendOptions};
+    use crate::delay::{Backoff, Delay};
+    use crate::embedded::{EmbeddedBroker, EmbeddedConfig};
+    use crate::message::Message;
+    use crate::subscription::{ConsumeFrom, Subscription};
+
+    /// A retry is not due a nanosecond before its back-off has passed, whatever the
+    /// sub-millisecond phase of the clock at the nack. The cause of the flake of
+    /// `short_backoff_in_real_time` ("retry 1 came after 99.94ms"): the due time was
+    /// `now_ms() + back-off`, and `now_ms` rounds down, so the retry fell due up to 1 ms early.
+    ///
+    /// Timers cannot show it (tokio rounds them up to whole milliseconds), so the clock is
+    /// stopped 1 ns short of the back-off and a delayed sentinel, due by then, makes the
+    /// scheduler look: everything due at that instant fires in the sentinel's round, so once
+    /// the sentinel is delivered the retry must still be pending. Two rounds half a
+    /// millisecond apart in phase, so that one of them has the clock off a millisecond
+    /// boundary (on one, the rounding loses nothing).
+    #[tokio::test(start_paused = true)]
+    async fn retry_is_not_due_before_its_backoff() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = EmbeddedBroker::open(EmbeddedConfig::new(dir.path()))
+            .await
+            .unwrap();
+        let backoff = Duration::from_millis(100);
+        let opts = ConsumerOptions::new()
+            .consume_from(ConsumeFrom::First)
+            .max_reconsume_times(100)
+            .backoff(Backoff {
+                steps: vec![backoff],
+            });
+        let consumer = broker
+            .subscribe(Subscription::new("phase", "g"), opts.clone())
+            .await
+            .unwrap();
+        let sentinel = broker
+            .subscribe(Subscription::new("sentinel", "g"), opts)
+            .await
+            .unwrap();
+        broker
+            .send(Message::new("phase", "x"), SendOptions::new())
+            .await
+            .unwrap();
+        let mut d = consumer.receive(1, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(d.len(), 1);
+        for shift in [Duration::ZERO, Duration::from_micros(500)] {
+            tokio::time::advance(shift).await;
+            let t0 = Instant::now();
+            consumer
+                .nack(&d[0].receipt, Failure::new("fail"))
+                .await
+                .unwrap();
+            broker
+                .send(
+                    Message::new("sentinel", "s"),
+                    SendOptions::new().delayed(Delay::After(backoff / 2)),
+                )
+                .await
+                .unwrap();
+            assert_eq!(broker.pending_delays(), 2);
+            tokio::time::advance(backoff - Duration::from_nanos(1)).await;
+            let s = sentinel.receive(1, Duration::from_secs(5)).await.unwrap();
+            assert_eq!(s.len(), 1, "the sentinel is due");
+            sentinel.ack(&[s[0].receipt.clone()]).await.unwrap();
+            assert_eq!(
+                broker.pending_delays(),
+                1,
+                "shifted {shift:?}: the retry fell due {:?} after the nack, before its back-off",
+                t0.elapsed()
+            );
+            d = consumer.receive(1, Duration::from_secs(5)).await.unwrap();
+            assert_eq!(d.len(), 1, "the retry comes when due");
+            assert!(t0.elapsed() >= backoff, "{:?}", t0.elapsed());
+        }
+        broker.shutdown().await.unwrap();
     }
 }

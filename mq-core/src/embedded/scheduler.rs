@@ -153,6 +153,9 @@ impl DelayScheduler {
         props.insert(REAL_TOPIC.into(), topic.to_owned());
         props.insert(REAL_QID.into(), queue.queue_id.to_string());
         props.insert(DUE.into(), due.to_string());
+        // The record belongs to the schedule, never to its destination: recovery indexes a
+        // record under the topic it names.
+        out.parts.topic = SCHEDULE_TOPIC.into();
         out.index_time = Some(due);
         let mut r = self.store.append(self.queue.clone(), vec![out]).await?;
         let mut result = r.pop().ok_or(BrokerError::Closed)?;
@@ -233,6 +236,17 @@ impl DelayScheduler {
                 continue;
             };
             let mut view = rec.message;
+            // The due time in the record wins over the index's copy, which could be damaged.
+            let recorded_due = view.properties.get(DUE).and_then(|d| d.parse::<u64>().ok());
+            if let Some(due) = recorded_due.filter(|d| *d > self.clock.now_ms()) {
+                tracing::error!(
+                    offset,
+                    due,
+                    "schedule index names an earlier due time than its record; the record wins"
+                );
+                self.pending.lock().heap.push(Reverse((due, offset)));
+                continue;
+            }
             let Some(topic) = view.properties.remove(REAL_TOPIC) else {
                 tracing::error!(offset, "scheduled record without a destination; skipped");
                 skipped.push(offset);

@@ -16,7 +16,7 @@ use super::commit_log::{CommitLog, Corruption, Segment};
 use super::consume_queue::{tag_code, ConsumeQueue, CqEntry};
 use super::flush::{write_atomically, Checkpoint, FlushPolicy};
 use super::record::{self, DecodedRecord, Placement};
-use super::system_topics;
+use super::recovery;
 use super::EmbeddedConfig;
 use crate::broker::{QueueSelector, SendResult};
 use crate::error::{BrokerError, Result};
@@ -25,6 +25,21 @@ use crate::message::{now_millis, MessageParts};
 thread_local! {
     /// Read buffer of [`MessageStore::read_records`], kept per thread (at most one span, 4 MiB).
     static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Most queues a topic may have.
+pub(crate) const MAX_QUEUES: u32 = 1024;
+/// Room for a record's header, topic, tag, keys and properties beyond the message size limit
+/// (the segment size must exceed the message limit by at least this much).
+pub(crate) const RECORD_OVERHEAD: usize = 64 * 1024;
+
+/// Whether `name` can be a topic's index directory (names come from disk, so are checked).
+fn valid_topic_dir(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= u8::MAX as usize
+        && name != "."
+        && name != ".."
+        && !name.contains(['/', '\0'])
 }
 
 /// The queues of one topic.
@@ -38,6 +53,12 @@ pub(crate) struct Topic {
 impl Topic {
     pub fn queue(&self, selector: &QueueSelector) -> Result<Arc<ConsumeQueue>> {
         let n = self.queues.len() as u32;
+        if n == 0 {
+            return Err(BrokerError::QueueNotFound {
+                topic: self.name.to_string(),
+                queue_id: 0,
+            });
+        }
         let id = match selector {
             QueueSelector::RoundRobin => self.next.fetch_add(1, Ordering::Relaxed) % n,
             QueueSelector::ShardingKey(key) => QueueSelector::queue_for_key(key, n),
@@ -130,13 +151,8 @@ impl MessageStore {
             let p = dir.join(sub);
             fs::create_dir_all(&p).map_err(|e| BrokerError::io("create directory", &p, e))?;
         }
-        let lock_path = dir.join("LOCK");
-        let lock = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| BrokerError::io("open", &lock_path, e))?;
+        // The directory itself is locked, so deleting a file cannot let a second process in.
+        let lock = fs::File::open(&dir).map_err(|e| BrokerError::io("open", &dir, e))?;
         if lock.try_lock().is_err() {
             return Err(BrokerError::Locked(dir));
         }
@@ -160,10 +176,27 @@ impl MessageStore {
             lock: Mutex::new(Some(lock)),
             config,
         };
-        for (name, count) in store.load_topic_table()? {
-            store.open_topic(&name, count)?;
+        let checkpoint = Checkpoint::read(&store.checkpoint_path());
+        let mut repairs = Vec::new();
+        for (name, count) in store.known_topics(checkpoint.as_ref()) {
+            repairs.extend(store.open_topic(&name, count)?.1);
         }
-        let end = store.recover()?;
+        for repair in &repairs {
+            tracing::error!(%repair, "damaged index repaired; it is rebuilt from the commit log");
+        }
+        let recovered = recovery::recover(&store, checkpoint, repairs)?;
+        let end = recovered.end;
+        if !recovered.corruptions.is_empty() {
+            tracing::warn!(
+                corruptions = recovered.corruptions.len(),
+                full_scan = recovered.full_scan,
+                "commit log recovered with damage"
+            );
+        }
+        store.corruptions.lock().extend(recovered.corruptions);
+        store.shared.dispatched.store(end, Ordering::Release);
+        store.save_topic_table()?;
+        store.sync_all(recovered.full_scan)?;
         let store = Arc::new(store);
         let writer = Writer {
             shared: store.shared.clone(),
@@ -174,6 +207,7 @@ impl MessageStore {
                 .ok_or(BrokerError::Closed)?,
             write_pos: end,
             buf: Vec::with_capacity(1 << 20),
+            record_limit: store.record_limit(),
             failed: None,
         };
         *store.writer_task.lock() = WriterSlot::Idle(Some((writer, rx)));
@@ -223,22 +257,94 @@ impl MessageStore {
         self.config.data_dir.join("config").join("topics.json")
     }
 
-    fn load_topic_table(&self) -> Result<Vec<(String, u32)>> {
+    fn checkpoint_path(&self) -> PathBuf {
+        self.config.data_dir.join("checkpoint")
+    }
+
+    /// The topics and queue counts to open: the topic table's, raised to what the index
+    /// directories and the checkpoint show, since the table is advisory (the log is the truth
+    /// and recovery adds what only the log knows). Damage to the table is reported.
+    fn known_topics(&self, checkpoint: Option<&Checkpoint>) -> Vec<(String, u32)> {
+        let mut known: HashMap<String, u32> = HashMap::new();
+        fn raise(known: &mut HashMap<String, u32>, name: &str, count: u32) {
+            let c = known.entry(name.to_owned()).or_insert(0);
+            *c = (*c).max(count);
+        }
         let path = self.topic_table_path();
         match fs::read(&path) {
-            Ok(bytes) => {
-                let table: HashMap<String, u32> = serde_json::from_slice(&bytes).map_err(|e| {
-                    BrokerError::io(
-                        "parse",
-                        &path,
-                        std::io::Error::new(std::io::ErrorKind::InvalidData, e),
-                    )
-                })?;
-                Ok(table.into_iter().collect())
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-            Err(e) => Err(BrokerError::io("read", &path, e)),
+            Ok(bytes) => match serde_json::from_slice::<HashMap<String, u32>>(&bytes) {
+                Ok(table) => {
+                    for (name, count) in table {
+                        if valid_topic_dir(&name) && (1..=MAX_QUEUES).contains(&count) {
+                            raise(&mut known, &name, count);
+                        } else {
+                            self.report_config_damage(
+                                &path,
+                                format!("topic {name:?} with {count} queues is not valid; taken from the indexes and the log instead"),
+                            );
+                        }
+                    }
+                }
+                Err(e) => self.report_config_damage(
+                    &path,
+                    format!("unreadable ({e}); topics are taken from the indexes and the log"),
+                ),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => self.report_config_damage(
+                &path,
+                format!("unreadable ({e}); topics are taken from the indexes and the log"),
+            ),
         }
+        let mut lagging = Vec::new();
+        let root = self.config.data_dir.join("consumequeue");
+        for topic in fs::read_dir(&root).into_iter().flatten().flatten() {
+            let Some(name) = topic.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            if !valid_topic_dir(&name) {
+                continue;
+            }
+            let count = fs::read_dir(topic.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|q| q.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
+                .filter(|id| *id < MAX_QUEUES)
+                .map(|id| id + 1)
+                .max();
+            if let Some(count) = count {
+                if known.get(&name).is_some_and(|c| *c < count) {
+                    lagging.push((name.clone(), count));
+                }
+                raise(&mut known, &name, count);
+            }
+        }
+        for (name, count) in lagging {
+            self.report_config_damage(
+                &path,
+                format!("topic {name:?} has index directories for {count} queues, more than the table says; all are kept"),
+            );
+        }
+        if let Some(cp) = checkpoint {
+            for (name, queues) in &cp.queues {
+                let count = queues.len().min(MAX_QUEUES as usize) as u32;
+                if valid_topic_dir(name) && count > 0 {
+                    raise(&mut known, name, count);
+                }
+            }
+        }
+        known.into_iter().collect()
+    }
+
+    fn report_config_damage(&self, path: &Path, reason: String) {
+        tracing::error!(path = %path.display(), %reason, "damaged broker configuration file");
+        self.corruptions.lock().push(Corruption {
+            segment: path.to_owned(),
+            offset: 0,
+            length: 0,
+            reason,
+        });
     }
 
     fn save_topic_table(&self) -> Result<()> {
@@ -254,21 +360,26 @@ impl MessageStore {
         write_atomically(&self.topic_table_path(), &bytes)
     }
 
-    fn open_topic(&self, name: &str, count: u32) -> Result<Arc<Topic>> {
+    /// Opens the topic's indexes (keeping those already open), with what opening repaired.
+    fn open_topic(&self, name: &str, count: u32) -> Result<(Arc<Topic>, Vec<String>)> {
         let name: Arc<str> = name.into();
+        let existing = self.topic(&name);
         let mut queues = Vec::with_capacity(count as usize);
+        let mut repairs = Vec::new();
         for id in 0..count {
+            if let Some(q) = existing.as_ref().and_then(|t| t.queues.get(id as usize)) {
+                queues.push(q.clone());
+                continue;
+            }
             let dir = self
                 .config
                 .data_dir
                 .join("consumequeue")
                 .join(&*name)
                 .join(id.to_string());
-            queues.push(Arc::new(ConsumeQueue::open(
-                id,
-                &dir,
-                self.config.consume_queue_entries,
-            )?));
+            let (cq, damage) = ConsumeQueue::open(id, &dir, self.config.consume_queue_entries)?;
+            repairs.extend(damage);
+            queues.push(Arc::new(cq));
         }
         let topic = Arc::new(Topic {
             name: name.clone(),
@@ -276,7 +387,39 @@ impl MessageStore {
             next: AtomicU32::new(0),
         });
         self.topics.write().insert(name, topic.clone());
-        Ok(topic)
+        Ok((topic, repairs))
+    }
+
+    /// The index a record read by recovery belongs to, opening or growing its topic (the topic
+    /// table lags the log if the process died right after a topic's first message). `None`
+    /// for a queue id no topic may have.
+    pub(crate) fn queue_for_recovery(
+        &self,
+        name: &str,
+        queue_id: u32,
+    ) -> Result<Option<Arc<ConsumeQueue>>> {
+        if queue_id >= MAX_QUEUES || !valid_topic_dir(name) {
+            return Ok(None);
+        }
+        if let Some(q) = self
+            .topic(name)
+            .and_then(|t| t.queues.get(queue_id as usize).cloned())
+        {
+            return Ok(Some(q));
+        }
+        let count = self.config.default_queues.max(queue_id + 1);
+        let count = self
+            .topic(name)
+            .map_or(count, |t| count.max(t.queues.len() as u32));
+        let (topic, _) = self.open_topic(name, count)?;
+        Ok(topic.queues.get(queue_id as usize).cloned())
+    }
+
+    /// The largest record the store writes or reads: a message of the largest size allowed
+    /// plus room for its header, keys and properties. Sizes read from disk are checked
+    /// against it before anything is allocated.
+    pub(crate) fn record_limit(&self) -> usize {
+        self.config.max_message_size + RECORD_OVERHEAD
     }
 
     /// The topic, if it exists.
@@ -298,12 +441,12 @@ impl MessageStore {
         if let Some(t) = self.topic(name) {
             return Ok(t);
         }
-        if count == 0 || count > 1024 {
+        if count == 0 || count > MAX_QUEUES {
             return Err(BrokerError::InvalidConfig(format!(
                 "topic {name:?}: queue count must be 1 to 1024, not {count}"
             )));
         }
-        let topic = self.open_topic(name, count)?;
+        let (topic, _) = self.open_topic(name, count)?;
         self.save_topic_table()?;
         tracing::info!(topic = name, queues = count, "topic created");
         Ok(topic)
@@ -318,91 +461,6 @@ impl MessageStore {
             }
             None => Err(BrokerError::TopicNotFound(name.to_owned())),
         }
-    }
-
-    /// Re-indexes the records after the checkpoint and cuts a torn tail. Returns the end.
-    fn recover(&self) -> Result<u64> {
-        let checkpoint_path = self.config.data_dir.join("checkpoint");
-        let from = Checkpoint::read(&checkpoint_path).max(self.shared.commit_log.min_position());
-        let mut pending: HashMap<(Arc<str>, u32), Vec<u8>> = HashMap::new();
-        let mut next_offsets: HashMap<(Arc<str>, u32), u64> = HashMap::new();
-        let mut gaps = Vec::new();
-        let (report, end) = self.shared.commit_log.recover(from, |rec, size| {
-            let topic = match self.topic(rec.topic()) {
-                Some(t) if (rec.placement.queue_id as usize) < t.queues.len() => t,
-                _ => {
-                    // The topic table lags the log only if the process died right after the
-                    // topic's first message: recreate it big enough for this queue.
-                    let count = self.config.default_queues.max(rec.placement.queue_id + 1);
-                    self.open_topic(rec.topic(), count)?
-                }
-            };
-            let cq = &topic.queues[rec.placement.queue_id as usize];
-            let key = (topic.name.clone(), cq.queue_id);
-            let next = next_offsets
-                .entry(key.clone())
-                .or_insert_with(|| cq.max_offset());
-            let off = rec.placement.queue_offset;
-            if off < *next {
-                return Ok(());
-            }
-            if off > *next {
-                // Records in between were lost to damage: keep the offsets aligned with empty
-                // entries, which consumers skip, rather than renumber what follows.
-                gaps.push((rec.placement.position, *next, off));
-                let entries = pending.entry(key.clone()).or_default();
-                for _ in *next..off {
-                    CqEntry::EMPTY.encode(entries);
-                }
-                *next = off;
-            }
-            CqEntry {
-                position: rec.placement.position,
-                size,
-                tag_code: tag_code(rec.message.tag.as_deref()),
-                store_timestamp: system_topics::index_time(
-                    &rec.message,
-                    rec.placement.store_timestamp,
-                ),
-            }
-            .encode(pending.entry(key).or_default());
-            *next += 1;
-            Ok(())
-        })?;
-        for ((topic, queue_id), bytes) in pending {
-            if let Some(t) = self.topic(&topic) {
-                t.queues[queue_id as usize].append(&bytes)?;
-            }
-        }
-        for (position, from, to) in gaps {
-            tracing::error!(position, from, to, "queue offsets lost to damage; skipped");
-        }
-        // Index entries that point past the recovered end belong to a torn write.
-        for topic in self.topics() {
-            for cq in &topic.queues {
-                let mut max = cq.max_offset();
-                while max > cq.min_offset() {
-                    match cq.entry(max - 1)? {
-                        Some(e) if e.position + u64::from(e.size) > end => max -= 1,
-                        _ => break,
-                    }
-                }
-                cq.truncate(max)?;
-            }
-        }
-        self.save_topic_table()?;
-        if report.truncated_bytes > 0 || !report.corruptions.is_empty() {
-            tracing::warn!(
-                truncated_bytes = report.truncated_bytes,
-                corruptions = report.corruptions.len(),
-                "commit log recovered with damage"
-            );
-        }
-        tracing::debug!(from, end, records = report.records, "commit log recovered");
-        self.corruptions.lock().extend(report.corruptions);
-        self.shared.dispatched.store(end, Ordering::Release);
-        Checkpoint::write(&checkpoint_path, end)?;
-        Ok(end)
     }
 
     /// Appends messages of one topic to one queue; resolves once stored as the flush policy
@@ -505,6 +563,7 @@ impl MessageStore {
         const MAX_SPAN: u64 = 4 * 1024 * 1024;
         let mut out = Vec::with_capacity(entries.len());
         let mut i = 0;
+        let limit = self.record_limit() as u64;
         while i < entries.len() {
             if entries[i].size == 0 {
                 out.push(Err(BrokerError::Corrupt {
@@ -512,6 +571,17 @@ impl MessageStore {
                     offset: 0,
                     source: crate::error::RecordError::Malformed("index entry of a lost record"),
                 }));
+                i += 1;
+                continue;
+            }
+            if u64::from(entries[i].size) > limit {
+                // A size read from disk is never trusted with an allocation.
+                out.push(self.check(Err(self.corrupt_at(
+                    entries[i].position,
+                    crate::error::RecordError::Malformed(
+                        "index entry names a size beyond the record limit",
+                    ),
+                ))));
                 i += 1;
                 continue;
             }
@@ -525,7 +595,7 @@ impl MessageStore {
             let mut j = i + 1;
             while j < entries.len() {
                 let e = entries[j];
-                if e.size == 0 {
+                if e.size == 0 || u64::from(e.size) > limit {
                     break;
                 }
                 let e_end = e.position + u64::from(e.size);
@@ -586,6 +656,43 @@ impl MessageStore {
         out
     }
 
+    fn corrupt_at(&self, position: u64, source: crate::error::RecordError) -> BrokerError {
+        let (segment, offset) = match self.shared.commit_log.segment_of(position) {
+            Some(s) => (s.path.clone(), position - s.base),
+            None => (self.shared.commit_log.dir().to_owned(), position),
+        };
+        BrokerError::Corrupt {
+            segment,
+            offset,
+            source,
+        }
+    }
+
+    /// Checks that a record read through the index of `queue` at `offset` is that record:
+    /// an index entry pointing at another valid record is damage, reported and not served.
+    pub fn check_placement(
+        &self,
+        queue: &ConsumeQueue,
+        offset: u64,
+        result: Result<DecodedRecord>,
+    ) -> Result<DecodedRecord> {
+        match result {
+            Ok(rec)
+                if rec.placement.queue_id != queue.queue_id
+                    || rec.placement.queue_offset != offset =>
+            {
+                let position = rec.placement.position;
+                self.check(Err(self.corrupt_at(
+                    position,
+                    crate::error::RecordError::Malformed(
+                        "index entry points at a record of another queue or offset",
+                    ),
+                )))
+            }
+            other => other,
+        }
+    }
+
     fn check(&self, result: Result<DecodedRecord>) -> Result<DecodedRecord> {
         if let Err(BrokerError::Corrupt {
             segment,
@@ -628,17 +735,48 @@ impl MessageStore {
             // Nothing written since the last sync: an idle broker does not fsync.
             return Ok(());
         }
+        self.sync_to(pos, false)?;
+        *synced = Some(pos);
+        Ok(())
+    }
+
+    /// Syncs everything recovery wrote (every index segment after a full rescan).
+    fn sync_all(&self, all_segments: bool) -> Result<()> {
+        let mut synced = self.sync_lock.lock();
+        let pos = self.dispatched();
+        self.sync_to(pos, all_segments)?;
+        *synced = Some(pos);
+        Ok(())
+    }
+
+    fn sync_to(&self, pos: u64, all_segments: bool) -> Result<()> {
+        // Entry counts are taken before the syncs, so every entry they count is on disk
+        // once the checkpoint names them.
+        let mut queues = std::collections::BTreeMap::new();
+        let topics = self.topics();
+        for topic in &topics {
+            queues.insert(
+                topic.name.to_string(),
+                topic
+                    .queues
+                    .iter()
+                    .map(|q| [q.min_offset(), q.max_offset()])
+                    .collect(),
+            );
+        }
         if let Some(seg) = self.shared.commit_log.last_segment() {
             sync_segment(&seg)?;
         }
-        for topic in self.topics() {
+        for topic in &topics {
             for cq in &topic.queues {
-                cq.sync()?;
+                cq.sync(all_segments)?;
             }
         }
-        Checkpoint::write(&self.config.data_dir.join("checkpoint"), pos)?;
-        *synced = Some(pos);
-        Ok(())
+        Checkpoint {
+            position: pos,
+            queues,
+        }
+        .write(&self.checkpoint_path())
     }
 
     /// Stops the writer after it has stored everything queued before, then syncs.
@@ -703,6 +841,8 @@ struct Writer {
     active: Arc<Segment>,
     write_pos: u64,
     buf: Vec<u8>,
+    /// The largest record written (see [`MessageStore::record_limit`]).
+    record_limit: usize,
     /// Set after an I/O failure: the writer refuses appends until the store is reopened, so
     /// that recovery, not guesswork, decides what the log holds.
     failed: Option<String>,
@@ -809,13 +949,14 @@ impl Writer {
                 }
             };
             // A request is stored whole or not at all.
-            let too_big = req.messages.iter().find(|out| {
-                record::encoded_len(&out.parts).is_none_or(|l| l as u64 > segment_size)
-            });
+            let too_big = req
+                .messages
+                .iter()
+                .find(|out| record::encoded_len(&out.parts).is_none_or(|l| l > self.record_limit));
             if let Some(out) = too_big {
                 results.push(Err(BrokerError::InvalidConfig(format!(
-                    "a record of topic {:?} does not fit a commit-log segment of {segment_size} bytes",
-                    out.parts.topic
+                    "a record of topic {:?} exceeds the record limit of {} bytes",
+                    out.parts.topic, self.record_limit
                 ))));
                 continue;
             }

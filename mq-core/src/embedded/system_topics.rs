@@ -60,6 +60,19 @@ pub(crate) fn user_view(mut view: MessageView) -> MessageView {
     view
 }
 
+/// The topic whose index a stored record belongs to. A record waiting in the schedule names
+/// the schedule; one written before that rule (its real topic in the record, the schedule's
+/// reserved properties beside it) is still a schedule record, never one of the real topic.
+pub(crate) fn stored_topic(view: &MessageView) -> &str {
+    if !view.topic.starts_with('%')
+        && view.properties.contains_key(DUE)
+        && view.properties.contains_key(REAL_TOPIC)
+    {
+        return SCHEDULE_TOPIC;
+    }
+    &view.topic
+}
+
 /// The index time of a stored record: the due time for a delayed one.
 pub(crate) fn index_time(view: &MessageView, store_timestamp: u64) -> u64 {
     view.properties

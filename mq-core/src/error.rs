@@ -117,6 +117,17 @@ pub enum BrokerError {
         /// Why it is refused.
         reason: String,
     },
+    /// A member with this instance name is live in the group already (a second process
+    /// under the same name, or a dead one whose liveness has not yet run out).
+    #[error(
+        "invalid subscription for group {group:?}: instance {instance:?} is already a live member"
+    )]
+    InstanceTaken {
+        /// The consumer group.
+        group: String,
+        /// The instance name.
+        instance: String,
+    },
     /// A configuration value that the broker cannot work with.
     #[error("invalid broker configuration: {0}")]
     InvalidConfig(String),

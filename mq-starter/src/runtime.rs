@@ -2,20 +2,20 @@
 //! shuts down gracefully.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use mq_core::embedded::{EmbeddedBroker, EmbeddedConfig, FlushPolicy};
 use mq_core::redis::{RedisBroker, RedisConfig};
 use mq_core::{
-    Backoff, Broker, BrokerError, CheckPolicy, ConsumeFrom, ConsumerOptions, DelayPolicy,
-    Subscription, TagFilter,
+    Backoff, Broker, BrokerError, CheckPolicy, ConsumeFrom, Consumer, ConsumerOptions, DelayPolicy,
+    MessageModel, Subscription, TagFilter,
 };
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::config::{
     parse_durations, parse_mode, parse_model, resolve_placeholders, BrokerKind, ConfigError,
-    Configuration, ConsumeFromSetting, FlushMode, IdempotencyStoreKind, MqSettings,
+    Configuration, ConsumeFromSetting, FlushMode, IdempotencyStoreKind, InstanceName, MqSettings,
 };
 use crate::context::{AppContext, States};
 use crate::idempotency::{IdempotencyError, IdempotencyStore, MemoryStore, RedisStore};
@@ -156,6 +156,7 @@ impl MqApplication {
                     .command_timeout(settings.producer.send_timeout)
                     .poll_interval(r.poll_interval)
                     .heartbeat_interval(r.heartbeat_interval)
+                    .broadcast_reserve(r.broadcast_reserve)
                     .delay_policy(delay)
                     .check_policy(check);
                 Ok(RedisBroker::connect(config).await?)
@@ -215,8 +216,22 @@ impl MqApplication {
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
         let mut started = Vec::new();
+        let start = Start {
+            instance: settings
+                .instance_name
+                .clone()
+                .unwrap_or_else(|| InstanceName::default_for(broker.backend())),
+            at: SystemTime::now(),
+            // On Redis a member killed without leaving stays live for three heartbeats; a
+            // broadcasting listener restarted under its name waits that out (and a bit).
+            live_wait: if broker.backend() == "redis" {
+                settings.broker.redis.heartbeat_interval * 4
+            } else {
+                Duration::ZERO
+            },
+        };
         for reg in registry::listeners() {
-            let Some(resolved) = resolve(&self.config, &settings, reg)? else {
+            let Some(resolved) = resolve(&self.config, &settings, &start, reg)? else {
                 tracing::info!(listener = reg.name, "listener disabled by configuration");
                 continue;
             };
@@ -235,13 +250,27 @@ impl MqApplication {
                     model: resolved.model,
                     mode: resolved.mode,
                 };
-                let consumer = broker
-                    .subscribe(subscription, resolved.options.clone())
-                    .await
-                    .map_err(|e| StartError::Listener {
-                        name: reg.name.into(),
-                        message: e.to_string(),
-                    })?;
+                let consumer = join(
+                    &broker,
+                    subscription,
+                    resolved.options.clone(),
+                    if resolved.model == MessageModel::Broadcasting {
+                        start.live_wait
+                    } else {
+                        Duration::ZERO
+                    },
+                )
+                .await
+                .map_err(|e| StartError::Listener {
+                    name: reg.name.into(),
+                    message: match resolved.model {
+                        MessageModel::Broadcasting if already_live(&e) => format!(
+                            "{e}: another consumer uses broadcasting instance name {:?}; give each process (mq.instance-name) or listener (mq.listeners.{}.instance-name) a name of its own",
+                            resolved.options.instance, reg.name
+                        ),
+                        _ => e.to_string(),
+                    },
+                })?;
                 tracing::info!(
                     listener = reg.name,
                     module = reg.module,
@@ -250,6 +279,8 @@ impl MqApplication {
                     tags = %resolved.filter,
                     model = ?resolved.model,
                     mode = ?resolved.mode,
+                    instance = %resolved.options.instance,
+                    consume_from = ?resolved.options.consume_from,
                     concurrency = resolved.concurrency,
                     batch = ?resolved.batch,
                     max_reconsume_times = resolved.options.max_reconsume_times,
@@ -354,6 +385,55 @@ async fn track_lag(
     }
 }
 
+/// What every listener of one start shares.
+struct Start {
+    /// The application's broadcasting instance name.
+    instance: InstanceName,
+    /// The start-up time, from which `consume-timestamp: 30m` counts back.
+    at: SystemTime,
+    /// How long a broadcasting listener waits for a dead predecessor of its name to stop
+    /// counting as live.
+    live_wait: Duration,
+}
+
+/// Whether the broker refused a member because its instance name is live in the group.
+fn already_live(e: &BrokerError) -> bool {
+    matches!(e, BrokerError::InstanceTaken { .. })
+}
+
+/// Subscribes; while the instance name is still live in the group, retries for up to `wait`
+/// (a process killed without leaving, restarted under the same name).
+async fn join(
+    broker: &Arc<dyn Broker>,
+    subscription: Subscription,
+    options: ConsumerOptions,
+    wait: Duration,
+) -> Result<Box<dyn Consumer>, BrokerError> {
+    let give_up = tokio::time::Instant::now() + wait;
+    let pause = (wait / 8).max(Duration::from_millis(50));
+    let mut told = false;
+    loop {
+        match broker
+            .subscribe(subscription.clone(), options.clone())
+            .await
+        {
+            Err(e) if already_live(&e) && tokio::time::Instant::now() + pause <= give_up => {
+                if !told {
+                    tracing::info!(
+                        group = %subscription.group,
+                        topic = %subscription.topic,
+                        instance = %options.instance,
+                        "instance name still live in the group (a previous run that did not stop cleanly?); waiting for it to expire"
+                    );
+                    told = true;
+                }
+                tokio::time::sleep(pause).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// A listener's attribute values after placeholders and configuration overrides.
 struct Resolved {
     topics: Vec<String>,
@@ -369,6 +449,7 @@ struct Resolved {
 fn resolve(
     config: &Configuration,
     settings: &MqSettings,
+    start: &Start,
     reg: &ListenerRegistration,
 ) -> Result<Option<Resolved>, StartError> {
     let context = format!("listener {}", reg.name);
@@ -441,10 +522,22 @@ fn resolve(
             message: m,
         })
     })?;
-    let options = ConsumerOptions::new()
-        .consume_from(match settings.consumer.consume_from {
+    let from = overrides
+        .consume_from
+        .unwrap_or(settings.consumer.consume_from);
+    let timestamp = overrides
+        .consume_timestamp
+        .or(settings.consumer.consume_timestamp);
+    if timestamp.is_some() && from != ConsumeFromSetting::Timestamp {
+        tracing::warn!(listener = reg.name, consume_from = ?from, "consume-timestamp is set but consume-from is not timestamp; it is ignored");
+    }
+    let mut options = ConsumerOptions::new()
+        .consume_from(match from {
             ConsumeFromSetting::Last => ConsumeFrom::Last,
             ConsumeFromSetting::First => ConsumeFrom::First,
+            ConsumeFromSetting::Timestamp => {
+                ConsumeFrom::Timestamp(timestamp.unwrap_or_default().resolve(start.at))
+            }
         })
         .consume_timeout(consume_timeout)
         .max_reconsume_times(max_reconsume_times)
@@ -454,6 +547,13 @@ fn resolve(
             (concurrency * batch.unwrap_or(1))
                 .max(mq_core::broker::DEFAULT_MAX_IN_FLIGHT_PER_QUEUE),
         );
+    // Broadcasting progress is kept per instance name, so it must survive a restart. A
+    // clustering member keeps the unique default: its group's progress does not depend on the
+    // name, and a restarted process never waits for its dead predecessor to expire.
+    if model == MessageModel::Broadcasting {
+        let name = overrides.instance_name.as_ref().unwrap_or(&start.instance);
+        options = options.instance(name.as_str());
+    }
     Ok(Some(Resolved {
         topics,
         group,

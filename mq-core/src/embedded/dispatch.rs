@@ -332,9 +332,9 @@ impl Groups {
                 });
             }
             if inner.members.contains_key(&options.instance) {
-                return Err(BrokerError::InvalidSubscription {
+                return Err(BrokerError::InstanceTaken {
                     group: subscription.group.clone(),
-                    reason: format!("instance {:?} is already a live member", options.instance),
+                    instance: options.instance.clone(),
                 });
             }
             let start = |index: usize, instance: Option<&str>| -> Result<u64> {

@@ -52,7 +52,12 @@ impl Shared {
             .await?;
         let reason = match code {
             0 => return Ok(()),
-            1 => format!("instance {:?} is already a live member", options.instance),
+            1 => {
+                return Err(BrokerError::InstanceTaken {
+                    group: sub.group.clone(),
+                    instance: options.instance.clone(),
+                })
+            }
             _ => format!(
                 "members of a group must subscribe identically: live members use {stored}, this one {mine}"
             ),

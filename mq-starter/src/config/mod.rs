@@ -4,7 +4,9 @@
 mod loader;
 mod placeholders;
 mod settings;
+mod values;
 
 pub use loader::{ConfigError, Configuration};
 pub use placeholders::resolve_placeholders;
 pub use settings::*;
+pub use values::{ConsumeTimestamp, InstanceName};

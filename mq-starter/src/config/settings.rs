@@ -9,6 +9,8 @@ use serde::Deserialize;
 
 use mq_core::subscription::{ConsumeMode, MessageModel};
 
+use super::values::{ConsumeTimestamp, InstanceName};
+
 /// Everything under `mq:`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
@@ -26,6 +28,9 @@ pub struct MqSettings {
     /// How long shutdown waits for handlers in flight.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// The name broadcasting listeners keep their progress under; `None`:
+    /// [`InstanceName::default_for`] the backend.
+    pub instance_name: Option<InstanceName>,
 }
 
 impl Default for MqSettings {
@@ -37,6 +42,7 @@ impl Default for MqSettings {
             idempotency: IdempotencySettings::default(),
             listeners: BTreeMap::new(),
             shutdown_timeout: Duration::from_secs(30),
+            instance_name: None,
         }
     }
 }
@@ -154,6 +160,10 @@ pub struct RedisSettings {
     /// How often members heartbeat; three missed heartbeats and a member is gone.
     #[serde(with = "humantime_serde")]
     pub heartbeat_interval: Duration,
+    /// A broadcasting member unseen this long loses its progress (so it stops holding back
+    /// trimming).
+    #[serde(with = "humantime_serde")]
+    pub broadcast_reserve: Duration,
 }
 
 impl Default for RedisSettings {
@@ -163,6 +173,7 @@ impl Default for RedisSettings {
             prefix: "mq".into(),
             poll_interval: mq_core::redis::DEFAULT_POLL_INTERVAL,
             heartbeat_interval: mq_core::redis::DEFAULT_HEARTBEAT_INTERVAL,
+            broadcast_reserve: mq_core::redis::DEFAULT_BROADCAST_RESERVE,
         }
     }
 }
@@ -193,13 +204,29 @@ impl Default for ProducerSettings {
 
 /// Where a group with no stored progress starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "kebab-case")]
+#[serde(try_from = "String")]
 pub enum ConsumeFromSetting {
     /// New messages only (RocketMQ's default).
     #[default]
     Last,
     /// Everything still stored.
     First,
+    /// The first message stored at or after `consume-timestamp`.
+    Timestamp,
+}
+
+impl TryFrom<String> for ConsumeFromSetting {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        // By hand: the configuration's own enum error does not say which values there are.
+        match s.as_str() {
+            "last" => Ok(ConsumeFromSetting::Last),
+            "first" => Ok(ConsumeFromSetting::First),
+            "timestamp" => Ok(ConsumeFromSetting::Timestamp),
+            other => Err(format!("expected last, first or timestamp, got {other:?}")),
+        }
+    }
 }
 
 /// `mq.consumer`: defaults of every listener.
@@ -218,8 +245,10 @@ pub struct ConsumerSettings {
     pub suspend_current_queue_time: Duration,
     /// Back-off before each retry, as durations separated by blanks.
     pub backoff: String,
-    /// `last` or `first`.
+    /// `last`, `first` or `timestamp`.
     pub consume_from: ConsumeFromSetting,
+    /// Where `consume-from: timestamp` starts; `None`: half an hour before start-up.
+    pub consume_timestamp: Option<ConsumeTimestamp>,
 }
 
 impl Default for ConsumerSettings {
@@ -231,6 +260,7 @@ impl Default for ConsumerSettings {
             suspend_current_queue_time: mq_core::broker::DEFAULT_SUSPEND_CURRENT_QUEUE_TIME,
             backoff: "10s 30s 1m 2m 3m 4m 5m 6m 7m 8m 9m 10m 20m 30m 1h 2h".into(),
             consume_from: ConsumeFromSetting::Last,
+            consume_timestamp: None,
         }
     }
 }
@@ -292,6 +322,12 @@ pub struct ListenerSettings {
     /// Consume timeout.
     #[serde(default, with = "humantime_serde::option")]
     pub consume_timeout: Option<Duration>,
+    /// Where the listener's group starts if it has no stored progress.
+    pub consume_from: Option<ConsumeFromSetting>,
+    /// Where `consume-from: timestamp` starts.
+    pub consume_timestamp: Option<ConsumeTimestamp>,
+    /// The instance name of a broadcasting listener.
+    pub instance_name: Option<InstanceName>,
 }
 
 /// Parses `1s 5s 10s` into durations.

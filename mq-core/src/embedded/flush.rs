@@ -41,6 +41,9 @@ impl Default for FlushPolicy {
 pub(crate) struct Checkpoint {
     /// Commit-log position.
     pub position: u64,
+    /// The commit-log position where the oldest segment retention kept starts.
+    #[serde(default)]
+    pub log_start: u64,
     /// Per topic, the first and one past the last offset of each queue's index.
     pub queues: BTreeMap<String, Vec<[u64; 2]>>,
 }
@@ -117,6 +120,7 @@ mod tests {
         assert_eq!(Checkpoint::read(&path), None);
         let cp = Checkpoint {
             position: 123_456,
+            log_start: 0,
             queues: [("t".to_owned(), vec![[0, 3], [0, 0], [4, 7]])]
                 .into_iter()
                 .collect(),

@@ -56,6 +56,22 @@ pub(crate) fn recover(
         why_full.push("commit-log segments are missing".into());
     }
     let durable = checkpoint.as_ref().map_or(0, |c| c.position);
+    let log_start = checkpoint.as_ref().map_or(0, |c| c.log_start);
+    if checkpoint.is_some() && log.min_position() > log_start {
+        // Segments below the oldest one left were not deleted by retention.
+        let segment = log.dir().join(format!("{log_start:020}"));
+        let reason = format!(
+            "commit-log segments from position {log_start} to {} are missing: their records are lost",
+            log.min_position()
+        );
+        tracing::error!(segment = %segment.display(), %reason, "commit-log damage");
+        corruptions.push(Corruption {
+            segment,
+            offset: 0,
+            length: log.min_position() - log_start,
+            reason,
+        });
+    }
     match &checkpoint {
         None => why_full.push("no valid checkpoint".into()),
         Some(cp) => {
@@ -164,7 +180,7 @@ fn implausible(cq: &ConsumeQueue, log_end: u64, limit: usize) -> Result<Option<S
             )));
         }
         for (i, e) in entries.iter().enumerate() {
-            if e.is_empty() {
+            if *e == CqEntry::EMPTY {
                 continue;
             }
             let end = e.position.checked_add(u64::from(e.size));

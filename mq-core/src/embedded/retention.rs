@@ -62,6 +62,9 @@ pub(crate) fn run(
         if !old_enough {
             break;
         }
+        // The checkpoint learns the new start first: a segment missing below the start it
+        // names is one retention deleted, any other missing one is a loss.
+        store.raise_log_start(seg.base + size)?;
         if store.commit_log().remove(seg.base)? {
             tracing::info!(segment = %seg.path.display(), "commit-log segment deleted by retention");
             deleted += 1;

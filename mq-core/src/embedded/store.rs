@@ -128,6 +128,8 @@ pub(crate) struct MessageStore {
     /// The writer task, and before it starts, its state and inbox.
     writer_task: Mutex<WriterSlot>,
     corruptions: Mutex<Vec<Corruption>>,
+    /// Where retention lets the commit log start (see [`MessageStore::raise_log_start`]).
+    log_start: AtomicU64,
     /// The position of the last checkpoint; one sync at a time, since the periodic flush and a
     /// shutdown would race on the checkpoint file.
     sync_lock: Mutex<Option<u64>>,
@@ -172,11 +174,19 @@ impl MessageStore {
             writer: tx,
             writer_task: Mutex::new(WriterSlot::Idle(None)),
             corruptions: Mutex::new(Vec::new()),
+            log_start: AtomicU64::new(0),
             sync_lock: Mutex::new(None),
             lock: Mutex::new(Some(lock)),
             config,
         };
         let checkpoint = Checkpoint::read(&store.checkpoint_path());
+        store.log_start.store(
+            checkpoint
+                .as_ref()
+                .map_or(0, |c| c.log_start)
+                .max(store.shared.commit_log.min_position()),
+            Ordering::Release,
+        );
         let mut repairs = Vec::new();
         for (name, count) in store.known_topics(checkpoint.as_ref()) {
             repairs.extend(store.open_topic(&name, count)?.1);
@@ -774,9 +784,19 @@ impl MessageStore {
         }
         Checkpoint {
             position: pos,
+            log_start: self.log_start.load(Ordering::Acquire),
             queues,
         }
         .write(&self.checkpoint_path())
+    }
+
+    /// Records, durably, that retention is about to delete the segments below `start`.
+    pub(crate) fn raise_log_start(&self, start: u64) -> Result<()> {
+        let _one_at_a_time = self.sync_lock.lock();
+        if self.log_start.fetch_max(start, Ordering::AcqRel) >= start {
+            return Ok(());
+        }
+        self.sync_to(self.dispatched(), false)
     }
 
     /// Stops the writer after it has stored everything queued before, then syncs.

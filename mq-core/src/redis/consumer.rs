@@ -366,11 +366,17 @@ impl RedisConsumer {
             for p in &pending.ids {
                 cmd.arg(&p.id);
             }
-            let claimed: StreamClaimReply = self
+            // Sent once, and `unsure` until its reply is in: a lost reply leaves the claimed
+            // entries pending here, and only `recover` finds them.
+            let was_unsure = std::mem::replace(&mut st.unsure[i], true);
+            let mut pipe = ::redis::pipe();
+            pipe.add_command(cmd);
+            let (claimed,): (StreamClaimReply,) = self
                 .shared
                 .redis
-                .query("taking over a dead member's entries", cmd)
+                .pipe_once("taking over a dead member's entries", pipe)
                 .await?;
+            st.unsure[i] = was_unsure;
             tracing::info!(
                 group = %self.subscription.group,
                 from = %c.name,
@@ -476,22 +482,23 @@ impl RedisConsumer {
             if !st.owned[i] {
                 continue;
             }
-            let reply: StreamAutoClaimReply = self
+            // Sent once, as the claim of a dead member's entries (see `take_over_source`).
+            let was_unsure = std::mem::replace(&mut st.unsure[i], true);
+            let mut pipe = ::redis::pipe();
+            pipe.cmd("XAUTOCLAIM")
+                .arg(&self.sources[i].stream)
+                .arg(&self.rgroup)
+                .arg(&self.options.instance)
+                .arg(idle)
+                .arg("0-0")
+                .arg("COUNT")
+                .arg(CLAIM_BATCH);
+            let (reply,): (StreamAutoClaimReply,) = self
                 .shared
                 .redis
-                .query(
-                    "redelivering timed-out entries",
-                    ::redis::cmd("XAUTOCLAIM")
-                        .arg(&self.sources[i].stream)
-                        .arg(&self.rgroup)
-                        .arg(&self.options.instance)
-                        .arg(idle)
-                        .arg("0-0")
-                        .arg("COUNT")
-                        .arg(CLAIM_BATCH)
-                        .clone(),
-                )
+                .pipe_once("redelivering timed-out entries", pipe)
                 .await?;
+            st.unsure[i] = was_unsure;
             let mut timed_out = Vec::new();
             for e in reply.claimed {
                 let Some(offset) = offset_of(&e.id) else {
@@ -741,7 +748,17 @@ impl RedisConsumer {
                 .arg(&self.sources[*i].stream)
                 .arg(">");
         }
-        let replies: Vec<Value> = self.shared.reader.pipe("reading messages", pipe).await?;
+        // Not repeated on a dropped connection: a second read would hand out later entries
+        // while the first one's stay pending here unknown. They stay `unsure`, and the next
+        // pass reads them back first (and reports an outage, if it is one).
+        let replies: Vec<Value> = match self.shared.reader.pipe_once("reading messages", pipe).await
+        {
+            Ok(replies) => replies,
+            Err(e) => {
+                tracing::warn!(group = %self.subscription.group, error = %e, "a read failed; its entries are recovered on the next pass");
+                return Ok(());
+            }
+        };
         for ((i, _), reply) in ready_reads.iter().zip(replies) {
             let entries = entries_of(reply);
             self.enqueue(st, *i, entries, true).await?;
@@ -943,7 +960,8 @@ impl RedisConsumer {
             .properties
             .insert(property::LAST_ERROR.into(), failure.reason.clone());
         let retry_stream = &self.sources[self.retry_source()];
-        let due = now_ms + after.as_millis() as u64;
+        // Rounded up: `now_ms` rounds down, and a retry must not come before its back-off.
+        let due = self.shared.clock.due_after(after);
         if after.is_zero() {
             self.shared
                 .append(&retry_stream.topic, 0, vec![envelope.encode()?])

@@ -46,6 +46,12 @@ pub(crate) fn backend_error(what: &str, e: impl std::fmt::Display) -> BrokerErro
     }
 }
 
+/// Whether an error says the command never ran, so that even a command that is not safe to
+/// repeat may be sent again.
+fn never_ran(e: &RedisError) -> bool {
+    e.is_connection_refusal() || e.code() == Some("LOADING") || e.code() == Some("TRYAGAIN")
+}
+
 /// Whether an error means "not reachable right now" rather than "the command is wrong".
 fn is_transient(e: &RedisError) -> bool {
     e.is_io_error()
@@ -99,6 +105,21 @@ impl Redis {
         F: Fn(ConnectionManager) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = std::result::Result<T, RedisError>> + Send + 'static,
     {
+        self.run_retrying(what, f, is_transient).await
+    }
+
+    /// Runs `f`, retrying the errors `retry` accepts while the timeout lasts.
+    async fn run_retrying<T, F, Fut>(
+        &self,
+        what: &'static str,
+        f: F,
+        retry: fn(&RedisError) -> bool,
+    ) -> Result<T>
+    where
+        T: Send + 'static,
+        F: Fn(ConnectionManager) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<T, RedisError>> + Send + 'static,
+    {
         let conn = self.conn.clone();
         let timeout = self.timeout;
         let url = self.url.clone();
@@ -107,7 +128,7 @@ impl Redis {
             loop {
                 match f(conn.clone()).await {
                     Ok(v) => return Ok(v),
-                    Err(e) if is_transient(&e) && tokio::time::Instant::now() < deadline => {
+                    Err(e) if retry(&e) && tokio::time::Instant::now() < deadline => {
                         tracing::debug!(error = %e, what, "redis unreachable, retrying");
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
@@ -134,6 +155,30 @@ impl Redis {
             let cmd = cmd.clone();
             async move { cmd.query_async(&mut c).await }
         })
+        .await
+    }
+
+    /// Runs a pipeline that must not run twice, such as `XREADGROUP ... >` or `XCLAIM`, which
+    /// hand entries to the caller: retried only when it certainly did not run, so a reply lost
+    /// on a dropped connection is an error the caller recovers from (by reading its own
+    /// pending entries) instead of a second read that hands out later entries in its place.
+    pub(crate) async fn pipe_once<T>(
+        &self,
+        what: &'static str,
+        pipe: ::redis::Pipeline,
+    ) -> Result<T>
+    where
+        T: FromRedisValue + Send + 'static,
+    {
+        let pipe = Arc::new(pipe);
+        self.run_retrying(
+            what,
+            move |mut c| {
+                let pipe = pipe.clone();
+                async move { pipe.query_async(&mut c).await }
+            },
+            never_ran,
+        )
         .await
     }
 

@@ -451,7 +451,8 @@ impl Shared {
                 )));
             }
         }
-        let now = self.clock.now_ms();
+        // Rounded up, so that a delay never falls due before it has passed.
+        let now = self.clock.due_after(Duration::ZERO);
         let due = match options.delay {
             Some(d) => Some(self.config.delay.due_ms(d, now)?).filter(|due| *due > now),
             None => None,

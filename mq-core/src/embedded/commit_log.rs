@@ -6,7 +6,7 @@
 //! ends at its file length.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -28,12 +28,7 @@ pub(crate) struct Segment {
 impl Segment {
     fn open(dir: &Path, base: u64, create: bool) -> Result<Self> {
         let path = dir.join(format!("{base:020}"));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(create)
-            .truncate(false)
-            .open(&path)
+        let file = super::io::open(&path, create)
             .map_err(|e| BrokerError::io("open segment", &path, e))?;
         Ok(Segment { base, path, file })
     }
@@ -196,7 +191,7 @@ impl CommitLog {
             segments.remove(&base)
         };
         if let Some(seg) = seg {
-            fs::remove_file(&seg.path)
+            super::io::remove(&seg.path)
                 .map_err(|e| BrokerError::io("delete segment", &seg.path, e))?;
             return Ok(true);
         }
@@ -359,11 +354,9 @@ impl CommitLog {
             } else {
                 report.damage(seg, off, seg_len - off, reason, "the log is cut there");
             }
-            seg.file
-                .set_len(off)
+            super::io::set_len(&seg.file, &seg.path, off)
                 .map_err(|e| BrokerError::io("truncate segment", &seg.path, e))?;
-            seg.file
-                .sync_all()
+            super::io::sync(&seg.file, &seg.path)
                 .map_err(|e| BrokerError::io("sync segment", &seg.path, e))?;
             report.truncated_bytes += seg_len - off;
         } else {

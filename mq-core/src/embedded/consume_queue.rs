@@ -7,7 +7,7 @@
 //! of a fixed number of entries, named after the queue offset of their first entry.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -92,6 +92,9 @@ pub(crate) struct ConsumeQueue {
     segments: RwLock<BTreeMap<u64, Arc<CqSegment>>>,
     min_offset: AtomicU64,
     max_offset: AtomicU64,
+    /// Segments written since the last sync: an index that moved on to a new segment must
+    /// still sync the end of the one before.
+    dirty: parking_lot::Mutex<Vec<Arc<CqSegment>>>,
 }
 
 impl ConsumeQueue {
@@ -148,8 +151,7 @@ impl ConsumeQueue {
                 ));
             }
             if whole != len {
-                seg.file
-                    .set_len(whole)
+                super::io::set_len(&seg.file, &seg.path, whole)
                     .map_err(|e| BrokerError::io("truncate consume queue", &seg.path, e))?;
             }
             if whole < capacity {
@@ -172,6 +174,7 @@ impl ConsumeQueue {
                 segments: RwLock::new(segments),
                 min_offset: AtomicU64::new(min),
                 max_offset: AtomicU64::new(max),
+                dirty: parking_lot::Mutex::new(Vec::new()),
             },
             damage,
         ))
@@ -200,9 +203,13 @@ impl ConsumeQueue {
             let seg = self.segment_for_write(seg_first)?;
             let room = (seg_first + self.per_segment - offset) as usize * ENTRY_LEN;
             let n = room.min(encoded.len());
-            seg.file
-                .write_all_at(&encoded[..n], (offset - seg_first) * ENTRY_LEN as u64)
-                .map_err(|e| BrokerError::io("write consume queue", &seg.path, e))?;
+            super::io::write_at(
+                &seg.file,
+                &seg.path,
+                &encoded[..n],
+                (offset - seg_first) * ENTRY_LEN as u64,
+            )
+            .map_err(|e| BrokerError::io("write consume queue", &seg.path, e))?;
             encoded = &encoded[n..];
             offset += (n / ENTRY_LEN) as u64;
         }
@@ -211,11 +218,19 @@ impl ConsumeQueue {
     }
 
     fn segment_for_write(&self, first: u64) -> Result<Arc<CqSegment>> {
-        if let Some(seg) = self.segments.read().get(&first) {
-            return Ok(seg.clone());
+        let existing = self.segments.read().get(&first).cloned();
+        let seg = match existing {
+            Some(seg) => seg,
+            None => {
+                let seg = Arc::new(open_segment(&self.dir, first)?);
+                self.segments.write().insert(first, seg.clone());
+                seg
+            }
+        };
+        let mut dirty = self.dirty.lock();
+        if !dirty.iter().any(|d| Arc::ptr_eq(d, &seg)) {
+            dirty.push(seg.clone());
         }
-        let seg = Arc::new(open_segment(&self.dir, first)?);
-        self.segments.write().insert(first, seg.clone());
         Ok(seg)
     }
 
@@ -289,9 +304,13 @@ impl ConsumeQueue {
             let seg = self.segment_for_write(seg_first)?;
             let room = (seg_first + self.per_segment - at) as usize * ENTRY_LEN;
             let n = room.min(rest.len());
-            seg.file
-                .write_all_at(&rest[..n], (at - seg_first) * ENTRY_LEN as u64)
-                .map_err(|e| BrokerError::io("write consume queue", &seg.path, e))?;
+            super::io::write_at(
+                &seg.file,
+                &seg.path,
+                &rest[..n],
+                (at - seg_first) * ENTRY_LEN as u64,
+            )
+            .map_err(|e| BrokerError::io("write consume queue", &seg.path, e))?;
             rest = &rest[n..];
             at += (n / ENTRY_LEN) as u64;
         }
@@ -336,14 +355,12 @@ impl ConsumeQueue {
         let doomed: Vec<u64> = segments.range(offset + 1..).map(|(k, _)| *k).collect();
         for first in doomed {
             if let Some(seg) = segments.remove(&first) {
-                fs::remove_file(&seg.path)
-                    .map_err(|e| BrokerError::io("delete consume queue", &seg.path, e))?;
+                remove(&seg.path)?;
             }
         }
         if let Some((_, seg)) = segments.range(..=offset).next_back() {
             let len = (offset - seg.first) * ENTRY_LEN as u64;
-            seg.file
-                .set_len(len)
+            super::io::set_len(&seg.file, &seg.path, len)
                 .map_err(|e| BrokerError::io("truncate consume queue", &seg.path, e))?;
         }
         self.max_offset.store(offset, Ordering::Release);
@@ -353,17 +370,12 @@ impl ConsumeQueue {
     /// Forces the index files to disk: the last segment, or every one after recovery
     /// rewrote entries.
     pub fn sync(&self, all: bool) -> Result<()> {
-        let segments: Vec<_> = {
-            let segments = self.segments.read();
-            if all {
-                segments.values().cloned().collect()
-            } else {
-                segments.values().next_back().cloned().into_iter().collect()
-            }
-        };
+        let mut segments = std::mem::take(&mut *self.dirty.lock());
+        if all {
+            segments = self.segments.read().values().cloned().collect();
+        }
         for seg in segments {
-            seg.file
-                .sync_data()
+            super::io::sync(&seg.file, &seg.path)
                 .map_err(|e| BrokerError::io("sync consume queue", &seg.path, e))?;
         }
         Ok(())
@@ -391,8 +403,7 @@ impl ConsumeQueue {
                 break;
             }
             self.segments.write().remove(&first);
-            fs::remove_file(&seg.path)
-                .map_err(|e| BrokerError::io("delete consume queue", &seg.path, e))?;
+            remove(&seg.path)?;
             self.min_offset
                 .store(first + self.per_segment, Ordering::Release);
         }
@@ -402,18 +413,13 @@ impl ConsumeQueue {
 
 fn open_segment(dir: &Path, first: u64) -> Result<CqSegment> {
     let path = dir.join(format!("{first:020}"));
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
+    let file = super::io::open(&path, true)
         .map_err(|e| BrokerError::io("open consume queue", &path, e))?;
     Ok(CqSegment { first, path, file })
 }
 
 fn remove(path: &Path) -> Result<()> {
-    fs::remove_file(path).map_err(|e| BrokerError::io("delete consume queue", path, e))
+    super::io::remove(path).map_err(|e| BrokerError::io("delete consume queue", path, e))
 }
 
 fn file_len(seg: &CqSegment) -> Result<u64> {
@@ -426,6 +432,7 @@ fn file_len(seg: &CqSegment) -> Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::OpenOptions;
 
     fn entry(i: u64) -> CqEntry {
         CqEntry {

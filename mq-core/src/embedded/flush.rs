@@ -93,13 +93,11 @@ impl Checkpoint {
 pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp");
     {
-        use std::io::Write;
-        let mut f = fs::File::create(&tmp).map_err(|e| BrokerError::io("create", &tmp, e))?;
-        f.write_all(bytes)
-            .map_err(|e| BrokerError::io("write", &tmp, e))?;
-        f.sync_all().map_err(|e| BrokerError::io("sync", &tmp, e))?;
+        let f = super::io::create_new(&tmp).map_err(|e| BrokerError::io("create", &tmp, e))?;
+        super::io::write_at(&f, &tmp, bytes, 0).map_err(|e| BrokerError::io("write", &tmp, e))?;
+        super::io::sync(&f, &tmp).map_err(|e| BrokerError::io("sync", &tmp, e))?;
     }
-    fs::rename(&tmp, path).map_err(|e| BrokerError::io("rename", path, e))?;
+    super::io::rename(&tmp, path).map_err(|e| BrokerError::io("rename", path, e))?;
     // The rename itself is durable only once the directory is synced.
     if let Some(dir) = path.parent() {
         fs::File::open(dir)

@@ -36,6 +36,7 @@ mod consume_queue;
 mod dead_letter;
 mod dispatch;
 mod flush;
+mod io;
 mod offsets;
 pub(crate) mod record;
 mod recovery;
@@ -54,6 +55,8 @@ use async_trait::async_trait;
 
 pub use commit_log::Corruption;
 pub use flush::{FlushPolicy, DEFAULT_FLUSH_INTERVAL};
+#[cfg(feature = "testkit")]
+pub use io::{IoOp, Recorder};
 pub use retention::RetentionReport;
 pub use transactions::DiscardedTransaction;
 

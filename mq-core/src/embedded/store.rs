@@ -843,9 +843,7 @@ impl MessageStore {
 }
 
 fn sync_segment(seg: &Segment) -> Result<()> {
-    seg.file
-        .sync_data()
-        .map_err(|e| BrokerError::io("sync segment", &seg.path, e))
+    super::io::sync(&seg.file, &seg.path).map_err(|e| BrokerError::io("sync segment", &seg.path, e))
 }
 
 enum WriterSlot {
@@ -1058,11 +1056,13 @@ impl Writer {
         if self.buf.is_empty() {
             return Ok(());
         }
-        use std::os::unix::fs::FileExt;
-        self.active
-            .file
-            .write_all_at(&self.buf, buf_start - self.active.base)
-            .map_err(|e| BrokerError::io("write segment", &self.active.path, e))?;
+        super::io::write_at(
+            &self.active.file,
+            &self.active.path,
+            &self.buf,
+            buf_start - self.active.base,
+        )
+        .map_err(|e| BrokerError::io("write segment", &self.active.path, e))?;
         if sync {
             sync_segment(&self.active)?;
         }

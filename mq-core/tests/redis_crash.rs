@@ -993,7 +993,6 @@ async fn redis_kill_loop() {
     show("corrupt", &v.corrupt);
     show("out of order", &v.out_of_order);
     assert!(v.messages > 0, "the clients sent nothing");
-    assert_eq!(ledger.starts, kills, "a client did not start");
     let clean = v.lost.is_empty()
         && v.early.is_empty()
         && v.unsent.is_empty()

@@ -196,8 +196,15 @@ impl ConsumeQueue {
     }
 
     /// Appends encoded entries starting at [`max_offset`](Self::max_offset). Writer only.
-    pub fn append(&self, mut encoded: &[u8]) -> Result<()> {
-        let mut offset = self.max_offset();
+    pub fn append(&self, encoded: &[u8]) -> Result<()> {
+        let end = self.write_encoded(self.max_offset(), encoded)?;
+        self.max_offset.store(end, Ordering::Release);
+        Ok(())
+    }
+
+    /// Writes encoded entries from `offset` on, segment by segment. Returns the offset after
+    /// the last one.
+    fn write_encoded(&self, mut offset: u64, mut encoded: &[u8]) -> Result<u64> {
         while !encoded.is_empty() {
             let seg_first = offset - offset % self.per_segment;
             let seg = self.segment_for_write(seg_first)?;
@@ -213,8 +220,7 @@ impl ConsumeQueue {
             encoded = &encoded[n..];
             offset += (n / ENTRY_LEN) as u64;
         }
-        self.max_offset.store(offset, Ordering::Release);
-        Ok(())
+        Ok(offset)
     }
 
     fn segment_for_write(&self, first: u64) -> Result<Arc<CqSegment>> {
@@ -297,23 +303,7 @@ impl ConsumeQueue {
         for e in entries {
             e.encode(&mut encoded);
         }
-        let mut at = offset;
-        let mut rest = &encoded[..];
-        while !rest.is_empty() {
-            let seg_first = at - at % self.per_segment;
-            let seg = self.segment_for_write(seg_first)?;
-            let room = (seg_first + self.per_segment - at) as usize * ENTRY_LEN;
-            let n = room.min(rest.len());
-            super::io::write_at(
-                &seg.file,
-                &seg.path,
-                &rest[..n],
-                (at - seg_first) * ENTRY_LEN as u64,
-            )
-            .map_err(|e| BrokerError::io("write consume queue", &seg.path, e))?;
-            rest = &rest[n..];
-            at += (n / ENTRY_LEN) as u64;
-        }
+        let at = self.write_encoded(offset, &encoded)?;
         let first = offset - offset % self.per_segment;
         if first < self.min_offset() {
             // Entries of a new first segment before `offset` read as zeros: empty entries.

@@ -92,13 +92,20 @@ const DRAIN_IDLE_MS: u64 = 3000;
 fn config(dir: &Path, flush: FlushPolicy) -> EmbeddedConfig {
     // Small segments and index files so that every run crosses several boundaries, yet not so
     // small that the long form's thousands of files exhaust the fd limit (the broker keeps
-    // every segment open: 128 KiB / 64 entries reached 20,000 fds after ~150 kills). Check-back
-    // is quick so that unanswered halves resolve within a run or two; never discarded.
+    // every segment open: 128 KiB / 64 entries reached 20,000 fds after ~150 kills, 256 KiB /
+    // 256 entries after ~310; the long form's data grows past 2 GiB, so it takes larger
+    // files). Check-back is quick so that unanswered halves resolve within a run or two;
+    // never discarded.
+    let (segment, entries) = if kills_from_env() > SHORT_KILLS * 4 {
+        (4 * 1024 * 1024, 4096)
+    } else {
+        (256 * 1024, 256)
+    };
     EmbeddedConfig::new(dir)
         .flush(flush)
         .max_message_size(16 * 1024)
-        .segment_size(256 * 1024)
-        .consume_queue_entries(256)
+        .segment_size(segment)
+        .consume_queue_entries(entries)
         .check_policy(CheckPolicy {
             timeout: Duration::from_millis(1000),
             interval: Duration::from_millis(1000),

@@ -154,10 +154,8 @@ cases! {
     /// intact in the commit log, are never served; the index is not rebuilt from the log.
     recovery_cq_segment_deleted: "recovery" / "cq-segment-deleted";
     /// Four bytes flipped across the first two entries of a consume-queue segment: the
-    /// message behind the damaged entry is reported but not served, though its commit-log
-    /// record is intact.
-    #[ignore = "open (issue 10): an entry whose position is moved a few bytes inside the log \
-                looks plausible; the read reports it but nothing re-finds the record"]
+    /// message behind the damaged entry was reported but not served, though its commit-log
+    /// record is intact (now the read re-finds the record in the log).
     recovery_cq_entry_flipped: "recovery" / "cq-entry-flipped";
     /// Entry 5 of an index segment gets position byte 7 = 1 and size bytes 0..3 = 0 (an
     /// entry pointing far past the log): the message is skipped silently (no corruption

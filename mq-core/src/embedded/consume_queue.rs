@@ -284,7 +284,8 @@ impl ConsumeQueue {
 
     /// Writes `entries` from `offset` on, which must not lie past [`max_offset`]
     /// (Self::max_offset): recovery uses it to replace entries the commit log contradicts, to
-    /// restore entries below the oldest segment and to append. Before the writer starts only.
+    /// restore entries below the oldest segment and to append; readers use it to replace a
+    /// damaged entry below the end (the writer only ever appends at the end).
     pub fn put(&self, offset: u64, entries: &[CqEntry]) -> Result<()> {
         if offset > self.max_offset() {
             return Err(BrokerError::io(

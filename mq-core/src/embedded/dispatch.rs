@@ -660,9 +660,20 @@ impl Groups {
                 let rec = match self.store.check_placement(cq, offset, record) {
                     Ok(rec) => rec,
                     Err(_) => {
-                        // Reported by the store; a bad record is never served.
-                        p.window.push_back(Slot::Done);
-                        continue;
+                        // Reported by the store; a bad record is never served. The index
+                        // entry may be what is damaged: the log may still hold the record.
+                        let topic = if retry {
+                            system_topics::retry_topic(&subscription.group, &subscription.topic)
+                        } else {
+                            subscription.topic.clone()
+                        };
+                        match self.store.refind(&topic, cq, offset) {
+                            Some(rec) => rec,
+                            None => {
+                                p.window.push_back(Slot::Done);
+                                continue;
+                            }
+                        }
                     }
                 };
                 if !(retry || subscription.filter.matches(rec.message.tag.as_deref())) {

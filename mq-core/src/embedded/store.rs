@@ -703,6 +703,73 @@ impl MessageStore {
         }
     }
 
+    /// Finds in the log the record of `offset` of `queue` (of topic `topic`) when its index
+    /// entry led elsewhere, and rewrites the entry: the log wins. A queue's records lie in log
+    /// order, so the record is between the end of the one before it and the start of the one
+    /// after it; records lie back to back, so the walk hops from one to the next.
+    pub fn refind(&self, topic: &str, queue: &ConsumeQueue, offset: u64) -> Option<DecodedRecord> {
+        /// The most log bytes one search walks.
+        const MAX_WALK: u64 = 64 * 1024 * 1024;
+        let prev = queue
+            .entry(offset.checked_sub(1)?)
+            .ok()
+            .flatten()
+            .filter(|e| !e.is_empty())?;
+        let next = queue
+            .entry(offset + 1)
+            .ok()
+            .flatten()
+            .filter(|e| !e.is_empty() && e.position > prev.position)
+            .map(|e| e.position);
+        let log = &self.shared.commit_log;
+        let mut pos = prev.position + u64::from(prev.size);
+        let limit = next
+            .unwrap_or_else(|| self.dispatched())
+            .min(pos + MAX_WALK);
+        while pos < limit {
+            let seg = log.segment_of(pos)?;
+            let seg_end = seg.base + seg.len().ok()?;
+            if pos + record::PREFIX_LEN as u64 > seg_end {
+                // The unwritten tail of a full segment: records go on in the next one.
+                pos = seg.base + log.segment_size();
+                continue;
+            }
+            let prefix = log.read(pos, record::PREFIX_LEN).ok()?;
+            let len = record::peek_len(&prefix).ok()?;
+            if len > self.record_limit() {
+                return None;
+            }
+            let rec = log.read_record(pos, len).ok()?;
+            if rec.placement.queue_id == queue.queue_id
+                && rec.placement.queue_offset == offset
+                && super::system_topics::stored_topic(&rec.message) == topic
+            {
+                let entry = CqEntry {
+                    position: pos,
+                    size: len as u32,
+                    tag_code: tag_code(rec.message.tag.as_deref()),
+                    store_timestamp: super::system_topics::index_time(
+                        &rec.message,
+                        rec.placement.store_timestamp,
+                    ),
+                };
+                if let Err(e) = queue.put(offset, &[entry]) {
+                    tracing::error!(error = %e, offset, "cannot rewrite a damaged index entry");
+                }
+                tracing::warn!(
+                    topic,
+                    queue = queue.queue_id,
+                    offset,
+                    position = pos,
+                    "damaged index entry rebuilt from the commit log"
+                );
+                return Some(rec);
+            }
+            pos += len as u64;
+        }
+        None
+    }
+
     fn check(&self, result: Result<DecodedRecord>) -> Result<DecodedRecord> {
         if let Err(BrokerError::Corrupt {
             segment,

@@ -92,6 +92,10 @@ fn named(name: &str) -> Vec<(&'static str, Op)> {
     match name {
         "undamaged-smoke" => vec![],
         "cq-segment-deleted" => vec![("consumequeue/fz-b/1/00000000000000000000", Op::Delete)],
+        "cq-first-entry-position-zeroed" => vec![(
+            "consumequeue/fz-a/1/00000000000000000000",
+            Op::Word { at: 1, value: 0 },
+        )],
         "cq-entry-flipped" => vec![(
             "consumequeue/fz-b/1/00000000000000000000",
             Op::Flip {
@@ -157,6 +161,10 @@ cases! {
     /// message behind the damaged entry was reported but not served, though its commit-log
     /// record is intact (now the read re-finds the record in the log).
     recovery_cq_entry_flipped: "recovery" / "cq-entry-flipped";
+    /// Bytes 1..5 of the first entry of an index segment zeroed: its position moves back
+    /// inside the log, plausibly; with no entry before it the search for its record had no
+    /// start (now it starts where the log does).
+    recovery_cq_first_entry_position_zeroed: "recovery" / "cq-first-entry-position-zeroed";
     /// Entry 5 of an index segment gets position byte 7 = 1 and size bytes 0..3 = 0 (an
     /// entry pointing far past the log): the message is skipped silently (no corruption
     /// reported), though its commit-log record is intact.

@@ -710,19 +710,20 @@ impl MessageStore {
     pub fn refind(&self, topic: &str, queue: &ConsumeQueue, offset: u64) -> Option<DecodedRecord> {
         /// The most log bytes one search walks.
         const MAX_WALK: u64 = 64 * 1024 * 1024;
-        let prev = queue
-            .entry(offset.checked_sub(1)?)
-            .ok()
-            .flatten()
-            .filter(|e| !e.is_empty())?;
+        let log = &self.shared.commit_log;
+        let prev = offset
+            .checked_sub(1)
+            .and_then(|o| queue.entry(o).ok().flatten())
+            .filter(|e| !e.is_empty());
+        // Without the record before it, the walk starts where the log does.
+        let start = prev.map_or(log.min_position(), |e| e.position + u64::from(e.size));
         let next = queue
             .entry(offset + 1)
             .ok()
             .flatten()
-            .filter(|e| !e.is_empty() && e.position > prev.position)
+            .filter(|e| !e.is_empty() && e.position >= start)
             .map(|e| e.position);
-        let log = &self.shared.commit_log;
-        let mut pos = prev.position + u64::from(prev.size);
+        let mut pos = start;
         let limit = next
             .unwrap_or_else(|| self.dispatched())
             .min(pos + MAX_WALK);

@@ -92,6 +92,10 @@ fn named(name: &str) -> Vec<(&'static str, Op)> {
     match name {
         "undamaged-smoke" => vec![],
         "cq-segment-deleted" => vec![("consumequeue/fz-b/1/00000000000000000000", Op::Delete)],
+        "cq-entry-pointing-at-another-topic" => vec![(
+            "consumequeue/fz-b/0/00000000000000000000",
+            Op::Word { at: 0, value: 0 },
+        )],
         "cq-first-entry-position-zeroed" => vec![(
             "consumequeue/fz-a/1/00000000000000000000",
             Op::Word { at: 1, value: 0 },
@@ -165,6 +169,10 @@ cases! {
     /// inside the log, plausibly; with no entry before it the search for its record had no
     /// start (now it starts where the log does).
     recovery_cq_first_entry_position_zeroed: "recovery" / "cq-first-entry-position-zeroed";
+    /// The first entry of `fz-b` queue 0 made to point at position 0: the first record of
+    /// the log, `fz-a` queue 0 offset 0, was served as `fz-b`'s message (only queue and offset
+    /// were checked; now the record's topic is too).
+    recovery_cq_entry_pointing_at_another_topic: "recovery" / "cq-entry-pointing-at-another-topic";
     /// Entry 5 of an index segment gets position byte 7 = 1 and size bytes 0..3 = 0 (an
     /// entry pointing far past the log): the message is skipped silently (no corruption
     /// reported), though its commit-log record is intact.

@@ -612,6 +612,7 @@ impl Groups {
     ) -> Result<()> {
         let mut taken = 0;
         let mut scanned = 0;
+        let mut topic = String::new();
         let min_position = self.store.commit_log().min_position();
         while taken < want && scanned < SCAN_BUDGET {
             let from = p.next().max(cq.min_offset());
@@ -643,6 +644,14 @@ impl Groups {
                 }
             }
             let records = {
+                if topic.is_empty() && !wanted.is_empty() {
+                    // The topic a record must name; needed only when something is read.
+                    topic = if retry {
+                        system_topics::retry_topic(&subscription.group, &subscription.topic)
+                    } else {
+                        subscription.topic.clone()
+                    };
+                }
                 let list: Vec<CqEntry> = wanted.iter().map(|(_, e)| *e).collect();
                 self.store.read_records(&list)
             };
@@ -657,16 +666,11 @@ impl Groups {
                     p.window.push_back(Slot::Done);
                     continue;
                 };
-                let rec = match self.store.check_placement(cq, offset, record) {
+                let rec = match self.store.check_placement(Some(&topic), cq, offset, record) {
                     Ok(rec) => rec,
                     Err(_) => {
                         // Reported by the store; a bad record is never served. The index
                         // entry may be what is damaged: the log may still hold the record.
-                        let topic = if retry {
-                            system_topics::retry_topic(&subscription.group, &subscription.topic)
-                        } else {
-                            subscription.topic.clone()
-                        };
                         match self.store.refind(&topic, cq, offset) {
                             Some(rec) => rec,
                             None => {
@@ -726,7 +730,7 @@ impl Groups {
                 .store
                 .read_records(&[e])
                 .pop()
-                .map(|r| self.store.check_placement(cq, offset, r)),
+                .map(|r| self.store.check_placement(None, cq, offset, r)),
             _ => None,
         };
         let token = self.next_id.fetch_add(1, Ordering::Relaxed);

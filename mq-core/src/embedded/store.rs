@@ -678,10 +678,12 @@ impl MessageStore {
         }
     }
 
-    /// Checks that a record read through the index of `queue` at `offset` is that record:
-    /// an index entry pointing at another valid record is damage, reported and not served.
+    /// Checks that a record read through the index of `queue` (of topic `topic`, when known)
+    /// at `offset` is that record: an index entry pointing at another valid record is
+    /// damage, reported and not served.
     pub fn check_placement(
         &self,
+        topic: Option<&str>,
         queue: &ConsumeQueue,
         offset: u64,
         result: Result<DecodedRecord>,
@@ -689,13 +691,15 @@ impl MessageStore {
         match result {
             Ok(rec)
                 if rec.placement.queue_id != queue.queue_id
-                    || rec.placement.queue_offset != offset =>
+                    || rec.placement.queue_offset != offset
+                    || topic
+                        .is_some_and(|t| super::system_topics::stored_topic(&rec.message) != t) =>
             {
                 let position = rec.placement.position;
                 self.check(Err(self.corrupt_at(
                     position,
                     crate::error::RecordError::Malformed(
-                        "index entry points at a record of another queue or offset",
+                        "index entry points at a record of another topic, queue or offset",
                     ),
                 )))
             }

@@ -33,6 +33,8 @@ pub struct Order {
     pub items: Vec<OrderItem>,
     pub payment_id: Option<String>,
     pub created_at: String,
+    /// When an unpaid order was cancelled.
+    pub cancelled_at: Option<String>,
 }
 
 /// A step of an order's timeline.
@@ -74,6 +76,16 @@ pub struct Points {
     pub points: i64,
 }
 
+/// Sent to `order-created` in a transaction whose local transaction inserts the order.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OrderCreated {
+    /// The order's reference, chosen before the order (and its id) exists.
+    pub order_ref: String,
+    pub user_id: String,
+    /// When the order was placed, in ms since the Unix epoch; its `created_at`.
+    pub placed_at_ms: u64,
+}
+
 /// Sent to `order-timeout`, delayed by `shop.order.cancel-after`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct OrderTimeout {
@@ -106,5 +118,15 @@ pub struct FeePaid {
 
 /// Now, as stored.
 pub fn now() -> String {
-    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+    format_time(std::time::SystemTime::now())
+}
+
+/// A time, as stored.
+pub fn format_time(t: std::time::SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// The time `ms` milliseconds after the Unix epoch.
+pub fn time_of_ms(ms: u64) -> std::time::SystemTime {
+    std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms)
 }

@@ -21,6 +21,8 @@ pub struct Shop {
     pub db: SqlitePool,
     /// How long an order may stay unpaid.
     pub cancel_after: Duration,
+    /// The bearer token of the admin routes; without one they answer loopback clients only.
+    pub admin_token: Option<std::sync::Arc<str>>,
 }
 
 /// `shop:` in the configuration.
@@ -29,6 +31,14 @@ pub struct Shop {
 struct ShopSettings {
     #[serde(default)]
     order: OrderSettings,
+    #[serde(default)]
+    admin: AdminSettings,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct AdminSettings {
+    token: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -81,6 +91,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         {
             ShopSettings {
                 order: OrderSettings::default(),
+                admin: AdminSettings::default(),
             }
         }
         Err(e) => return Err(e.into()),
@@ -93,12 +104,22 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let db = store::open(&db_path).await?;
     tracing::info!(database = %db_path.display(), cancel_after = ?shop_settings.order.cancel_after, "shop database open");
     let shop_db = db.clone();
+    let admin_token = shop_settings
+        .admin
+        .token
+        .filter(|t| !t.is_empty())
+        .map(std::sync::Arc::from);
+    if admin_token.is_none() {
+        tracing::warn!("no shop.admin.token: the admin routes answer loopback clients only");
+    }
     let shop = Shop {
         db: db.clone(),
         cancel_after: shop_settings.order.cancel_after,
+        admin_token,
     };
     let running = app
         .with_state(shop.clone())
+        .with_state(transactions::OrderCreatedTx { db: db.clone() })
         .with_state(transactions::OrderPaidTx { db: db.clone() })
         .with_state(transactions::FeePaidTx { db })
         .start()
@@ -113,9 +134,12 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "demo-shop listening");
     println!("listening on http://{addr}");
-    axum::serve(listener, api::router(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    axum::serve(
+        listener,
+        api::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await?;
     tracing::info!("HTTP server stopped; stopping mq");
     running.shutdown().await?;
     // Checkpoints the write-ahead log into the database file.

@@ -3,131 +3,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+mod support;
+
 use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-
-const CONFIG_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../config");
-
-/// A running shop process.
-struct Shop {
-    child: Child,
-    base: String,
-    lines: mpsc::Receiver<String>,
-    http: reqwest::Client,
-}
-
-impl Shop {
-    fn start(data: &Path, extra_env: &[(&str, &str)]) -> Shop {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_demo-shop"));
-        cmd.env("MQ_CONFIG_DIR", CONFIG_DIR)
-            .env("MQ__SERVER__ADDR", "127.0.0.1:0")
-            .env("MQ__MQ__BROKER__DATA_DIR", data.join("mq"))
-            .env("MQ__SHOP__ORDER__CANCEL_AFTER", "2s")
-            .env("MQ__MQ__BROKER__TRANSACTION__TIMEOUT", "500ms")
-            .env("MQ__MQ__BROKER__TRANSACTION__CHECK_INTERVAL", "500ms")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        for (k, v) in extra_env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("start demo-shop");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let addr = loop {
-            let line = rx
-                .recv_timeout(Duration::from_secs(30))
-                .expect("demo-shop did not say where it listens");
-            if let Some(a) = line.strip_prefix("listening on ") {
-                break a.to_owned();
-            }
-        };
-        Shop {
-            child,
-            base: addr,
-            lines: rx,
-            http: reqwest::Client::new(),
-        }
-    }
-
-    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
-        let url = format!("{}{}", self.base, path);
-        let req = match method {
-            "POST" => self.http.post(url),
-            _ => self.http.get(url),
-        };
-        let req = match body {
-            Some(b) => req.json(&b),
-            None => req,
-        };
-        let resp = req.send().await.unwrap();
-        let status = resp.status();
-        let text = resp.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
-    }
-
-    async fn get(&self, path: &str) -> Value {
-        let (status, body) = self.call("GET", path, None).await;
-        assert_eq!(status, StatusCode::OK, "GET {path}: {body}");
-        body
-    }
-
-    async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
-        self.call("POST", path, Some(body)).await
-    }
-
-    /// Waits for a line on stdout that contains `text`.
-    fn wait_line(&self, text: &str) {
-        loop {
-            let line = self
-                .lines
-                .recv_timeout(Duration::from_secs(20))
-                .unwrap_or_else(|_| panic!("no line with {text:?}"));
-            if line.contains(text) {
-                return;
-            }
-        }
-    }
-
-    fn kill(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-
-    /// SIGTERM: the shop stops serving, lets handlers finish, commits and exits cleanly.
-    fn stop(mut self) {
-        let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        let status = self.child.wait().unwrap();
-        assert!(status.success(), "demo-shop did not stop cleanly: {status}");
-    }
-}
-
-async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    for _ in 0..300 {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
+use support::{eventually, redis_answers, Shop};
 
 async fn product(shop: &Shop, sku: &str, stock: i64) {
     let (status, body) = shop
@@ -282,29 +164,6 @@ async fn repeated_payment_callbacks_with_the_redis_profile() {
         ],
     ))
     .await;
-}
-
-/// Whether Redis answers on 127.0.0.1:6379; says so loudly when not (and fails under
-/// `MQ_REQUIRE_REDIS=1`, as in CI).
-fn redis_answers() -> bool {
-    use std::io::{Read, Write};
-    let ok = std::net::TcpStream::connect("127.0.0.1:6379")
-        .and_then(|mut s| {
-            s.set_read_timeout(Some(Duration::from_secs(2)))?;
-            s.write_all(b"PING\r\n")?;
-            let mut buf = [0u8; 7];
-            s.read_exact(&mut buf)?;
-            Ok(&buf == b"+PONG\r\n")
-        })
-        .unwrap_or(false);
-    if !ok {
-        assert!(
-            std::env::var("MQ_REQUIRE_REDIS").map_or(true, |v| v != "1"),
-            "MQ_REQUIRE_REDIS=1 but no Redis answers on 127.0.0.1:6379"
-        );
-        eprintln!("\n*** SKIPPED: no Redis on 127.0.0.1:6379 for the redis profile ***\n");
-    }
-    ok
 }
 
 async fn repeated_callbacks(shop: Shop) {
@@ -515,6 +374,59 @@ async fn a_crash_between_half_message_and_commit_is_settled_by_check_back() {
     shop.stop();
 }
 
+/// An order whose process dies after its insert and before its message is committed is still
+/// cancelled on time: check-back finds the order and commits the message that schedules it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_an_orders_insert_and_its_message_still_cancels_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let shop = Shop::start(dir.path(), &[("DEMO_SHOP_HANG_AT", "order-after-local-tx")]);
+    product(&shop, "fig", 10).await;
+    let place = {
+        let url = format!("{}/api/orders", shop.base);
+        let http = shop.http.clone();
+        tokio::spawn(async move {
+            http.post(url)
+                .json(&json!({"user_id": "u9", "items": [{"sku": "fig", "quantity": 4}]}))
+                .send()
+                .await
+        })
+    };
+    shop.wait_line("HANGING at order-after-local-tx for order ");
+    shop.kill();
+    assert!(
+        place.await.unwrap().is_err(),
+        "the request died with the process"
+    );
+
+    let shop = Shop::start(dir.path(), &[]);
+    let orders = shop.get("/api/orders?user_id=u9").await;
+    assert_eq!(orders.as_array().unwrap().len(), 1, "{orders}");
+    assert_eq!(orders[0]["status"], "CREATED");
+    assert_eq!(shop.get("/api/products/fig").await["reserved"], 4);
+    let id = orders[0]["id"].as_i64().unwrap();
+    eventually("the half-created order to be cancelled", async || {
+        shop.get(&format!("/api/orders/{id}")).await["status"] == "CANCELLED"
+    })
+    .await;
+    let order = shop.get(&format!("/api/orders/{id}")).await;
+    let created = humantime::parse_rfc3339(order["created_at"].as_str().unwrap()).unwrap();
+    let cancelled = humantime::parse_rfc3339(order["cancelled_at"].as_str().unwrap()).unwrap();
+    assert!(
+        cancelled >= created + Duration::from_secs(2),
+        "cancelled before its time: {order}"
+    );
+    let fig = shop.get("/api/products/fig").await;
+    assert_eq!(
+        (fig["stock"].as_i64(), fig["reserved"].as_i64()),
+        (Some(10), Some(0))
+    );
+    eventually("CANCELLED on the timeline", async || {
+        events(&shop.get(&format!("/api/orders/{id}/events")).await) == vec!["CREATED", "CANCELLED"]
+    })
+    .await;
+    shop.stop();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openapi_documents_every_endpoint() {
     let dir = tempfile::tempdir().unwrap();
@@ -552,6 +464,57 @@ async fn openapi_documents_every_endpoint() {
     for p in ["/health", "/metrics", "/api/mq/dead-letters"] {
         let (status, _) = shop.call("GET", p, None).await;
         assert_eq!(status, StatusCode::OK, "{p}");
+    }
+    shop.stop();
+}
+
+/// The dead-letter routes answer 401 (JSON) without the configured bearer token, and the
+/// OpenAPI document says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_routes_need_the_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let shop = Shop::start(dir.path(), &[("MQ__SHOP__ADMIN__TOKEN", "s3cret")]);
+    let list = format!("{}/api/mq/dead-letters", shop.base);
+    let resend = format!("{}/api/mq/dead-letters/g:1/resend", shop.base);
+    for (auth, want) in [
+        (None, StatusCode::UNAUTHORIZED),
+        (Some("Bearer wrong"), StatusCode::UNAUTHORIZED),
+        (Some("s3cret"), StatusCode::UNAUTHORIZED),
+        (Some("Bearer s3cret"), StatusCode::OK),
+    ] {
+        let mut req = shop.http.get(&list);
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), want, "{auth:?}");
+        let body: Value = resp.json().await.unwrap();
+        if want == StatusCode::UNAUTHORIZED {
+            assert_eq!(body["error"]["code"], "unauthorized", "{body}");
+        }
+    }
+    let resp = shop.http.post(&resend).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let resp = shop
+        .http
+        .post(&resend)
+        .header("authorization", "Bearer s3cret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let doc = shop.get("/openapi.json").await;
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+    for (path, method) in [
+        ("/api/mq/dead-letters", "get"),
+        ("/api/mq/dead-letters/{id}/resend", "post"),
+    ] {
+        let op = &doc["paths"][path][method];
+        assert!(op["responses"]["401"].is_object(), "{path}: {op}");
+        assert_eq!(op["security"][0]["bearer"], json!([]), "{path}: {op}");
     }
     shop.stop();
 }

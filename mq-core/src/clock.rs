@@ -51,7 +51,15 @@ impl Clock {
         Instant::now() + Duration::from_nanos(wait.min(u128::from(u64::MAX)) as u64)
     }
 
-    /// A wall-clock time in milliseconds since the Unix epoch.
+    /// Milliseconds since the Unix epoch of `time`, rounded up (0 before the epoch): the first
+    /// millisecond at which `time` has passed.
+    pub fn to_ms_ceil(time: SystemTime) -> u64 {
+        time.duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos().div_ceil(1_000_000).min(u128::from(u64::MAX)) as u64)
+            .unwrap_or(0)
+    }
+
+    /// Milliseconds since the Unix epoch of `time`, rounded down (0 before the epoch).
     pub fn to_ms(time: SystemTime) -> u64 {
         time.duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)

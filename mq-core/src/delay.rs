@@ -71,14 +71,15 @@ impl DelayPolicy {
             Delay::After(d) => d,
             Delay::At(at) => {
                 return {
-                    let at_ms = Clock::to_ms(at);
+                    // Rounded up, like `Clock::due_after`: never due before the instant asked.
+                    let at_ms = Clock::to_ms_ceil(at);
                     let max = now_ms + self.max_delay.as_millis() as u64;
                     if at_ms > max {
                         Err(self.too_long(Duration::from_millis(at_ms - now_ms)))
                     } else {
                         Ok(at_ms.max(now_ms))
                     }
-                }
+                };
             }
         };
         if after > self.max_delay {
@@ -128,6 +129,7 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::UNIX_EPOCH;
 
     #[test]
     fn levels_follow_rocketmq() {
@@ -150,6 +152,11 @@ mod tests {
         assert!(p
             .due_ms(Delay::At(now + Duration::from_secs(4 * 24 * 3600)), now_ms)
             .is_err());
+        // An instant between two milliseconds is due at the later one.
+        let at = UNIX_EPOCH + Duration::from_micros(1_000_000_500);
+        assert_eq!(p.due_ms(Delay::At(at), 0).unwrap(), 1_000_001);
+        let at = UNIX_EPOCH + Duration::from_millis(1_000_000);
+        assert_eq!(p.due_ms(Delay::At(at), 0).unwrap(), 1_000_000);
         // A time in the past is due now.
         assert_eq!(
             p.due_ms(Delay::At(now - Duration::from_secs(5)), now_ms)

@@ -12,7 +12,7 @@ use tracing::Instrument;
 
 use crate::context::{AppContext, DeliveryContext};
 use crate::handler::{BoxedHandler, Outcome};
-use crate::idempotency::{IdempotencyStore, Lease};
+use crate::idempotency::{IdempotencyStore, Lease, LeaseToken};
 use crate::metrics::Series;
 use crate::registry::IdempotencyKey;
 
@@ -150,7 +150,7 @@ impl ListenerLoop {
             if let Some(idem) = &self.idempotency {
                 let k = self.key_of(&views[0], idem.key);
                 match acquire(idem, &k, self.consume_timeout).await {
-                    Ok(Lease::Acquired) => key = Some(k),
+                    Ok(Lease::Acquired(token)) => key = Some((k, token)),
                     Ok(Lease::Done) => {
                         tracing::debug!(key = %k, "duplicate of a processed message; acknowledged");
                         self.ack(consumer, &receipts).await;
@@ -182,16 +182,23 @@ impl ListenerLoop {
             };
             // Its own task, so that a panic is a failed delivery, not a dead loop; aborted if
             // this delivery is (at shutdown), so that no handler outlives the application.
-            let mut task = AbortOnDrop(tokio::spawn(self.handler.call(ctx)));
-            let outcome = match (&mut task.0).await {
-                Ok(o) => o,
-                Err(e) => Outcome::retry(format!("handler panicked: {e}")),
+            // The handler's own events carry this delivery's span.
+            let mut task = AbortOnDrop(tokio::spawn(
+                self.handler.call(ctx).instrument(tracing::Span::current()),
+            ));
+            let held = key.as_ref().zip(self.idempotency.as_ref());
+            let outcome = tokio::select! {
+                joined = &mut task.0 => match joined {
+                    Ok(o) => o,
+                    Err(e) => Outcome::retry(format!("handler panicked: {e}")),
+                },
+                never = keep_lease(held) => match never {},
             };
             self.series.observe(started.elapsed());
             match outcome {
                 Outcome::Ack(reply) => {
-                    if let (Some(k), Some(idem)) = (&key, &self.idempotency) {
-                        complete(idem, k).await;
+                    if let Some(((k, token), idem)) = key.as_ref().zip(self.idempotency.as_ref()) {
+                        complete(idem, k, token).await;
                     }
                     if let Some(body) = reply {
                         if let Err(e) = self.app.template.reply(&views[0], body).await {
@@ -201,8 +208,8 @@ impl ListenerLoop {
                     self.ack(consumer, &receipts).await;
                 }
                 Outcome::Retry { reason, after } => {
-                    if let (Some(k), Some(idem)) = (&key, &self.idempotency) {
-                        if let Err(e) = idem.store.release(k).await {
+                    if let Some(((k, token), idem)) = key.as_ref().zip(self.idempotency.as_ref()) {
+                        if let Err(e) = idem.store.release(k, token).await {
                             tracing::warn!(error = %e, "idempotency lease not released; it expires by itself");
                         }
                     }
@@ -218,8 +225,8 @@ impl ListenerLoop {
                     .await;
                 }
                 Outcome::DeadLetter(reason) => {
-                    if let (Some(k), Some(idem)) = (&key, &self.idempotency) {
-                        let _ = idem.store.release(k).await;
+                    if let Some(((k, token), idem)) = key.as_ref().zip(self.idempotency.as_ref()) {
+                        let _ = idem.store.release(k, token).await;
                     }
                     for r in &receipts {
                         match consumer.dead_letter(r, &reason).await {
@@ -293,14 +300,42 @@ async fn acquire(
     }
 }
 
+/// Renews the lease of a running handler every third of its term, so that a handler slower
+/// than the lease is never run twice at once. Never returns; with no lease it just waits.
+async fn keep_lease(
+    held: Option<(&(String, LeaseToken), &Idempotency)>,
+) -> std::convert::Infallible {
+    let Some(((key, token), idem)) = held else {
+        return std::future::pending().await;
+    };
+    let every = (idem.lease / 3).max(Duration::from_millis(10));
+    loop {
+        tokio::time::sleep(every).await;
+        match idem.store.renew(key, token, idem.lease).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::error!(key, "idempotency lease lost while the handler runs; a duplicate may run at the same time");
+                return std::future::pending().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, key, "idempotency lease not renewed; trying again")
+            }
+        }
+    }
+}
+
 /// Marks a key done, retrying while the store is down for as long as the lease still keeps
 /// duplicates away.
-async fn complete(idem: &Idempotency, key: &str) {
+async fn complete(idem: &Idempotency, key: &str, token: &LeaseToken) {
     let give_up = Instant::now() + idem.lease;
     let mut wait = Duration::from_millis(100);
     loop {
-        match idem.store.complete(key, idem.retention).await {
-            Ok(()) => return,
+        match idem.store.complete(key, token, idem.retention).await {
+            Ok(true) => return,
+            Ok(false) => {
+                tracing::warn!(key, "key not marked done: another delivery holds it now");
+                return;
+            }
             Err(e) if Instant::now() + wait < give_up => {
                 tracing::warn!(error = %e, "cannot mark the key done yet; retrying");
                 tokio::time::sleep(wait).await;

@@ -60,6 +60,16 @@ impl Series {
             .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
     }
 
+    /// Deliveries acknowledged so far, duplicates acknowledged without running included.
+    pub fn acked_count(&self) -> u64 {
+        self.acked.load(Ordering::Relaxed)
+    }
+
+    /// Deliveries sent back for a retry so far.
+    pub fn retried_count(&self) -> u64 {
+        self.retried.load(Ordering::Relaxed)
+    }
+
     /// Sets the messages not yet consumed.
     pub fn set_lag(&self, lag: u64) {
         self.lag.store(lag, Ordering::Relaxed);

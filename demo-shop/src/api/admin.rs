@@ -1,7 +1,10 @@
-//! Health, metrics and dead letters.
+//! Health, metrics and dead letters; the dead-letter routes only for an administrator.
 
-use axum::extract::State;
-use axum::http::header;
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
 use serde::Serialize;
@@ -35,6 +38,46 @@ pub async fn metrics(State(s): State<ApiState>) -> impl IntoResponse {
     )
 }
 
+/// An administrator: the request carries `Authorization: Bearer <shop.admin.token>`. With no
+/// token configured, only clients on the loopback interface are administrators.
+pub struct Admin;
+
+impl FromRequestParts<ApiState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, s: &ApiState) -> Result<Self, ApiError> {
+        let refused =
+            |message: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message);
+        match s.shop.admin_token.as_deref() {
+            Some(token) => {
+                let given = parts
+                    .headers
+                    .get(header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "));
+                match given {
+                    Some(g) if g.as_bytes() == token.as_bytes() => Ok(Admin),
+                    Some(_) => Err(refused("wrong bearer token")),
+                    None => Err(refused(
+                        "an admin route: send Authorization: Bearer <token>",
+                    )),
+                }
+            }
+            None => {
+                let loopback = parts
+                    .extensions
+                    .get::<ConnectInfo<SocketAddr>>()
+                    .is_some_and(|ConnectInfo(peer)| peer.ip().is_loopback());
+                if loopback {
+                    Ok(Admin)
+                } else {
+                    Err(refused("no shop.admin.token is configured: admin routes answer loopback clients only"))
+                }
+            }
+        }
+    }
+}
+
 /// A dead letter, as the admin API shows it.
 #[derive(Serialize, ToSchema)]
 pub struct DeadLetterView {
@@ -50,8 +93,10 @@ pub struct DeadLetterView {
 }
 
 /// Every group's dead letters (the oldest 100 of each).
-#[utoipa::path(get, path = "/api/mq/dead-letters", responses((status = 200, body = Vec<DeadLetterView>)))]
+#[utoipa::path(get, path = "/api/mq/dead-letters", security(("bearer" = [])),
+    responses((status = 200, body = Vec<DeadLetterView>), (status = 401, body = ErrorBody)))]
 pub async fn dead_letters(
+    _: Admin,
     State(s): State<ApiState>,
 ) -> Result<Json<Vec<DeadLetterView>>, ApiError> {
     let mut out = Vec::new();
@@ -87,8 +132,10 @@ pub async fn dead_letters(
 
 /// Delivers a dead letter again to its group.
 #[utoipa::path(post, path = "/api/mq/dead-letters/{id}/resend", params(("id" = String, Path, description = "group:seq")),
-    responses((status = 204), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    security(("bearer" = [])),
+    responses((status = 204), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn resend_dead_letter(
+    _: Admin,
     State(s): State<ApiState>,
     PathParam(id): PathParam<String>,
 ) -> Result<axum::http::StatusCode, ApiError> {
@@ -97,7 +144,7 @@ pub async fn resend_dead_letter(
         .and_then(|(g, n)| n.parse::<u64>().ok().map(|n| (g.to_owned(), n)))
         .ok_or_else(|| {
             ApiError::new(
-                axum::http::StatusCode::BAD_REQUEST,
+                StatusCode::BAD_REQUEST,
                 "bad_path",
                 format!("dead-letter id {id:?} is not group:seq"),
             )
@@ -107,7 +154,7 @@ pub async fn resend_dead_letter(
         .await
         .map_err(ApiError::internal)?
     {
-        Ok(axum::http::StatusCode::NO_CONTENT)
+        Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found(format!("dead letter {id} not found")))
     }

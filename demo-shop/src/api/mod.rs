@@ -31,11 +31,30 @@ pub struct ApiState {
 }
 
 #[derive(OpenApi)]
-#[openapi(info(
-    title = "demo-shop",
-    description = "Orders, payments, property fees and delayed cancellation on mq"
-))]
+#[openapi(
+    info(
+        title = "demo-shop",
+        description = "Orders, payments, property fees and delayed cancellation on mq"
+    ),
+    modifiers(&BearerAuth)
+)]
 struct ApiDoc;
+
+/// Announces the admin routes' bearer token.
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+        openapi
+            .components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme(
+                "bearer",
+                SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+            );
+    }
+}
 
 /// The routes and their OpenAPI document.
 pub fn router(state: ApiState) -> Router {

@@ -5,16 +5,17 @@ use std::collections::BTreeMap;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use mq_starter::core::{Delay, TxState};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use mq_starter::core::TxState;
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
 use super::error::{ApiError, Body, ErrorBody, PathParam, QueryParam};
 use super::ApiState;
-use crate::domain::{Order, OrderEvent, OrderPaid, OrderTimeout, Points};
-use crate::listeners::timeline_event;
+use crate::domain::{Order, OrderCreated, OrderEvent, OrderPaid, Points};
 use crate::store;
-use crate::transactions::PayOrder;
+use crate::transactions::{CreateOrder, PayOrder};
 
 /// One line of a new order.
 #[derive(Deserialize, ToSchema)]
@@ -30,7 +31,8 @@ pub struct NewOrder {
     pub items: Vec<NewOrderItem>,
 }
 
-/// Places an order: reserves stock and schedules its cancellation if unpaid.
+/// Places an order: reserves its stock and schedules its cancellation if unpaid, as one act
+/// (a transactional `order-created` message whose local transaction inserts the order).
 #[utoipa::path(post, path = "/api/orders", request_body = NewOrder,
     responses((status = 201, body = Order), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn create_order(
@@ -53,20 +55,48 @@ pub async fn create_order(
         }
         *lines.entry(item.sku.clone()).or_default() += item.quantity;
     }
-    let lines: Vec<(String, i64)> = lines.into_iter().collect();
-    let order = store::create_order(&s.shop.db, &o.user_id, &lines).await?;
-    s.template
-        .message("order-timeout")
-        .key(order.id.to_string())
-        .delay(Delay::After(s.shop.cancel_after))
-        .json(&OrderTimeout { order_id: order.id })
+    let order_ref = uuid::Uuid::now_v7().to_string();
+    let placed_at_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let (outcome, created) = tokio::sync::oneshot::channel();
+    let sent = s
+        .template
+        .message("order-created")
+        .key(order_ref.clone())
+        .json(&OrderCreated {
+            order_ref: order_ref.clone(),
+            user_id: o.user_id.clone(),
+            placed_at_ms,
+        })
         .map_err(ApiError::from)?
-        .send()
-        .await?;
-    timeline_event(&s.template, order.id, "CREATED")
-        .await
-        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "messaging", e))?;
-    Ok((StatusCode::CREATED, Json(order)))
+        .send_in_transaction(
+            "order-created",
+            CreateOrder {
+                order_ref,
+                user_id: o.user_id,
+                lines: lines.into_iter().collect(),
+                placed_at_ms,
+                outcome,
+            },
+        )
+        .await;
+    match created.await {
+        // The order and its message stand together; if ending the transaction failed,
+        // check-back commits the message.
+        Ok(Ok(order)) => {
+            if let Err(e) = sent {
+                tracing::warn!(order = order.id, error = %e, "order created; its message is left to check-back");
+            }
+            Ok((StatusCode::CREATED, Json(order)))
+        }
+        Ok(Err(refused)) => Err(refused.into()),
+        // The local transaction never ran: the half message could not be stored.
+        Err(_) => Err(match sent {
+            Err(e) => e.into(),
+            Ok(_) => ApiError::internal("the order's local transaction did not report"),
+        }),
+    }
 }
 
 /// Who is asking for orders.

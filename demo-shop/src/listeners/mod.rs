@@ -2,7 +2,9 @@
 
 use mq_starter::prelude::*;
 
-use crate::domain::{FeePaid, OrderEventMessage, OrderPaid, OrderTimeout};
+use crate::domain::{
+    time_of_ms, FeePaid, OrderCreated, OrderEventMessage, OrderPaid, OrderTimeout,
+};
 use crate::store::{self, StoreError};
 use crate::Shop;
 
@@ -24,6 +26,31 @@ pub async fn timeline_event(
         .await
         .map(|_| ())
         .map_err(|e| e.to_string())
+}
+
+/// Schedules a new order's cancellation for `shop.order.cancel-after` after it was placed. A
+/// redelivery schedules it again, which is harmless: cancelling is once per order.
+#[mq_listener(topic = "order-created", group = "order-cancel-scheduler")]
+async fn schedule_cancellation(
+    State(shop): State<Shop>,
+    Json(c): Json<OrderCreated>,
+    template: MqTemplate,
+) -> Result<(), String> {
+    let order_id = store::order_id_by_ref(&shop.db, &c.order_ref)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("no order with ref {}", c.order_ref))?;
+    let due = time_of_ms(c.placed_at_ms) + shop.cancel_after;
+    template
+        .message("order-timeout")
+        .key(order_id.to_string())
+        .delay(Delay::At(due))
+        .json(&OrderTimeout { order_id })
+        .map_err(|e| e.to_string())?
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(())
 }
 
 /// Cancels an order still unpaid when its delay runs out, and releases its stock.

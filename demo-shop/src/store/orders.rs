@@ -3,7 +3,7 @@
 use sqlx::{Row, SqlitePool};
 
 use super::StoreError;
-use crate::domain::{now, Order, OrderEvent, OrderItem, Product};
+use crate::domain::{format_time, now, time_of_ms, Order, OrderEvent, OrderItem, Product};
 
 /// Adds a product.
 pub async fn create_product(
@@ -48,11 +48,19 @@ pub async fn get_product(pool: &SqlitePool, sku: &str) -> Result<Option<Product>
     }))
 }
 
-/// Creates an order and reserves its stock, atomically.
+/// The transaction-log key of an order's creation.
+pub fn order_created_key(order_ref: &str) -> String {
+    format!("order-created:{order_ref}")
+}
+
+/// Creates an order, reserves its stock, starts its timeline with `CREATED` and writes the
+/// transaction log, in one database transaction.
 pub async fn create_order(
     pool: &SqlitePool,
+    order_ref: &str,
     user_id: &str,
     items: &[(String, i64)],
+    placed_at_ms: u64,
 ) -> Result<Order, StoreError> {
     let mut tx = pool.begin().await?;
     let mut total = 0i64;
@@ -86,10 +94,11 @@ pub async fn create_order(
             price_cents: price,
         });
     }
-    let created_at = now();
+    let created_at = format_time(time_of_ms(placed_at_ms));
     let id: i64 = sqlx::query(
-        "INSERT INTO orders (user_id, status, total_cents, created_at) VALUES (?, 'CREATED', ?, ?) RETURNING id",
+        "INSERT INTO orders (ref, user_id, status, total_cents, created_at) VALUES (?, ?, 'CREATED', ?, ?) RETURNING id",
     )
+    .bind(order_ref)
     .bind(user_id)
     .bind(total)
     .bind(&created_at)
@@ -107,6 +116,16 @@ pub async fn create_order(
         .execute(&mut *tx)
         .await?;
     }
+    sqlx::query("INSERT INTO order_events (order_id, seq, event, at) VALUES (?, 1, 'CREATED', ?)")
+        .bind(id)
+        .bind(&created_at)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("INSERT INTO tx_log (tx_key, created_at) VALUES (?, ?)")
+        .bind(order_created_key(order_ref))
+        .bind(&created_at)
+        .execute(&mut *tx)
+        .await?;
     tx.commit().await?;
     Ok(Order {
         id,
@@ -116,13 +135,26 @@ pub async fn create_order(
         items: lines,
         payment_id: None,
         created_at,
+        cancelled_at: None,
     })
+}
+
+/// The id of the order with reference `order_ref`.
+pub async fn order_id_by_ref(
+    pool: &SqlitePool,
+    order_ref: &str,
+) -> Result<Option<i64>, StoreError> {
+    Ok(sqlx::query("SELECT id FROM orders WHERE ref = ?")
+        .bind(order_ref)
+        .fetch_optional(pool)
+        .await?
+        .map(|r| r.get("id")))
 }
 
 /// An order with its items.
 pub async fn get_order(pool: &SqlitePool, id: i64) -> Result<Option<Order>, StoreError> {
     let Some(row) = sqlx::query(
-        "SELECT id, user_id, status, total_cents, payment_id, created_at FROM orders WHERE id = ?",
+        "SELECT id, user_id, status, total_cents, payment_id, created_at, cancelled_at FROM orders WHERE id = ?",
     )
     .bind(id)
     .fetch_optional(pool)
@@ -151,6 +183,7 @@ pub async fn get_order(pool: &SqlitePool, id: i64) -> Result<Option<Order>, Stor
         items,
         payment_id: row.get("payment_id"),
         created_at: row.get("created_at"),
+        cancelled_at: row.get("cancelled_at"),
     }))
 }
 
@@ -249,7 +282,8 @@ pub async fn tx_logged(pool: &SqlitePool, key: &str) -> Result<bool, StoreError>
 pub async fn cancel_if_unpaid(pool: &SqlitePool, order_id: i64) -> Result<bool, StoreError> {
     let mut tx = pool.begin().await?;
     let changed =
-        sqlx::query("UPDATE orders SET status = 'CANCELLED' WHERE id = ? AND status = 'CREATED'")
+        sqlx::query("UPDATE orders SET status = 'CANCELLED', cancelled_at = ? WHERE id = ? AND status = 'CREATED'")
+            .bind(now())
             .bind(order_id)
             .execute(&mut *tx)
             .await?

@@ -5,16 +5,75 @@ use mq_starter::prelude::*;
 use serde::{Deserialize, Serialize};
 use sqlx::SqlitePool;
 
-use crate::domain::{FeePaid, OrderPaid};
+use crate::domain::{FeePaid, Order, OrderCreated, OrderPaid};
 use crate::store::{self, Paid, StoreError};
 
-/// Fault injection for the crash tests: with `DEMO_SHOP_HANG_AT=<point>`, the payment's local
-/// transaction announces the point on stdout and hangs there, so that a test can kill the
-/// process between the half message and its commit.
+/// Fault injection for the crash tests: with `DEMO_SHOP_HANG_AT=<point>`, a local transaction
+/// announces the point on stdout and hangs there, so that a test can kill the process between
+/// the half message and its commit.
 async fn crash_point(point: &str, order_id: i64) {
     if std::env::var("DEMO_SHOP_HANG_AT").is_ok_and(|p| p == point) {
         println!("HANGING at {point} for order {order_id}");
         std::future::pending::<()>().await;
+    }
+}
+
+/// The argument of an order creation's local transaction; `outcome` carries the created order
+/// or the reason it was refused back to the request.
+#[derive(Debug)]
+pub struct CreateOrder {
+    pub order_ref: String,
+    pub user_id: String,
+    pub lines: Vec<(String, i64)>,
+    pub placed_at_ms: u64,
+    pub outcome: tokio::sync::oneshot::Sender<Result<Order, StoreError>>,
+}
+
+/// Inserts an order with its `order-created` message, so that an order exists if and only if
+/// its message does (and with it the delayed cancellation that message schedules).
+#[derive(Clone)]
+pub struct OrderCreatedTx {
+    pub db: SqlitePool,
+}
+
+#[transaction_listener(name = "order-created")]
+impl TransactionListener for OrderCreatedTx {
+    type Arg = CreateOrder;
+
+    async fn execute(&self, _msg: &MessageView, arg: CreateOrder) -> TxState {
+        let created = store::create_order(
+            &self.db,
+            &arg.order_ref,
+            &arg.user_id,
+            &arg.lines,
+            arg.placed_at_ms,
+        )
+        .await;
+        let state = match &created {
+            Ok(order) => {
+                crash_point("order-after-local-tx", order.id).await;
+                TxState::Commit
+            }
+            Err(StoreError::Db(e)) => {
+                tracing::warn!(order_ref = %arg.order_ref, error = %e, "order creation outcome unknown; left to check-back");
+                TxState::Unknown
+            }
+            Err(_) => TxState::Rollback,
+        };
+        // The request may have gone; the outcome stands either way.
+        let _ = arg.outcome.send(created);
+        state
+    }
+
+    async fn check(&self, msg: &MessageView) -> TxState {
+        let Ok(created) = serde_json::from_slice::<OrderCreated>(&msg.body) else {
+            return TxState::Rollback;
+        };
+        match store::tx_logged(&self.db, &store::order_created_key(&created.order_ref)).await {
+            Ok(true) => TxState::Commit,
+            Ok(false) => TxState::Rollback,
+            Err(_) => TxState::Unknown,
+        }
     }
 }
 

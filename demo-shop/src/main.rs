@@ -7,22 +7,30 @@ mod listeners;
 mod store;
 mod transactions;
 
-use std::path::Path;
 use std::time::Duration;
 
 use mq_starter::{shutdown_signal, MqApplication};
 use serde::Deserialize;
-use sqlx::SqlitePool;
 
 /// The shop's state, shared by listeners and the API.
 #[derive(Clone)]
 pub struct Shop {
     /// The shop's database.
-    pub db: SqlitePool,
+    pub db: store::Db,
+    /// The database's identity, the first part of every idempotency key the shop sends.
+    pub instance: std::sync::Arc<str>,
     /// How long an order may stay unpaid.
     pub cancel_after: Duration,
     /// The bearer token of the admin routes; without one they answer loopback clients only.
     pub admin_token: Option<std::sync::Arc<str>>,
+}
+
+impl Shop {
+    /// The key of a message about record `id` for an idempotent listener: unique across
+    /// database resets, which start ids at 1 again.
+    pub fn message_key(&self, id: i64) -> String {
+        format!("{}:{id}", self.instance)
+    }
 }
 
 /// `shop:` in the configuration.
@@ -33,6 +41,15 @@ struct ShopSettings {
     order: OrderSettings,
     #[serde(default)]
     admin: AdminSettings,
+    #[serde(default)]
+    database: DatabaseSettings,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct DatabaseSettings {
+    /// `sqlite://path` or `postgres://...`; by default `shop.db` beside the broker's data.
+    url: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -92,6 +109,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             ShopSettings {
                 order: OrderSettings::default(),
                 admin: AdminSettings::default(),
+                database: DatabaseSettings::default(),
             }
         }
         Err(e) => return Err(e.into()),
@@ -99,10 +117,17 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let server: ServerSettings = app.config().get("server").unwrap_or(ServerSettings {
         addr: "127.0.0.1:8080".into(),
     });
-    let data_dir = &app.settings().broker.data_dir;
-    let db_path = data_dir.parent().unwrap_or(Path::new(".")).join("shop.db");
-    let db = store::open(&db_path).await?;
-    tracing::info!(database = %db_path.display(), cancel_after = ?shop_settings.order.cancel_after, "shop database open");
+    let url = match shop_settings.database.url {
+        Some(url) => url,
+        None => {
+            let data_dir = &app.settings().broker.data_dir;
+            let dir = data_dir.parent().unwrap_or(std::path::Path::new("."));
+            format!("sqlite://{}?mode=rwc", dir.join("shop.db").display())
+        }
+    };
+    let db = store::open(&url).await?;
+    let instance: std::sync::Arc<str> = store::instance_id(&db).await?.into();
+    tracing::info!(database = %redact(&url), %instance, cancel_after = ?shop_settings.order.cancel_after, "shop database open");
     let shop_db = db.clone();
     let admin_token = shop_settings
         .admin
@@ -116,6 +141,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         db: db.clone(),
         cancel_after: shop_settings.order.cancel_after,
         admin_token,
+        instance,
     };
     let running = app
         .with_state(shop.clone())
@@ -142,7 +168,21 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     .await?;
     tracing::info!("HTTP server stopped; stopping mq");
     running.shutdown().await?;
-    // Checkpoints the write-ahead log into the database file.
+    // Checkpoints SQLite's write-ahead log into the database file.
     shop_db.close().await;
     Ok(())
+}
+
+/// A database URL without its password, for the log.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
 }

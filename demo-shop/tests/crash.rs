@@ -1,7 +1,8 @@
-//! The demo shop SIGKILLed at seeded random moments under concurrent load, many times in a row
-//! with no clean stop, on the embedded defaults. Some kills come early in a process's life
-//! (before any periodic persistence), most later; every restart reopens the same data
-//! directory. Then, through the last process, once everything has settled:
+//! The demo shop SIGKILLed at seeded random moments under concurrent load: one process on the
+//! embedded defaults killed many times in a row with no clean stop (some kills early in a
+//! process's life, before any periodic persistence, most later; every restart reopens the same
+//! data directory), and three processes sharing the work on Redis and PostgreSQL, one of them
+//! killed mid-load and restarted. Then, through every process, once everything has settled:
 //! - every order answered `201` exists, and none is still `CREATED` after its cancel delay;
 //! - every order answered `PAID` is `PAID`; no order was cancelled before its time;
 //! - one points credit per paid order (points = the sum over the user's paid orders);
@@ -9,8 +10,9 @@
 //! - exactly one ledger entry per bill whose payment callback was answered, at most one for
 //!   any bill; every timeline reads `CREATED` then `PAID` or `CANCELLED`.
 //!
-//! `DEMO_SHOP_KILLS=<n>` (default 10) sets the number of kills; `DEMO_SHOP_SEED=<seed>` replays
-//! the schedule of a printed seed (the load itself depends on timing).
+//! `DEMO_SHOP_KILLS=<n>` (default 10) sets the number of kills of the embedded test;
+//! `DEMO_SHOP_SEED=<seed>` replays the schedule of a printed seed (the load itself depends on
+//! timing).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -24,7 +26,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use support::Shop;
+use support::{redis_answers, redis_cleanup, PgDatabase, Shop};
 use tokio::sync::watch;
 
 const USERS: usize = 6;
@@ -49,21 +51,80 @@ struct Ledger {
     violations: Vec<String>,
 }
 
-/// Where the shop listens now; `None` while it is down.
-type Base = watch::Receiver<Option<String>>;
+/// Where the shop's live processes listen.
+type Bases = watch::Receiver<Vec<String>>;
+
+/// The shop's processes, each with its data directory and environment; the load generator
+/// sees the live ones.
+struct Fleet {
+    dirs: Vec<PathBuf>,
+    envs: Vec<Vec<(String, String)>>,
+    shops: Vec<Option<Shop>>,
+    publish: watch::Sender<Vec<String>>,
+    reopen: Vec<Duration>,
+}
+
+impl Fleet {
+    fn new(dirs: Vec<PathBuf>, envs: Vec<Vec<(String, String)>>) -> (Fleet, Bases) {
+        let (publish, bases) = watch::channel(Vec::new());
+        let shops = dirs.iter().map(|_| None).collect();
+        let fleet = Fleet {
+            dirs,
+            envs,
+            shops,
+            publish,
+            reopen: Vec::new(),
+        };
+        (fleet, bases)
+    }
+
+    fn announce(&self) {
+        self.publish.send_replace(
+            self.shops
+                .iter()
+                .flatten()
+                .map(|s| s.base.clone())
+                .collect(),
+        );
+    }
+
+    async fn start(&mut self, i: usize) {
+        let (dir, env) = (self.dirs[i].clone(), self.envs[i].clone());
+        let (shop, took) = tokio::task::spawn_blocking(move || {
+            let env: Vec<(&str, &str)> =
+                env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let began = Instant::now();
+            let shop = Shop::start(&dir, &env);
+            (shop, began.elapsed())
+        })
+        .await
+        .unwrap();
+        self.reopen.push(took);
+        self.shops[i] = Some(shop);
+        self.announce();
+    }
+
+    fn kill(&mut self, i: usize) {
+        if let Some(shop) = self.shops[i].take() {
+            self.announce();
+            shop.kill();
+        }
+    }
+
+    fn live(&self) -> Vec<&Shop> {
+        self.shops.iter().flatten().collect()
+    }
+
+    async fn stop(mut self) {
+        let shops: Vec<Shop> = self.shops.iter_mut().filter_map(Option::take).collect();
+        tokio::task::spawn_blocking(move || shops.into_iter().for_each(Shop::stop))
+            .await
+            .unwrap();
+    }
+}
 
 fn user(i: usize) -> String {
     format!("user-{i}")
-}
-
-async fn start(data: PathBuf) -> (Shop, Duration) {
-    tokio::task::spawn_blocking(move || {
-        let began = Instant::now();
-        let shop = Shop::start(&data, &[]);
-        (shop, began.elapsed())
-    })
-    .await
-    .unwrap()
 }
 
 async fn post(
@@ -88,7 +149,7 @@ async fn post(
 async fn worker(
     id: usize,
     seed: u64,
-    mut base: Base,
+    mut bases: Bases,
     ledger: Arc<Mutex<Ledger>>,
     stop: Arc<AtomicBool>,
     fee_seq: Arc<AtomicU64>,
@@ -99,8 +160,8 @@ async fn worker(
         .build()
         .unwrap();
     while !stop.load(Ordering::Relaxed) {
-        let Some(url) = base.borrow_and_update().clone() else {
-            let _ = tokio::time::timeout(Duration::from_millis(100), base.changed()).await;
+        let Some(url) = pick(&mut rng, &bases.borrow_and_update()) else {
+            let _ = tokio::time::timeout(Duration::from_millis(100), bases.changed()).await;
             continue;
         };
         if rng.u32(0..100) < 88 {
@@ -138,7 +199,7 @@ async fn worker(
             // client would, while the order is young enough.
             let placed = Instant::now();
             while placed.elapsed() < Duration::from_millis(1200) && !stop.load(Ordering::Relaxed) {
-                let Some(url) = base.borrow().clone() else {
+                let Some(url) = pick(&mut rng, &bases.borrow()) else {
                     tokio::time::sleep(Duration::from_millis(30)).await;
                     continue;
                 };
@@ -203,6 +264,10 @@ async fn worker(
     }
 }
 
+fn pick(rng: &mut fastrand::Rng, bases: &[String]) -> Option<String> {
+    (!bases.is_empty()).then(|| bases[rng.usize(..bases.len())].clone())
+}
+
 fn seed() -> u64 {
     std::env::var("DEMO_SHOP_SEED")
         .ok()
@@ -254,6 +319,56 @@ where
     }
 }
 
+/// Starts the load generator against the fleet's live processes.
+fn load(
+    seed: u64,
+    bases: &Bases,
+    ledger: &Arc<Mutex<Ledger>>,
+    stop: &Arc<AtomicBool>,
+) -> tokio::task::JoinSet<()> {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let fee_seq = Arc::new(AtomicU64::new(0));
+    let mut workers = tokio::task::JoinSet::new();
+    for w in 0..WORKERS {
+        workers.spawn(worker(
+            w,
+            rng.u64(..),
+            bases.clone(),
+            ledger.clone(),
+            stop.clone(),
+            fee_seq.clone(),
+        ));
+    }
+    workers
+}
+
+async fn products(shop: &Shop) {
+    for sku in SKUS {
+        let (status, body) = shop
+            .post(
+                "/api/products",
+                json!({"sku": sku, "name": sku, "price_cents": PRICE_CENTS, "stock": INITIAL_STOCK}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+}
+
+/// Stops the load and returns what it was told.
+async fn finish(
+    mut workers: tokio::task::JoinSet<()>,
+    ledger: Arc<Mutex<Ledger>>,
+    stop: &AtomicBool,
+) -> Ledger {
+    stop.store(true, Ordering::Relaxed);
+    while let Some(w) = workers.join_next().await {
+        w.unwrap();
+    }
+    let ledger = Arc::try_unwrap(ledger).ok().unwrap().into_inner().unwrap();
+    assert!(ledger.violations.is_empty(), "{:?}", ledger.violations);
+    ledger
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_shop_keeps_its_promises_under_repeated_sigkill() {
     let kills: usize = std::env::var("DEMO_SHOP_KILLS")
@@ -264,35 +379,12 @@ async fn the_shop_keeps_its_promises_under_repeated_sigkill() {
     println!("demo-shop crash test: {kills} kills, seed {seed} (DEMO_SHOP_SEED={seed} replays it)");
     let mut rng = fastrand::Rng::with_seed(seed);
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().to_path_buf();
-
-    let (mut shop, _) = start(data.clone()).await;
-    for sku in SKUS {
-        let (status, body) = shop
-            .post(
-                "/api/products",
-                json!({"sku": sku, "name": sku, "price_cents": PRICE_CENTS, "stock": INITIAL_STOCK}),
-            )
-            .await;
-        assert_eq!(status, StatusCode::CREATED, "{body}");
-    }
-    let (publish, base) = watch::channel(Some(shop.base.clone()));
+    let (mut fleet, bases) = Fleet::new(vec![dir.path().to_path_buf()], vec![Vec::new()]);
+    fleet.start(0).await;
+    products(fleet.live()[0]).await;
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     let stop = Arc::new(AtomicBool::new(false));
-    let fee_seq = Arc::new(AtomicU64::new(0));
-    let mut workers = tokio::task::JoinSet::new();
-    for w in 0..WORKERS {
-        workers.spawn(worker(
-            w,
-            rng.u64(..),
-            base.clone(),
-            ledger.clone(),
-            stop.clone(),
-            fee_seq.clone(),
-        ));
-    }
-
-    let mut reopen = Vec::with_capacity(kills);
+    let workers = load(rng.u64(..), &bases, &ledger, &stop);
     for k in 0..kills {
         // One life in three is short: killed before the broker's periodic persistence.
         let life = if rng.u32(0..3) == 0 {
@@ -301,34 +393,109 @@ async fn the_shop_keeps_its_promises_under_repeated_sigkill() {
             rng.u64(500..3000)
         };
         tokio::time::sleep(Duration::from_millis(life)).await;
-        publish.send_replace(None);
-        shop.kill();
+        fleet.kill(0);
         let placed = ledger.lock().unwrap().placed.len();
         println!(
             "kill {}/{kills} after {life} ms ({placed} orders answered so far)",
             k + 1
         );
-        let (next, took) = start(data.clone()).await;
-        reopen.push(took);
-        shop = next;
-        publish.send_replace(Some(shop.base.clone()));
+        fleet.start(0).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.store(true, Ordering::Relaxed);
-    while let Some(w) = workers.join_next().await {
-        w.unwrap();
-    }
-    let ledger = Arc::try_unwrap(ledger).ok().unwrap().into_inner().unwrap();
-    assert!(ledger.violations.is_empty(), "{:?}", ledger.violations);
+    let ledger = finish(workers, ledger, &stop).await;
     assert!(
         ledger.placed.len() >= 10 * kills,
         "too little load to prove anything: {} orders",
         ledger.placed.len()
     );
+    let summary = verify(&ledger, &fleet.live()).await;
+    let mut reopen = fleet.reopen.clone();
+    reopen.sort();
+    println!(
+        "demo-shop crash test: seed {seed}, {kills} kills, {summary}; restart to listening p50 {:?}, max {:?}",
+        reopen.get(reopen.len() / 2).copied().unwrap_or_default(),
+        reopen.last().copied().unwrap_or_default(),
+    );
+    fleet.stop().await;
+}
 
+/// Three processes on Redis and PostgreSQL behind one load generator, one SIGKILLed mid-load
+/// and restarted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_shops_on_redis_and_postgres_share_the_work_through_a_kill() {
+    if !redis_answers() {
+        return;
+    }
+    let Some(db) = PgDatabase::create().await else {
+        return;
+    };
+    let seed = seed();
+    println!("demo-shop multi-process test: seed {seed} (DEMO_SHOP_SEED={seed} replays it)");
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let run = format!(
+        "demo-shop-fleet-{}-{}",
+        std::process::id(),
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let dirs: Vec<PathBuf> = (0..3).map(|i| dir.path().join(format!("p{i}"))).collect();
+    let envs = (0..3)
+        .map(|i| {
+            vec![
+                ("MQ_PROFILES".to_owned(), "redis-broker".to_owned()),
+                ("MQ__MQ__BROKER__REDIS__PREFIX".to_owned(), run.clone()),
+                (
+                    "MQ__MQ__IDEMPOTENCY__PREFIX".to_owned(),
+                    format!("{run}-idem"),
+                ),
+                ("MQ__MQ__INSTANCE_NAME".to_owned(), format!("shop-{i}")),
+                (
+                    "MQ__MQ__BROKER__REDIS__HEARTBEAT_INTERVAL".to_owned(),
+                    "300ms".to_owned(),
+                ),
+                ("MQ__SHOP__DATABASE__URL".to_owned(), db.url.clone()),
+            ]
+        })
+        .collect();
+    let (mut fleet, bases) = Fleet::new(dirs, envs);
+    for i in 0..3 {
+        fleet.start(i).await;
+    }
+    products(fleet.live()[0]).await;
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers = load(rng.u64(..), &bases, &ledger, &stop);
+    let victim = rng.usize(..3);
+    let life = rng.u64(1500..4000);
+    tokio::time::sleep(Duration::from_millis(life)).await;
+    fleet.kill(victim);
+    println!("killed shop-{victim} after {life} ms");
+    tokio::time::sleep(Duration::from_millis(rng.u64(200..1500))).await;
+    fleet.start(victim).await;
+    tokio::time::sleep(Duration::from_millis(rng.u64(1500..3000))).await;
+    let ledger = finish(workers, ledger, &stop).await;
+    assert!(
+        ledger.placed.len() >= 20,
+        "too little load: {} orders",
+        ledger.placed.len()
+    );
+    let summary = verify(&ledger, &fleet.live()).await;
+    println!("demo-shop multi-process test: seed {seed}, shop-{victim} killed, {summary}");
+    fleet.stop().await;
+    redis_cleanup(&run);
+    drop(db);
+}
+
+/// Checks the promises through `shops[0]`, and that every other process shows the same
+/// orders, points and stock. Returns a summary of what was checked.
+async fn verify(ledger: &Ledger, shops: &[&Shop]) -> String {
+    let shop = shops[0];
     // Every order settles: PAID or CANCELLED, never cancelled early, never unpaid.
     settle("orders left CREATED", Duration::from_secs(60), async || {
-        all_orders(&shop)
+        all_orders(shop)
             .await
             .values()
             .filter(|o| o["status"] == "CREATED")
@@ -336,7 +503,7 @@ async fn the_shop_keeps_its_promises_under_repeated_sigkill() {
             .collect()
     })
     .await;
-    let orders = all_orders(&shop).await;
+    let orders = all_orders(shop).await;
     let mut complaints = Vec::new();
     for (id, (who, lines)) in &ledger.placed {
         match orders.get(id) {
@@ -465,19 +632,40 @@ async fn the_shop_keeps_its_promises_under_repeated_sigkill() {
     })
     .await;
 
-    reopen.sort();
-    println!(
-        "demo-shop crash test: seed {seed}, {kills} kills, {} orders answered ({} in the database), {} paid, {} cancelled, {} bills ({} paid); restart to listening p50 {:?}, max {:?}",
+    // Every process shows the same.
+    for other in &shops[1..] {
+        assert_eq!(
+            all_orders(other).await,
+            orders,
+            "{} disagrees on orders",
+            other.base
+        );
+        for u in 0..USERS {
+            let path = format!("/api/users/{}/points", user(u));
+            assert_eq!(
+                other.get(&path).await,
+                shop.get(&path).await,
+                "{}: {path}",
+                other.base
+            );
+        }
+        for sku in SKUS {
+            let path = format!("/api/products/{sku}");
+            assert_eq!(
+                other.get(&path).await,
+                shop.get(&path).await,
+                "{}: {path}",
+                other.base
+            );
+        }
+    }
+    format!(
+        "{} orders answered ({} in the database), {} paid, {} cancelled, {} bills ({} paid)",
         ledger.placed.len(),
         orders.len(),
         paid.len(),
         orders.len() - paid.len(),
         ledger.fees.len(),
         ledger.fees_paid.len(),
-        reopen.get(reopen.len() / 2).copied().unwrap_or_default(),
-        reopen.last().copied().unwrap_or_default(),
-    );
-    tokio::task::spawn_blocking(move || shop.stop())
-        .await
-        .unwrap();
+    )
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use support::{eventually, redis_answers, Shop};
+use support::{eventually, redis_answers, redis_cleanup, PgDatabase, Shop};
 
 async fn product(shop: &Shop, sku: &str, stock: i64) {
     let (status, body) = shop
@@ -47,12 +47,16 @@ async fn unpaid_orders_are_cancelled_and_paid_ones_are_not() {
     orders_and_delayed_cancellation(Shop::start(dir.path(), &[])).await;
 }
 
-/// The same shop, code unchanged, with its messages on Redis Streams (profile `redis-broker`).
+/// The same shop, code unchanged, with its messages on Redis Streams and its database on
+/// PostgreSQL (profile `redis-broker`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_shop_runs_on_the_redis_broker() {
     if !redis_answers() {
         return;
     }
+    let Some(db) = PgDatabase::create().await else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let run = format!("demo-shop-test-{}-{}", std::process::id(), uuid_like());
     orders_and_delayed_cancellation(Shop::start(
@@ -61,9 +65,11 @@ async fn the_shop_runs_on_the_redis_broker() {
             ("MQ_PROFILES", "redis-broker"),
             ("MQ__MQ__BROKER__REDIS__PREFIX", &run),
             ("MQ__MQ__IDEMPOTENCY__PREFIX", &format!("{run}-idem")),
+            ("MQ__SHOP__DATABASE__URL", &db.url),
         ],
     ))
     .await;
+    redis_cleanup(&run);
 }
 
 /// A name part no other run uses.
@@ -155,7 +161,7 @@ async fn repeated_payment_callbacks_with_the_redis_profile() {
     }
     let dir = tempfile::tempdir().unwrap();
     // Each run its own keys: the store remembers processed keys for a day.
-    let prefix = format!("demo-shop-test:{}", std::process::id());
+    let prefix = format!("demo-shop-test-{}-{}", std::process::id(), uuid_like());
     repeated_callbacks(Shop::start(
         dir.path(),
         &[
@@ -164,6 +170,7 @@ async fn repeated_payment_callbacks_with_the_redis_profile() {
         ],
     ))
     .await;
+    redis_cleanup(&prefix);
 }
 
 async fn repeated_callbacks(shop: Shop) {

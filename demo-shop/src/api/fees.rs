@@ -82,7 +82,7 @@ pub async fn payment_notify(
     };
     s.template
         .message("fee-paid")
-        .key(id.to_string())
+        .key(s.shop.message_key(id))
         .json(&paid)
         .map_err(ApiError::from)?
         .send_in_transaction("fee-paid", paid.clone())

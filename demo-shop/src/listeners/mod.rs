@@ -43,7 +43,7 @@ async fn schedule_cancellation(
     let due = time_of_ms(c.placed_at_ms) + shop.cancel_after;
     template
         .message("order-timeout")
-        .key(order_id.to_string())
+        .key(shop.message_key(order_id))
         .delay(Delay::At(due))
         .json(&OrderTimeout { order_id })
         .map_err(|e| e.to_string())?

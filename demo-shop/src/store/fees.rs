@@ -1,11 +1,13 @@
 //! Property-fee bills, their payments and the ledger.
 
-use sqlx::{Row, SqlitePool};
+use sqlx::Row;
+
+use super::Db;
 
 use super::StoreError;
 use crate::domain::{now, Fee, LedgerEntry};
 
-fn fee_of(r: &sqlx::sqlite::SqliteRow) -> Fee {
+fn fee_of(r: &sqlx::any::AnyRow) -> Fee {
     Fee {
         id: r.get("id"),
         household: r.get("household"),
@@ -19,13 +21,13 @@ fn fee_of(r: &sqlx::sqlite::SqliteRow) -> Fee {
 
 /// Issues a bill.
 pub async fn create_fee(
-    pool: &SqlitePool,
+    pool: &Db,
     household: &str,
     period: &str,
     amount_cents: i64,
 ) -> Result<Fee, StoreError> {
     let row = sqlx::query(
-        "INSERT INTO fees (household, period, amount_cents, status, created_at) VALUES (?, ?, ?, 'UNPAID', ?) \
+        "INSERT INTO fees (household, period, amount_cents, status, created_at) VALUES ($1, $2, $3, 'UNPAID', $4) \
          ON CONFLICT (household, period) DO NOTHING RETURNING *",
     )
     .bind(household)
@@ -41,8 +43,8 @@ pub async fn create_fee(
 }
 
 /// A bill.
-pub async fn get_fee(pool: &SqlitePool, id: i64) -> Result<Option<Fee>, StoreError> {
-    Ok(sqlx::query("SELECT * FROM fees WHERE id = ?")
+pub async fn get_fee(pool: &Db, id: i64) -> Result<Option<Fee>, StoreError> {
+    Ok(sqlx::query("SELECT * FROM fees WHERE id = $1")
         .bind(id)
         .fetch_optional(pool)
         .await?
@@ -57,14 +59,14 @@ pub fn fee_paid_key(transaction_id: &str) -> String {
 /// Records a provider's payment and its transaction log, in one database transaction;
 /// repeated callbacks change nothing.
 pub async fn record_fee_payment(
-    pool: &SqlitePool,
+    pool: &Db,
     fee_id: i64,
     transaction_id: &str,
     amount_cents: i64,
 ) -> Result<(), StoreError> {
     let mut tx = pool.begin().await?;
     sqlx::query(
-        "INSERT INTO fee_payments (transaction_id, fee_id, amount_cents, at) VALUES (?, ?, ?, ?) \
+        "INSERT INTO fee_payments (transaction_id, fee_id, amount_cents, at) VALUES ($1, $2, $3, $4) \
          ON CONFLICT (transaction_id) DO NOTHING",
     )
     .bind(transaction_id)
@@ -74,7 +76,7 @@ pub async fn record_fee_payment(
     .execute(&mut *tx)
     .await?;
     sqlx::query(
-        "INSERT INTO tx_log (tx_key, created_at) VALUES (?, ?) ON CONFLICT (tx_key) DO NOTHING",
+        "INSERT INTO tx_log (tx_key, created_at) VALUES ($1, $2) ON CONFLICT (tx_key) DO NOTHING",
     )
     .bind(fee_paid_key(transaction_id))
     .bind(now())
@@ -87,7 +89,7 @@ pub async fn record_fee_payment(
 /// Posts the one ledger entry of a bill and marks it paid with a receipt number. Returns
 /// whether it posted now.
 pub async fn post_ledger(
-    pool: &SqlitePool,
+    pool: &Db,
     fee_id: i64,
     transaction_id: &str,
     amount_cents: i64,
@@ -95,7 +97,7 @@ pub async fn post_ledger(
     let mut tx = pool.begin().await?;
     let receipt = format!("R-{fee_id:08}");
     let inserted = sqlx::query(
-        "INSERT INTO ledger (fee_id, transaction_id, amount_cents, receipt_no, at) VALUES (?, ?, ?, ?, ?) \
+        "INSERT INTO ledger (fee_id, transaction_id, amount_cents, receipt_no, at) VALUES ($1, $2, $3, $4, $5) \
          ON CONFLICT (fee_id) DO NOTHING",
     )
     .bind(fee_id)
@@ -109,7 +111,7 @@ pub async fn post_ledger(
     if inserted == 0 {
         return Ok(false);
     }
-    sqlx::query("UPDATE fees SET status = 'PAID', receipt_no = ? WHERE id = ?")
+    sqlx::query("UPDATE fees SET status = 'PAID', receipt_no = $1 WHERE id = $2")
         .bind(&receipt)
         .bind(fee_id)
         .execute(&mut *tx)
@@ -119,9 +121,9 @@ pub async fn post_ledger(
 }
 
 /// The ledger entries of a bill.
-pub async fn ledger_of(pool: &SqlitePool, fee_id: i64) -> Result<Vec<LedgerEntry>, StoreError> {
+pub async fn ledger_of(pool: &Db, fee_id: i64) -> Result<Vec<LedgerEntry>, StoreError> {
     Ok(
-        sqlx::query("SELECT * FROM ledger WHERE fee_id = ? ORDER BY id")
+        sqlx::query("SELECT * FROM ledger WHERE fee_id = $1 ORDER BY id")
             .bind(fee_id)
             .fetch_all(pool)
             .await?

@@ -1,20 +1,22 @@
 //! Products, orders, points and order timelines.
 
-use sqlx::{Row, SqlitePool};
+use sqlx::Row;
+
+use super::Db;
 
 use super::StoreError;
 use crate::domain::{format_time, now, time_of_ms, Order, OrderEvent, OrderItem, Product};
 
 /// Adds a product.
 pub async fn create_product(
-    pool: &SqlitePool,
+    pool: &Db,
     sku: &str,
     name: &str,
     price_cents: i64,
     stock: i64,
 ) -> Result<Product, StoreError> {
     let inserted = sqlx::query(
-        "INSERT INTO products (sku, name, price_cents, stock) VALUES (?, ?, ?, ?) ON CONFLICT (sku) DO NOTHING",
+        "INSERT INTO products (sku, name, price_cents, stock) VALUES ($1, $2, $3, $4) ON CONFLICT (sku) DO NOTHING",
     )
     .bind(sku)
     .bind(name)
@@ -33,9 +35,9 @@ pub async fn create_product(
 }
 
 /// A product.
-pub async fn get_product(pool: &SqlitePool, sku: &str) -> Result<Option<Product>, StoreError> {
+pub async fn get_product(pool: &Db, sku: &str) -> Result<Option<Product>, StoreError> {
     let row =
-        sqlx::query("SELECT sku, name, price_cents, stock, reserved FROM products WHERE sku = ?")
+        sqlx::query("SELECT sku, name, price_cents, stock, reserved FROM products WHERE sku = $1")
             .bind(sku)
             .fetch_optional(pool)
             .await?;
@@ -56,7 +58,7 @@ pub fn order_created_key(order_ref: &str) -> String {
 /// Creates an order, reserves its stock, starts its timeline with `CREATED` and writes the
 /// transaction log, in one database transaction.
 pub async fn create_order(
-    pool: &SqlitePool,
+    pool: &Db,
     order_ref: &str,
     user_id: &str,
     items: &[(String, i64)],
@@ -66,27 +68,34 @@ pub async fn create_order(
     let mut total = 0i64;
     let mut lines = Vec::with_capacity(items.len());
     for (sku, quantity) in items {
-        let row = sqlx::query("SELECT price_cents, stock, reserved FROM products WHERE sku = ?")
+        let row = sqlx::query("SELECT price_cents FROM products WHERE sku = $1")
             .bind(sku)
             .fetch_optional(&mut *tx)
             .await?
             .ok_or_else(|| StoreError::Invalid(format!("unknown sku {sku:?}")))?;
-        let (price, stock, reserved): (i64, i64, i64) = (
-            row.get("price_cents"),
-            row.get("stock"),
-            row.get("reserved"),
-        );
-        if stock - reserved < *quantity {
+        let price: i64 = row.get("price_cents");
+        // Conditional, so that concurrent orders (several processes on PostgreSQL) can never
+        // reserve more than the stock.
+        let reserved = sqlx::query(
+            "UPDATE products SET reserved = reserved + $1 WHERE sku = $2 AND stock - reserved >= $3",
+        )
+        .bind(quantity)
+        .bind(sku)
+        .bind(quantity)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if reserved == 0 {
+            let available: i64 =
+                sqlx::query("SELECT stock - reserved AS available FROM products WHERE sku = $1")
+                    .bind(sku)
+                    .fetch_one(&mut *tx)
+                    .await?
+                    .get("available");
             return Err(StoreError::Conflict(format!(
-                "not enough {sku}: {} available, {quantity} asked",
-                stock - reserved
+                "not enough {sku}: {available} available, {quantity} asked"
             )));
         }
-        sqlx::query("UPDATE products SET reserved = reserved + ? WHERE sku = ?")
-            .bind(quantity)
-            .bind(sku)
-            .execute(&mut *tx)
-            .await?;
         total += price * quantity;
         lines.push(OrderItem {
             sku: sku.clone(),
@@ -96,7 +105,7 @@ pub async fn create_order(
     }
     let created_at = format_time(time_of_ms(placed_at_ms));
     let id: i64 = sqlx::query(
-        "INSERT INTO orders (ref, user_id, status, total_cents, created_at) VALUES (?, ?, 'CREATED', ?, ?) RETURNING id",
+        "INSERT INTO orders (ref, user_id, status, total_cents, created_at) VALUES ($1, $2, 'CREATED', $3, $4) RETURNING id",
     )
     .bind(order_ref)
     .bind(user_id)
@@ -107,7 +116,7 @@ pub async fn create_order(
     .get("id");
     for l in &lines {
         sqlx::query(
-            "INSERT INTO order_items (order_id, sku, quantity, price_cents) VALUES (?, ?, ?, ?)",
+            "INSERT INTO order_items (order_id, sku, quantity, price_cents) VALUES ($1, $2, $3, $4)",
         )
         .bind(id)
         .bind(&l.sku)
@@ -116,12 +125,14 @@ pub async fn create_order(
         .execute(&mut *tx)
         .await?;
     }
-    sqlx::query("INSERT INTO order_events (order_id, seq, event, at) VALUES (?, 1, 'CREATED', ?)")
-        .bind(id)
-        .bind(&created_at)
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query("INSERT INTO tx_log (tx_key, created_at) VALUES (?, ?)")
+    sqlx::query(
+        "INSERT INTO order_events (order_id, seq, event, at) VALUES ($1, 1, 'CREATED', $2)",
+    )
+    .bind(id)
+    .bind(&created_at)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("INSERT INTO tx_log (tx_key, created_at) VALUES ($1, $2)")
         .bind(order_created_key(order_ref))
         .bind(&created_at)
         .execute(&mut *tx)
@@ -140,11 +151,8 @@ pub async fn create_order(
 }
 
 /// The id of the order with reference `order_ref`.
-pub async fn order_id_by_ref(
-    pool: &SqlitePool,
-    order_ref: &str,
-) -> Result<Option<i64>, StoreError> {
-    Ok(sqlx::query("SELECT id FROM orders WHERE ref = ?")
+pub async fn order_id_by_ref(pool: &Db, order_ref: &str) -> Result<Option<i64>, StoreError> {
+    Ok(sqlx::query("SELECT id FROM orders WHERE ref = $1")
         .bind(order_ref)
         .fetch_optional(pool)
         .await?
@@ -152,9 +160,9 @@ pub async fn order_id_by_ref(
 }
 
 /// An order with its items.
-pub async fn get_order(pool: &SqlitePool, id: i64) -> Result<Option<Order>, StoreError> {
+pub async fn get_order(pool: &Db, id: i64) -> Result<Option<Order>, StoreError> {
     let Some(row) = sqlx::query(
-        "SELECT id, user_id, status, total_cents, payment_id, created_at, cancelled_at FROM orders WHERE id = ?",
+        "SELECT id, user_id, status, total_cents, payment_id, created_at, cancelled_at FROM orders WHERE id = $1",
     )
     .bind(id)
     .fetch_optional(pool)
@@ -163,7 +171,7 @@ pub async fn get_order(pool: &SqlitePool, id: i64) -> Result<Option<Order>, Stor
         return Ok(None);
     };
     let items = sqlx::query(
-        "SELECT sku, quantity, price_cents FROM order_items WHERE order_id = ? ORDER BY sku",
+        "SELECT sku, quantity, price_cents FROM order_items WHERE order_id = $1 ORDER BY sku",
     )
     .bind(id)
     .fetch_all(pool)
@@ -188,8 +196,8 @@ pub async fn get_order(pool: &SqlitePool, id: i64) -> Result<Option<Order>, Stor
 }
 
 /// The orders of a user, newest first.
-pub async fn orders_of(pool: &SqlitePool, user_id: &str) -> Result<Vec<Order>, StoreError> {
-    let ids: Vec<i64> = sqlx::query("SELECT id FROM orders WHERE user_id = ? ORDER BY id DESC")
+pub async fn orders_of(pool: &Db, user_id: &str) -> Result<Vec<Order>, StoreError> {
+    let ids: Vec<i64> = sqlx::query("SELECT id FROM orders WHERE user_id = $1 ORDER BY id DESC")
         .bind(user_id)
         .fetch_all(pool)
         .await?
@@ -221,46 +229,44 @@ pub fn order_paid_key(order_id: i64) -> String {
 
 /// Marks an order paid, turns its reservation into a sale and writes the transaction log, in
 /// one database transaction.
-pub async fn pay_order(
-    pool: &SqlitePool,
-    order_id: i64,
-    payment_id: &str,
-) -> Result<Paid, StoreError> {
+pub async fn pay_order(pool: &Db, order_id: i64, payment_id: &str) -> Result<Paid, StoreError> {
     let mut tx = pool.begin().await?;
-    let row = sqlx::query("SELECT status, payment_id FROM orders WHERE id = ?")
-        .bind(order_id)
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or_else(|| StoreError::NotFound(format!("order {order_id}")))?;
-    let status: String = row.get("status");
-    let paid_with: Option<String> = row.get("payment_id");
-    match status.as_str() {
-        "CREATED" => {}
-        "PAID" if paid_with.as_deref() == Some(payment_id) => return Ok(Paid::Already),
-        "PAID" => {
-            return Err(StoreError::Conflict(format!(
+    // Conditional, so that of two concurrent payments (several processes on PostgreSQL) only
+    // one changes the order; the other sees what it did.
+    let changed = sqlx::query(
+        "UPDATE orders SET status = 'PAID', payment_id = $1 WHERE id = $2 AND status = 'CREATED'",
+    )
+    .bind(payment_id)
+    .bind(order_id)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if changed == 0 {
+        let row = sqlx::query("SELECT status, payment_id FROM orders WHERE id = $1")
+            .bind(order_id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("order {order_id}")))?;
+        let status: String = row.get("status");
+        let paid_with: Option<String> = row.get("payment_id");
+        return match status.as_str() {
+            "PAID" if paid_with.as_deref() == Some(payment_id) => Ok(Paid::Already),
+            "PAID" => Err(StoreError::Conflict(format!(
                 "order {order_id} is already paid by another payment"
-            )))
-        }
-        _ => {
-            return Err(StoreError::Conflict(format!(
+            ))),
+            _ => Err(StoreError::Conflict(format!(
                 "order {order_id} is {status}"
-            )))
-        }
+            ))),
+        };
     }
-    sqlx::query("UPDATE orders SET status = 'PAID', payment_id = ? WHERE id = ?")
-        .bind(payment_id)
-        .bind(order_id)
-        .execute(&mut *tx)
-        .await?;
     sqlx::query(
         "UPDATE products SET stock = stock - i.quantity, reserved = reserved - i.quantity \
-         FROM (SELECT sku, quantity FROM order_items WHERE order_id = ?) AS i WHERE products.sku = i.sku",
+         FROM (SELECT sku, quantity FROM order_items WHERE order_id = $1) AS i WHERE products.sku = i.sku",
     )
     .bind(order_id)
     .execute(&mut *tx)
     .await?;
-    sqlx::query("INSERT INTO tx_log (tx_key, created_at) VALUES (?, ?)")
+    sqlx::query("INSERT INTO tx_log (tx_key, created_at) VALUES ($1, $2)")
         .bind(order_paid_key(order_id))
         .bind(now())
         .execute(&mut *tx)
@@ -270,8 +276,8 @@ pub async fn pay_order(
 }
 
 /// Whether the transaction log holds `key`.
-pub async fn tx_logged(pool: &SqlitePool, key: &str) -> Result<bool, StoreError> {
-    Ok(sqlx::query("SELECT 1 FROM tx_log WHERE tx_key = ?")
+pub async fn tx_logged(pool: &Db, key: &str) -> Result<bool, StoreError> {
+    Ok(sqlx::query("SELECT 1 FROM tx_log WHERE tx_key = $1")
         .bind(key)
         .fetch_optional(pool)
         .await?
@@ -279,10 +285,10 @@ pub async fn tx_logged(pool: &SqlitePool, key: &str) -> Result<bool, StoreError>
 }
 
 /// Cancels an order that is still unpaid and releases its stock. Returns whether it did.
-pub async fn cancel_if_unpaid(pool: &SqlitePool, order_id: i64) -> Result<bool, StoreError> {
+pub async fn cancel_if_unpaid(pool: &Db, order_id: i64) -> Result<bool, StoreError> {
     let mut tx = pool.begin().await?;
     let changed =
-        sqlx::query("UPDATE orders SET status = 'CANCELLED', cancelled_at = ? WHERE id = ? AND status = 'CREATED'")
+        sqlx::query("UPDATE orders SET status = 'CANCELLED', cancelled_at = $1 WHERE id = $2 AND status = 'CREATED'")
             .bind(now())
             .bind(order_id)
             .execute(&mut *tx)
@@ -293,7 +299,7 @@ pub async fn cancel_if_unpaid(pool: &SqlitePool, order_id: i64) -> Result<bool, 
     }
     sqlx::query(
         "UPDATE products SET reserved = reserved - i.quantity \
-         FROM (SELECT sku, quantity FROM order_items WHERE order_id = ?) AS i WHERE products.sku = i.sku",
+         FROM (SELECT sku, quantity FROM order_items WHERE order_id = $1) AS i WHERE products.sku = i.sku",
     )
     .bind(order_id)
     .execute(&mut *tx)
@@ -304,14 +310,14 @@ pub async fn cancel_if_unpaid(pool: &SqlitePool, order_id: i64) -> Result<bool, 
 
 /// Credits points for an order, once per order. Returns whether it did now.
 pub async fn credit_points(
-    pool: &SqlitePool,
+    pool: &Db,
     order_id: i64,
     user_id: &str,
     points: i64,
 ) -> Result<bool, StoreError> {
     let mut tx = pool.begin().await?;
     let inserted = sqlx::query(
-        "INSERT INTO points_credits (order_id, user_id, points) VALUES (?, ?, ?) ON CONFLICT (order_id) DO NOTHING",
+        "INSERT INTO points_credits (order_id, user_id, points) VALUES ($1, $2, $3) ON CONFLICT (order_id) DO NOTHING",
     )
     .bind(order_id)
     .bind(user_id)
@@ -323,7 +329,7 @@ pub async fn credit_points(
         return Ok(false);
     }
     sqlx::query(
-        "INSERT INTO points (user_id, points) VALUES (?, ?) ON CONFLICT (user_id) DO UPDATE SET points = points + excluded.points",
+        "INSERT INTO points (user_id, points) VALUES ($1, $2) ON CONFLICT (user_id) DO UPDATE SET points = points.points + excluded.points",
     )
     .bind(user_id)
     .bind(points)
@@ -334,8 +340,8 @@ pub async fn credit_points(
 }
 
 /// A user's points.
-pub async fn points_of(pool: &SqlitePool, user_id: &str) -> Result<i64, StoreError> {
-    Ok(sqlx::query("SELECT points FROM points WHERE user_id = ?")
+pub async fn points_of(pool: &Db, user_id: &str) -> Result<i64, StoreError> {
+    Ok(sqlx::query("SELECT points FROM points WHERE user_id = $1")
         .bind(user_id)
         .fetch_optional(pool)
         .await?
@@ -344,10 +350,10 @@ pub async fn points_of(pool: &SqlitePool, user_id: &str) -> Result<i64, StoreErr
 }
 
 /// Appends an event to an order's timeline, once per kind. Returns whether it did now.
-pub async fn add_event(pool: &SqlitePool, order_id: i64, event: &str) -> Result<bool, StoreError> {
+pub async fn add_event(pool: &Db, order_id: i64, event: &str) -> Result<bool, StoreError> {
     let inserted = sqlx::query(
         "INSERT INTO order_events (order_id, seq, event, at) \
-         VALUES (?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM order_events WHERE order_id = ?), ?, ?) \
+         VALUES ($1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM order_events WHERE order_id = $2), $3, $4) \
          ON CONFLICT (order_id, event) DO NOTHING",
     )
     .bind(order_id)
@@ -361,9 +367,9 @@ pub async fn add_event(pool: &SqlitePool, order_id: i64, event: &str) -> Result<
 }
 
 /// An order's timeline.
-pub async fn events(pool: &SqlitePool, order_id: i64) -> Result<Vec<OrderEvent>, StoreError> {
+pub async fn events(pool: &Db, order_id: i64) -> Result<Vec<OrderEvent>, StoreError> {
     Ok(
-        sqlx::query("SELECT seq, event, at FROM order_events WHERE order_id = ? ORDER BY seq")
+        sqlx::query("SELECT seq, event, at FROM order_events WHERE order_id = $1 ORDER BY seq")
             .bind(order_id)
             .fetch_all(pool)
             .await?

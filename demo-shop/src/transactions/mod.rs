@@ -3,10 +3,9 @@
 
 use mq_starter::prelude::*;
 use serde::{Deserialize, Serialize};
-use sqlx::SqlitePool;
 
 use crate::domain::{FeePaid, Order, OrderCreated, OrderPaid};
-use crate::store::{self, Paid, StoreError};
+use crate::store::{self, Db, Paid, StoreError};
 
 /// Fault injection for the crash tests: with `DEMO_SHOP_HANG_AT=<point>`, a local transaction
 /// announces the point on stdout and hangs there, so that a test can kill the process between
@@ -33,7 +32,7 @@ pub struct CreateOrder {
 /// its message does (and with it the delayed cancellation that message schedules).
 #[derive(Clone)]
 pub struct OrderCreatedTx {
-    pub db: SqlitePool,
+    pub db: Db,
 }
 
 #[transaction_listener(name = "order-created")]
@@ -87,7 +86,7 @@ pub struct PayOrder {
 /// Marks an order paid with its `order-paid` message.
 #[derive(Clone)]
 pub struct OrderPaidTx {
-    pub db: SqlitePool,
+    pub db: Db,
 }
 
 #[transaction_listener(name = "order-paid")]
@@ -129,7 +128,7 @@ impl TransactionListener for OrderPaidTx {
 /// Records a payment provider's callback with its `fee-paid` message.
 #[derive(Clone)]
 pub struct FeePaidTx {
-    pub db: SqlitePool,
+    pub db: Db,
 }
 
 #[transaction_listener(name = "fee-paid")]

@@ -165,3 +165,102 @@ pub fn redis_answers() -> bool {
     }
     ok
 }
+
+/// A PostgreSQL database of the test's own, created on the server of `DATABASE_URL` (default
+/// `postgres://postgres@127.0.0.1:5432/test`) and dropped when this is dropped.
+pub struct PgDatabase {
+    /// The URL of the new database.
+    pub url: String,
+    admin: String,
+    name: String,
+}
+
+impl PgDatabase {
+    /// Creates the database; `None` (said loudly, and a failure under `MQ_REQUIRE_POSTGRES=1`)
+    /// when no server answers.
+    pub async fn create() -> Option<PgDatabase> {
+        use sqlx::{Connection, Executor};
+        let admin = std::env::var("DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+        let conn =
+            tokio::time::timeout(Duration::from_secs(5), sqlx::PgConnection::connect(&admin)).await;
+        let mut conn = match conn {
+            Ok(Ok(c)) => c,
+            other => {
+                let why = match other {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "timed out".into(),
+                };
+                assert!(
+                    std::env::var("MQ_REQUIRE_POSTGRES").map_or(true, |v| v != "1"),
+                    "MQ_REQUIRE_POSTGRES=1 but PostgreSQL at {admin} does not answer: {why}"
+                );
+                eprintln!("\n*** SKIPPED: no PostgreSQL at {admin} ({why}) ***\n");
+                return None;
+            }
+        };
+        let name = format!(
+            "shop_test_{}_{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        );
+        conn.execute(format!("CREATE DATABASE {name}").as_str())
+            .await
+            .unwrap();
+        let (base, query) = match admin.split_once('?') {
+            Some((b, q)) => (b, format!("?{q}")),
+            None => (admin.as_str(), String::new()),
+        };
+        let server = base.rsplit_once('/').map_or(base, |(s, _)| s);
+        Some(PgDatabase {
+            url: format!("{server}/{name}{query}"),
+            admin,
+            name,
+        })
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let (admin, name) = (self.admin.clone(), self.name.clone());
+        // Drop runs outside async code: a runtime of its own, on a thread of its own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                use sqlx::{Connection, Executor};
+                if let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await {
+                    let _ = conn
+                        .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// Deletes the Redis keys under `prefix` (a test's own), with `redis-cli`.
+pub fn redis_cleanup(prefix: &str) {
+    let keys = Command::new("redis-cli")
+        .args(["--scan", "--pattern", &format!("{prefix}*")])
+        .output();
+    if let Ok(out) = keys {
+        let keys: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        for chunk in keys.chunks(500) {
+            let _ = Command::new("redis-cli")
+                .arg("del")
+                .args(chunk)
+                .stdout(Stdio::null())
+                .status();
+        }
+    }
+}

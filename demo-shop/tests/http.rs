@@ -246,25 +246,35 @@ async fn bad_requests_get_clear_4xx_and_change_nothing() {
     for (items, code, needle) in [
         (
             json!([{"sku": "kiwi", "quantity": 1}]),
-            StatusCode::UNPROCESSABLE_ENTITY,
+            StatusCode::NOT_FOUND,
             "kiwi",
         ),
         (
             json!([{"sku": "pear", "quantity": 0}]),
             StatusCode::UNPROCESSABLE_ENTITY,
-            "positive",
+            "between 1 and 10000",
         ),
         (
             json!([{"sku": "pear", "quantity": -2}]),
             StatusCode::UNPROCESSABLE_ENTITY,
-            "positive",
+            "between 1 and 10000",
+        ),
+        (
+            json!([{"sku": "pear", "quantity": 10_001}]),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "between 1 and 10000",
+        ),
+        (
+            json!([{"sku": " ", "quantity": 1}]),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "sku must not be empty",
         ),
         (
             json!([{"sku": "pear", "quantity": 6}]),
             StatusCode::CONFLICT,
             "not enough",
         ),
-        (json!([]), StatusCode::UNPROCESSABLE_ENTITY, "at least one"),
+        (json!([]), StatusCode::UNPROCESSABLE_ENTITY, "1 to 50 items"),
     ] {
         let (status, body) = shop
             .post("/api/orders", json!({"user_id": "u", "items": items}))

@@ -21,7 +21,7 @@ pub struct Health {
 }
 
 /// Whether the shop is up, and on which broker.
-#[utoipa::path(get, path = "/health", responses((status = 200, body = Health)))]
+#[utoipa::path(get, path = "/health", responses((status = 200, description = "up", body = Health)))]
 pub async fn health(State(s): State<ApiState>) -> Json<Health> {
     Json(Health {
         status: "UP".into(),
@@ -30,7 +30,7 @@ pub async fn health(State(s): State<ApiState>) -> Json<Health> {
 }
 
 /// Prometheus metrics of mq.
-#[utoipa::path(get, path = "/metrics", responses((status = 200, body = String, content_type = "text/plain")))]
+#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text", body = String, content_type = "text/plain")))]
 pub async fn metrics(State(s): State<ApiState>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -94,7 +94,7 @@ pub struct DeadLetterView {
 
 /// Every group's dead letters (the oldest 100 of each).
 #[utoipa::path(get, path = "/api/mq/dead-letters", security(("bearer" = [])),
-    responses((status = 200, body = Vec<DeadLetterView>), (status = 401, body = ErrorBody)))]
+    responses((status = 200, description = "the dead letters", body = Vec<DeadLetterView>), (status = 401, description = "no or a wrong bearer token", body = ErrorBody)))]
 pub async fn dead_letters(
     _: Admin,
     State(s): State<ApiState>,
@@ -131,9 +131,9 @@ pub async fn dead_letters(
 }
 
 /// Delivers a dead letter again to its group.
-#[utoipa::path(post, path = "/api/mq/dead-letters/{id}/resend", params(("id" = String, Path, description = "group:seq")),
+#[utoipa::path(post, path = "/api/mq/dead-letters/{id}/resend", params(("id" = String, Path, description = "group:seq", pattern = r"^.+:[0-9]{1,19}$")),
     security(("bearer" = [])),
-    responses((status = 204), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 204, description = "sent again"), (status = 400, description = "a malformed path, query string or JSON body", body = ErrorBody), (status = 401, description = "no or a wrong bearer token", body = ErrorBody), (status = 404, description = "no such dead letter", body = ErrorBody)))]
 pub async fn resend_dead_letter(
     _: Admin,
     State(s): State<ApiState>,

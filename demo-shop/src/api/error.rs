@@ -80,7 +80,6 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::NotFound(m) => ApiError::not_found(format!("{m} not found")),
             StoreError::Conflict(m) => ApiError::conflict(m),
-            StoreError::Invalid(m) => ApiError::invalid(m),
             StoreError::Db(e) => ApiError::internal(e),
         }
     }

@@ -7,6 +7,7 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 
 use super::error::{ApiError, Body, ErrorBody, PathParam};
+use super::validate;
 use super::ApiState;
 use crate::domain::{Fee, FeePaid, LedgerEntry};
 use crate::store;
@@ -14,24 +15,25 @@ use crate::store;
 /// A new bill.
 #[derive(Deserialize, ToSchema)]
 pub struct NewFee {
+    #[schema(min_length = 1, max_length = 100, pattern = r"\S")]
     pub household: String,
+    #[schema(min_length = 1, max_length = 100, pattern = r"\S")]
     pub period: String,
+    #[schema(minimum = 1, maximum = 1_000_000_000)]
+    #[serde(deserialize_with = "validate::integer")]
     pub amount_cents: i64,
 }
 
 /// Issues a bill.
 #[utoipa::path(post, path = "/api/fees", request_body = NewFee,
-    responses((status = 201, body = Fee), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    responses((status = 201, description = "the bill", body = Fee), (status = 400, description = "a malformed path, query string or JSON body", body = ErrorBody), (status = 409, description = "the household already has a bill for the period", body = ErrorBody), (status = 413, description = "a body larger than 64 KiB", body = ErrorBody), (status = 422, description = "a field breaks its documented rule", body = ErrorBody)))]
 pub async fn create_fee(
     State(s): State<ApiState>,
     Body(f): Body<NewFee>,
 ) -> Result<(StatusCode, Json<Fee>), ApiError> {
-    if f.household.trim().is_empty() || f.period.trim().is_empty() {
-        return Err(ApiError::invalid("household and period must not be empty"));
-    }
-    if f.amount_cents <= 0 {
-        return Err(ApiError::invalid("amount_cents must be positive"));
-    }
+    validate::text("household", &f.household)?;
+    validate::text("period", &f.period)?;
+    validate::int("amount_cents", f.amount_cents, 1, validate::MAX_CENTS)?;
     let fee = store::create_fee(&s.shop.db, &f.household, &f.period, f.amount_cents).await?;
     Ok((StatusCode::CREATED, Json(fee)))
 }
@@ -44,7 +46,7 @@ async fn fee_or_404(s: &ApiState, id: i64) -> Result<Fee, ApiError> {
 
 /// A bill.
 #[utoipa::path(get, path = "/api/fees/{id}", params(("id" = i64, Path)),
-    responses((status = 200, body = Fee), (status = 404, body = ErrorBody)))]
+    responses((status = 200, description = "the bill", body = Fee), (status = 400, description = "a malformed path, query string or JSON body", body = ErrorBody), (status = 404, description = "no such bill", body = ErrorBody)))]
 pub async fn get_fee(
     State(s): State<ApiState>,
     PathParam(id): PathParam<i64>,
@@ -55,6 +57,7 @@ pub async fn get_fee(
 /// The provider's callback.
 #[derive(Deserialize, ToSchema)]
 pub struct PaymentNotice {
+    #[schema(min_length = 1, max_length = 100, pattern = r"\S")]
     pub transaction_id: String,
 }
 
@@ -62,15 +65,13 @@ pub struct PaymentNotice {
 /// message whose local transaction records the payment and the transaction log. The ledger
 /// listener posts one entry per bill, however often this is called.
 #[utoipa::path(post, path = "/api/fees/{id}/payment-notify", params(("id" = i64, Path)), request_body = PaymentNotice,
-    responses((status = 200, body = Fee), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    responses((status = 200, description = "the bill, paid or being paid", body = Fee), (status = 400, description = "a malformed path, query string or JSON body", body = ErrorBody), (status = 404, description = "no such bill", body = ErrorBody), (status = 413, description = "a body larger than 64 KiB", body = ErrorBody), (status = 422, description = "a field breaks its documented rule", body = ErrorBody), (status = 503, description = "the broker did not take the message", body = ErrorBody)))]
 pub async fn payment_notify(
     State(s): State<ApiState>,
     PathParam(id): PathParam<i64>,
     Body(n): Body<PaymentNotice>,
 ) -> Result<Json<Fee>, ApiError> {
-    if n.transaction_id.trim().is_empty() {
-        return Err(ApiError::invalid("transaction_id must not be empty"));
-    }
+    validate::text("transaction_id", &n.transaction_id)?;
     let fee = fee_or_404(&s, id).await?;
     if fee.status == "PAID" {
         return Ok(Json(fee));
@@ -92,7 +93,7 @@ pub async fn payment_notify(
 
 /// The ledger entries of a bill (at most one).
 #[utoipa::path(get, path = "/api/fees/{id}/ledger", params(("id" = i64, Path)),
-    responses((status = 200, body = Vec<LedgerEntry>), (status = 404, body = ErrorBody)))]
+    responses((status = 200, description = "at most one entry", body = Vec<LedgerEntry>), (status = 400, description = "a malformed path, query string or JSON body", body = ErrorBody), (status = 404, description = "no such bill", body = ErrorBody)))]
 pub async fn fee_ledger(
     State(s): State<ApiState>,
     PathParam(id): PathParam<i64>,

@@ -5,6 +5,7 @@ pub mod error;
 mod fees;
 mod orders;
 mod products;
+mod validate;
 
 use std::sync::Arc;
 

@@ -12,6 +12,7 @@ use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
 use super::error::{ApiError, Body, ErrorBody, PathParam, QueryParam};
+use super::validate;
 use super::ApiState;
 use crate::domain::{Order, OrderCreated, OrderEvent, OrderPaid, Points};
 use crate::store;
@@ -20,39 +21,48 @@ use crate::transactions::{CreateOrder, PayOrder};
 /// One line of a new order.
 #[derive(Deserialize, ToSchema)]
 pub struct NewOrderItem {
+    #[schema(min_length = 1, max_length = 100, pattern = r"\S")]
     pub sku: String,
+    #[schema(minimum = 1, maximum = 10_000)]
+    #[serde(deserialize_with = "validate::integer")]
     pub quantity: i64,
 }
 
 /// A new order.
 #[derive(Deserialize, ToSchema)]
 pub struct NewOrder {
+    #[schema(min_length = 1, max_length = 100, pattern = r"\S")]
     pub user_id: String,
+    #[schema(min_items = 1, max_items = 50)]
     pub items: Vec<NewOrderItem>,
 }
 
 /// Places an order: reserves its stock and schedules its cancellation if unpaid, as one act
 /// (a transactional `order-created` message whose local transaction inserts the order).
 #[utoipa::path(post, path = "/api/orders", request_body = NewOrder,
-    responses((status = 201, body = Order), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    responses((status = 201, description = "the order, its stock reserved and its cancellation scheduled", body = Order), (status = 400, description = "a malformed path, query string or JSON body", body = ErrorBody), (status = 404, description = "a product of the order does not exist", body = ErrorBody), (status = 409, description = "not enough stock", body = ErrorBody), (status = 413, description = "a body larger than 64 KiB", body = ErrorBody), (status = 422, description = "a field breaks its documented rule", body = ErrorBody), (status = 503, description = "the broker did not take the message", body = ErrorBody)))]
 pub async fn create_order(
     State(s): State<ApiState>,
     Body(o): Body<NewOrder>,
 ) -> Result<(StatusCode, Json<Order>), ApiError> {
-    if o.user_id.trim().is_empty() {
-        return Err(ApiError::invalid("user_id must not be empty"));
-    }
-    if o.items.is_empty() {
-        return Err(ApiError::invalid("an order needs at least one item"));
+    validate::text("user_id", &o.user_id)?;
+    if o.items.is_empty() || o.items.len() > validate::MAX_LINES {
+        return Err(ApiError::invalid(format!(
+            "an order has 1 to {} items, not {}",
+            validate::MAX_LINES,
+            o.items.len()
+        )));
     }
     let mut lines: BTreeMap<String, i64> = BTreeMap::new();
     for item in &o.items {
-        if item.quantity <= 0 {
-            return Err(ApiError::invalid(format!(
-                "quantity of {} must be positive, not {}",
-                item.sku, item.quantity
-            )));
-        }
+        validate::text("sku", &item.sku)?;
+        validate::int(
+            &format!("quantity of {}", item.sku),
+            item.quantity,
+            1,
+            validate::MAX_QUANTITY,
+        )?;
+        // Bounded: at most MAX_LINES × MAX_QUANTITY.
         *lines.entry(item.sku.clone()).or_default() += item.quantity;
     }
     let order_ref = uuid::Uuid::now_v7().to_string();
@@ -101,13 +111,14 @@ pub async fn create_order(
 
 /// Who is asking for orders.
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct OrdersQuery {
     pub user_id: String,
 }
 
 /// The orders of a user.
 #[utoipa::path(get, path = "/api/orders", params(OrdersQuery),
-    responses((status = 200, body = Vec<Order>), (status = 400, body = ErrorBody)))]
+    responses((status = 200, description = "the user's orders, newest first", body = Vec<Order>), (status = 400, description = "a malformed path, query string or JSON body", body = ErrorBody)))]
 pub async fn list_orders(
     State(s): State<ApiState>,
     QueryParam(q): QueryParam<OrdersQuery>,
@@ -123,7 +134,7 @@ async fn order_or_404(s: &ApiState, id: i64) -> Result<Order, ApiError> {
 
 /// An order.
 #[utoipa::path(get, path = "/api/orders/{id}", params(("id" = i64, Path)),
-    responses((status = 200, body = Order), (status = 404, body = ErrorBody)))]
+    responses((status = 200, description = "the order", body = Order), (status = 400, description = "a malformed path, query string or JSON body", body = ErrorBody), (status = 404, description = "no such order", body = ErrorBody)))]
 pub async fn get_order(
     State(s): State<ApiState>,
     PathParam(id): PathParam<i64>,
@@ -134,6 +145,7 @@ pub async fn get_order(
 /// A payment.
 #[derive(Deserialize, ToSchema)]
 pub struct Payment {
+    #[schema(min_length = 1, max_length = 100, pattern = r"\S")]
     pub payment_id: String,
 }
 
@@ -141,15 +153,13 @@ pub struct Payment {
 /// order paid and writes the transaction log. Paying again with the same payment id answers
 /// the same and changes nothing.
 #[utoipa::path(post, path = "/api/orders/{id}/pay", params(("id" = i64, Path)), request_body = Payment,
-    responses((status = 200, body = Order), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    responses((status = 200, description = "the order, paid", body = Order), (status = 202, description = "the payment's outcome is not known yet; check-back settles it", body = ErrorBody), (status = 400, description = "a malformed path, query string or JSON body", body = ErrorBody), (status = 404, description = "no such order", body = ErrorBody), (status = 409, description = "the order is cancelled or paid by another payment", body = ErrorBody), (status = 413, description = "a body larger than 64 KiB", body = ErrorBody), (status = 422, description = "a field breaks its documented rule", body = ErrorBody), (status = 503, description = "the broker did not take the message", body = ErrorBody)))]
 pub async fn pay_order(
     State(s): State<ApiState>,
     PathParam(id): PathParam<i64>,
     Body(p): Body<Payment>,
 ) -> Result<Json<Order>, ApiError> {
-    if p.payment_id.trim().is_empty() {
-        return Err(ApiError::invalid("payment_id must not be empty"));
-    }
+    validate::text("payment_id", &p.payment_id)?;
     let order = order_or_404(&s, id).await?;
     match order.status.as_str() {
         "PAID" if order.payment_id.as_deref() == Some(p.payment_id.as_str()) => {
@@ -196,7 +206,7 @@ pub async fn pay_order(
 
 /// An order's timeline: CREATED, then PAID or CANCELLED.
 #[utoipa::path(get, path = "/api/orders/{id}/events", params(("id" = i64, Path)),
-    responses((status = 200, body = Vec<OrderEvent>), (status = 404, body = ErrorBody)))]
+    responses((status = 200, description = "the timeline", body = Vec<OrderEvent>), (status = 400, description = "a malformed path, query string or JSON body", body = ErrorBody), (status = 404, description = "no such order", body = ErrorBody)))]
 pub async fn order_events(
     State(s): State<ApiState>,
     PathParam(id): PathParam<i64>,
@@ -207,7 +217,7 @@ pub async fn order_events(
 
 /// A user's points.
 #[utoipa::path(get, path = "/api/users/{id}/points", params(("id" = String, Path)),
-    responses((status = 200, body = Points)))]
+    responses((status = 200, description = "the points (0 for an unknown user)", body = Points), (status = 400, description = "a malformed path, query string or JSON body", body = ErrorBody)))]
 pub async fn user_points(
     State(s): State<ApiState>,
     PathParam(user_id): PathParam<String>,

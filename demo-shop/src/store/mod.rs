@@ -111,9 +111,6 @@ pub enum StoreError {
     /// The change conflicts with the current state.
     #[error("{0}")]
     Conflict(String),
-    /// The input breaks a rule.
-    #[error("{0}")]
-    Invalid(String),
     /// The database failed.
     #[error("database: {0}")]
     Db(#[from] sqlx::Error),

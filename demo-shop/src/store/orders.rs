@@ -72,7 +72,7 @@ pub async fn create_order(
             .bind(sku)
             .fetch_optional(&mut *tx)
             .await?
-            .ok_or_else(|| StoreError::Invalid(format!("unknown sku {sku:?}")))?;
+            .ok_or_else(|| StoreError::NotFound(format!("product {sku}")))?;
         let price: i64 = row.get("price_cents");
         // Conditional, so that concurrent orders (several processes on PostgreSQL) can never
         // reserve more than the stock.

@@ -535,3 +535,32 @@ async fn admin_routes_need_the_token() {
     }
     shop.stop();
 }
+
+/// A fresh database on the same Redis idempotency store: the new order 1 is not a duplicate of
+/// the old order 1 (the keys carry the database's identity), so it is still cancelled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_database_is_not_silenced_by_old_idempotency_keys() {
+    if !redis_answers() {
+        return;
+    }
+    let prefix = format!("demo-shop-test-{}-{}", std::process::id(), uuid_like());
+    let env = [
+        ("MQ_PROFILES", "redis"),
+        ("MQ__MQ__IDEMPOTENCY__PREFIX", prefix.as_str()),
+    ];
+    for round in 0..2 {
+        let dir = tempfile::tempdir().unwrap();
+        let shop = Shop::start(dir.path(), &env);
+        product(&shop, "lime", 3).await;
+        let id = order(&shop, "u5", "lime", 1).await["id"].as_i64().unwrap();
+        assert_eq!(id, 1, "a fresh database starts its ids again");
+        eventually(
+            &format!("order 1 of database {round} to be cancelled"),
+            async || shop.get("/api/orders/1").await["status"] == "CANCELLED",
+        )
+        .await;
+        assert_eq!(shop.get("/api/products/lime").await["reserved"], 0);
+        shop.stop();
+    }
+    redis_cleanup(&prefix);
+}

@@ -153,7 +153,12 @@ pub(crate) fn recover(
         }
         why_full.push(scan.why_rescan);
     }
-    tracing::warn!(reasons = ?why_full, "re-indexing the whole commit log");
+    if log_end == log.min_position() {
+        // A new data directory: nothing to re-index, nothing to warn about.
+        tracing::debug!(reasons = ?why_full, "re-indexing the whole (empty) commit log");
+    } else {
+        tracing::warn!(reasons = ?why_full, "re-indexing the whole commit log");
+    }
     let mut scan = Scan::new(store, log.min_position(), durable, true);
     let (report, end) = scan.run()?;
     let end = scan.finish(end)?;

@@ -6,8 +6,8 @@
 //! that image.
 //!
 //! Checked per round: under `sync` every send acknowledged before the cut is served; under
-//! `async` every send acknowledged before the last commit-log fsync before the cut is (the
-//! loss is bounded by the flush interval, and counted); nothing is served that was not sent,
+//! `async` every send acknowledged before the commit log's last fsync of the segment it was
+//! written to is (the loss is bounded by the flush interval, and counted); nothing is served that was not sent,
 //! every body is intact, and nothing is served twice.
 //!
 //! `MQ_POWER_SEED` replays a seed, `MQ_POWER_ROUNDS` sets the rounds per policy (default 12);
@@ -156,10 +156,38 @@ async fn round(rng: &mut Rng, flush: FlushPolicy, totals: &mut Totals) {
     recorder.stop();
     broker.shutdown().await.expect("shutdown");
 
-    // The last change before the cut that made the commit log durable.
+    // Under `async`, a send is durable once the commit-log segment being written when it was
+    // acknowledged has been fsynced after its record was written: records in older segments
+    // were fsynced when the log rolled over. (Any commit-log fsync is not enough: the flusher
+    // may fsync the segment it saw as the last one while the writer has moved on to the next.)
+    let in_log = |p: &std::path::Path| p.components().any(|c| c.as_os_str() == "commitlog");
+    let mut newest_segment = Vec::with_capacity(ops.len() + 1);
+    let mut newest: Option<&std::path::Path> = None;
+    newest_segment.push(newest);
+    for op in &ops {
+        if let IoOp::Create(p) = op {
+            if in_log(p) {
+                newest = Some(p.as_path());
+            }
+        }
+        newest_segment.push(newest);
+    }
+    let mut last_sync: HashMap<&std::path::Path, usize> = HashMap::new();
+    for (i, op) in ops[..cut].iter().enumerate() {
+        if let IoOp::Sync(p) = op {
+            if in_log(p) {
+                last_sync.insert(p.as_path(), i);
+            }
+        }
+    }
+    let synced_after = |at: usize| {
+        newest_segment[at]
+            .and_then(|seg| last_sync.get(seg))
+            .is_some_and(|&j| j + 1 >= at)
+    };
     let last_log_sync = ops[..cut]
         .iter()
-        .rposition(|op| matches!(op, IoOp::Sync(p) if p.components().any(|c| c.as_os_str() == "commitlog")))
+        .rposition(|op| matches!(op, IoOp::Sync(p) if in_log(p)))
         .map_or(0, |i| i + 1);
 
     let broker = EmbeddedBroker::open(config(image.path(), flush))
@@ -209,7 +237,7 @@ async fn round(rng: &mut Rng, flush: FlushPolicy, totals: &mut Totals) {
     for (id, at) in &acked {
         let durable = match flush {
             FlushPolicy::Sync => *at <= cut,
-            FlushPolicy::Async { .. } => *at <= last_log_sync,
+            FlushPolicy::Async { .. } => *at <= cut && synced_after(*at),
         };
         if durable {
             must_have += 1;
@@ -219,6 +247,28 @@ async fn round(rng: &mut Rng, flush: FlushPolicy, totals: &mut Totals) {
         } else if *at <= cut && !served.contains_key(id) {
             totals.lost_unsynced += 1;
         }
+    }
+    if !lost.is_empty() {
+        // The evidence outlives the test: the live directory (everything written) and the
+        // image the broker reopened.
+        let live = live.keep();
+        let image = image.keep();
+        println!(
+            "lost sends: live directory kept in {}, image in {}, cut {cut}/{total}, last log sync {last_log_sync}",
+            live.display(),
+            image.display()
+        );
+        let dump: String = ops
+            .iter()
+            .enumerate()
+            .map(|(i, op)| format!("{i} {}\n", describe(op)))
+            .collect();
+        std::fs::write(live.with_extension("ops"), dump).expect("ops dump");
+        let acked_at: String = acked
+            .iter()
+            .map(|(id, at)| format!("{id} {at} {}\n", lost.contains(id)))
+            .collect();
+        std::fs::write(live.with_extension("acked"), acked_at).expect("acked dump");
     }
     assert!(
         lost.is_empty(),
@@ -234,6 +284,14 @@ async fn round(rng: &mut Rng, flush: FlushPolicy, totals: &mut Totals) {
     totals.acked += acked.len() as u64;
     totals.rounds += 1;
     broker.shutdown().await.expect("shutdown");
+}
+
+/// One recorded change, on one line, without its bytes.
+fn describe(op: &IoOp) -> String {
+    match op {
+        IoOp::Write(p, at, bytes) => format!("write {} at {at} len {}", p.display(), bytes.len()),
+        other => format!("{other:?}"),
+    }
 }
 
 async fn power_loss(flush: FlushPolicy, salt: u64) {

@@ -217,6 +217,8 @@ impl ConsumeQueue {
                 (offset - seg_first) * ENTRY_LEN as u64,
             )
             .map_err(|e| BrokerError::io("write consume queue", &seg.path, e))?;
+            // Marked after the write: a sync that takes the mark must find the bytes there.
+            self.mark_dirty(&seg);
             encoded = &encoded[n..];
             offset += (n / ENTRY_LEN) as u64;
         }
@@ -233,11 +235,15 @@ impl ConsumeQueue {
                 seg
             }
         };
+        Ok(seg)
+    }
+
+    /// Records that `seg` holds writes the next [`sync`](Self::sync) must force to disk.
+    fn mark_dirty(&self, seg: &Arc<CqSegment>) {
         let mut dirty = self.dirty.lock();
-        if !dirty.iter().any(|d| Arc::ptr_eq(d, &seg)) {
+        if !dirty.iter().any(|d| Arc::ptr_eq(d, seg)) {
             dirty.push(seg.clone());
         }
-        Ok(seg)
     }
 
     /// Up to `max` entries from `from` (fewer at the end or at a segment boundary).

@@ -34,7 +34,7 @@ impl Shop {
 }
 
 /// `shop:` in the configuration.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 struct ShopSettings {
     #[serde(default)]
@@ -101,22 +101,13 @@ async fn main() {
 
 async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let app = MqApplication::from_config()?;
-    let shop_settings: ShopSettings = match app.config().get("shop") {
-        Ok(s) => s,
-        Err(mq_starter::config::ConfigError::BadValue { message, .. })
-            if message.contains("not found") =>
-        {
-            ShopSettings {
-                order: OrderSettings::default(),
-                admin: AdminSettings::default(),
-                database: DatabaseSettings::default(),
-            }
-        }
-        Err(e) => return Err(e.into()),
-    };
-    let server: ServerSettings = app.config().get("server").unwrap_or(ServerSettings {
-        addr: "127.0.0.1:8080".into(),
-    });
+    let shop_settings: ShopSettings = app.config().get_opt("shop")?.unwrap_or_default();
+    let server: ServerSettings =
+        app.config()
+            .get_opt("server")?
+            .unwrap_or_else(|| ServerSettings {
+                addr: "127.0.0.1:8080".into(),
+            });
     let url = match shop_settings.database.url {
         Some(url) => url,
         None => {

@@ -195,6 +195,20 @@ impl Configuration {
         self.deserialize_at(key, value)
     }
 
+    /// An application section that may be absent: `Ok(None)` when `key` is not set at all,
+    /// an error naming file and key when it is set but does not fit `T`.
+    pub fn get_opt<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, ConfigError> {
+        match self.inner.get::<config::Value>(key) {
+            Ok(value) => self.deserialize_at(key, value).map(Some),
+            Err(config::ConfigError::NotFound(_)) => Ok(None),
+            Err(e) => Err(ConfigError::BadValue {
+                origin: self.origin_of(key),
+                key: key.into(),
+                message: e.to_string(),
+            }),
+        }
+    }
+
     /// A string value, if the key is set.
     pub fn get_string(&self, key: &str) -> Option<String> {
         self.inner.get_string(key).ok()
@@ -316,6 +330,30 @@ mod tests {
         assert_eq!(c.get::<String>("shop.order.cancel-after").unwrap(), "2s");
         assert_eq!(c.mq().unwrap().consumer.concurrency, 4);
         assert_eq!(c.files().len(), 2);
+    }
+
+    #[test]
+    fn an_absent_section_is_none_and_a_bad_one_an_error() {
+        let dir = dir_with(&[("application.yaml", "shop:\n  port: many\n")]);
+        let c = Configuration::load_with_env(dir.path(), &[], &[]).unwrap();
+        #[derive(Debug, serde::Deserialize)]
+        struct Server {
+            #[allow(dead_code)]
+            addr: String,
+        }
+        #[derive(Debug, serde::Deserialize)]
+        struct Shop {
+            #[allow(dead_code)]
+            port: u16,
+        }
+        assert!(c.get_opt::<Server>("server").unwrap().is_none());
+        assert!(c.get::<Server>("server").is_err());
+        let err = c.get_opt::<Shop>("shop").unwrap_err();
+        assert!(
+            matches!(&err, ConfigError::BadValue { key, .. } if key == "shop.port"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("application.yaml"), "{err}");
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use mq_starter::idempotency::{IdempotencyStore, RedisStore};
 use mq_starter::prelude::*;
-use support::redis::{shared, OwnRedis};
+use support::redis::{cleanup, shared, OwnRedis};
 use support::{eventually, start};
 
 #[derive(Clone, Default)]
@@ -57,6 +57,7 @@ async fn duplicates_run_once_with_the_redis_store() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(runs.0.load(Ordering::SeqCst), 1);
     app.running.shutdown().await.unwrap();
+    cleanup(&url, &prefix).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

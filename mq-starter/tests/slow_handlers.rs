@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mq_starter::prelude::*;
-use support::redis::shared;
+use support::redis::{cleanup, shared};
 use support::{eventually, start};
 
 /// Handler runs, and the most that ever ran at once.
@@ -84,4 +84,5 @@ async fn a_slow_handler_keeps_its_lease_with_the_redis_store() {
         "    store: redis\n    redis-url: {url}\n    prefix: {prefix}\n"
     ))
     .await;
+    cleanup(&url, &prefix).await;
 }

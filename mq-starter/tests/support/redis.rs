@@ -142,3 +142,21 @@ impl Drop for OwnRedis {
         self.kill();
     }
 }
+
+/// Deletes the keys under `prefix` (a test's own) from the Redis at `url`.
+pub async fn cleanup(url: &str, prefix: &str) {
+    let Ok(client) = redis::Client::open(url) else {
+        return;
+    };
+    let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+        return;
+    };
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap_or_default();
+    if !keys.is_empty() {
+        let _: Result<i64, _> = redis::cmd("DEL").arg(&keys).query_async(&mut conn).await;
+    }
+}

@@ -81,6 +81,11 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound(m) => ApiError::not_found(format!("{m} not found")),
             StoreError::Conflict(m) => ApiError::conflict(m),
             StoreError::Db(e) => ApiError::internal(e),
+            StoreError::TimedOut => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "timeout",
+                "the database did not answer in time; the outcome is settled shortly",
+            ),
         }
     }
 }

@@ -114,4 +114,7 @@ pub enum StoreError {
     /// The database failed.
     #[error("database: {0}")]
     Db(#[from] sqlx::Error),
+    /// A local transaction ran out of its time; whether it committed, check-back tells.
+    #[error("the database did not answer in time")]
+    TimedOut,
 }

@@ -1,11 +1,41 @@
 //! The shop's transactional producers: the local transaction writes the business change and a
 //! transaction-log row in one database transaction; check-back looks that row up.
 
+use std::future::Future;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
 use mq_starter::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{FeePaid, Order, OrderCreated, OrderPaid};
 use crate::store::{self, Db, Paid, StoreError};
+
+/// How long a local transaction may take. Check-back answers "unknown" (not "rolled back")
+/// for a half message younger than this whose transaction-log row is missing, since its local
+/// transaction may still be running and commit; and a local transaction gives up after half
+/// of it, so that none commits after check-back has rolled its message back. (Without this, a
+/// local transaction slower than the broker's first check-back, `transaction.timeout`, lost
+/// its message: an order stayed `CREATED` for ever, a payment gave no points.)
+const LOCAL_TX_LIMIT: Duration = Duration::from_secs(4);
+
+/// Runs a local transaction within half of [`LOCAL_TX_LIMIT`].
+async fn bounded<T>(work: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
+    tokio::time::timeout(LOCAL_TX_LIMIT / 2, work)
+        .await
+        .unwrap_or(Err(StoreError::TimedOut))
+}
+
+/// Check-back's answer when the transaction log has no row for the message.
+fn not_logged(msg: &MessageView) -> TxState {
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    if now_ms < msg.born_timestamp + LOCAL_TX_LIMIT.as_millis() as u64 {
+        TxState::Unknown
+    } else {
+        TxState::Rollback
+    }
+}
 
 /// Fault injection for the crash tests: with `DEMO_SHOP_HANG_AT=<point>`, a local transaction
 /// announces the point on stdout and hangs there, so that a test can kill the process between
@@ -40,20 +70,20 @@ impl TransactionListener for OrderCreatedTx {
     type Arg = CreateOrder;
 
     async fn execute(&self, _msg: &MessageView, arg: CreateOrder) -> TxState {
-        let created = store::create_order(
+        let created = bounded(store::create_order(
             &self.db,
             &arg.order_ref,
             &arg.user_id,
             &arg.lines,
             arg.placed_at_ms,
-        )
+        ))
         .await;
         let state = match &created {
             Ok(order) => {
                 crash_point("order-after-local-tx", order.id).await;
                 TxState::Commit
             }
-            Err(StoreError::Db(e)) => {
+            Err(e @ (StoreError::Db(_) | StoreError::TimedOut)) => {
                 tracing::warn!(order_ref = %arg.order_ref, error = %e, "order creation outcome unknown; left to check-back");
                 TxState::Unknown
             }
@@ -70,7 +100,7 @@ impl TransactionListener for OrderCreatedTx {
         };
         match store::tx_logged(&self.db, &store::order_created_key(&created.order_ref)).await {
             Ok(true) => TxState::Commit,
-            Ok(false) => TxState::Rollback,
+            Ok(false) => not_logged(msg),
             Err(_) => TxState::Unknown,
         }
     }
@@ -95,14 +125,14 @@ impl TransactionListener for OrderPaidTx {
 
     async fn execute(&self, _msg: &MessageView, arg: PayOrder) -> TxState {
         crash_point("before-local-tx", arg.order_id).await;
-        match store::pay_order(&self.db, arg.order_id, &arg.payment_id).await {
+        match bounded(store::pay_order(&self.db, arg.order_id, &arg.payment_id)).await {
             Ok(Paid::Now) => {
                 crash_point("after-local-tx", arg.order_id).await;
                 TxState::Commit
             }
             // The first payment's message is already out.
             Ok(Paid::Already) => TxState::Rollback,
-            Err(StoreError::Db(e)) => {
+            Err(e @ (StoreError::Db(_) | StoreError::TimedOut)) => {
                 tracing::warn!(order = arg.order_id, error = %e, "payment outcome unknown; left to check-back");
                 TxState::Unknown
             }
@@ -119,7 +149,7 @@ impl TransactionListener for OrderPaidTx {
         };
         match store::tx_logged(&self.db, &store::order_paid_key(paid.order_id)).await {
             Ok(true) => TxState::Commit,
-            Ok(false) => TxState::Rollback,
+            Ok(false) => not_logged(msg),
             Err(_) => TxState::Unknown,
         }
     }
@@ -136,11 +166,16 @@ impl TransactionListener for FeePaidTx {
     type Arg = FeePaid;
 
     async fn execute(&self, _msg: &MessageView, arg: FeePaid) -> TxState {
-        match store::record_fee_payment(&self.db, arg.fee_id, &arg.transaction_id, arg.amount_cents)
-            .await
+        match bounded(store::record_fee_payment(
+            &self.db,
+            arg.fee_id,
+            &arg.transaction_id,
+            arg.amount_cents,
+        ))
+        .await
         {
             Ok(()) => TxState::Commit,
-            Err(StoreError::Db(e)) => {
+            Err(e @ (StoreError::Db(_) | StoreError::TimedOut)) => {
                 tracing::warn!(fee = arg.fee_id, error = %e, "fee payment outcome unknown; left to check-back");
                 TxState::Unknown
             }
@@ -154,7 +189,7 @@ impl TransactionListener for FeePaidTx {
         };
         match store::tx_logged(&self.db, &store::fee_paid_key(&paid.transaction_id)).await {
             Ok(true) => TxState::Commit,
-            Ok(false) => TxState::Rollback,
+            Ok(false) => not_logged(msg),
             Err(_) => TxState::Unknown,
         }
     }

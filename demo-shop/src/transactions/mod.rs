@@ -25,15 +25,22 @@ async fn bounded<T>(work: impl Future<Output = Result<T, StoreError>>) -> Result
         .unwrap_or(Err(StoreError::TimedOut))
 }
 
-/// Check-back's answer when the transaction log has no row for the message.
-fn not_logged(msg: &MessageView) -> TxState {
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
-    if now_ms < msg.born_timestamp + LOCAL_TX_LIMIT.as_millis() as u64 {
-        TxState::Unknown
-    } else {
-        TxState::Rollback
+/// Check-back's answer for `msg` from the transaction log: committed if its row is there;
+/// rolled back if not, once its local transaction can no longer be running; else unknown.
+async fn logged_state(db: &Db, key: &str, msg: &MessageView) -> TxState {
+    match store::tx_logged(db, key).await {
+        Ok(true) => TxState::Commit,
+        Ok(false) => {
+            let now_ms = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            if now_ms < msg.born_timestamp + LOCAL_TX_LIMIT.as_millis() as u64 {
+                TxState::Unknown
+            } else {
+                TxState::Rollback
+            }
+        }
+        Err(_) => TxState::Unknown,
     }
 }
 
@@ -98,11 +105,7 @@ impl TransactionListener for OrderCreatedTx {
         let Ok(created) = serde_json::from_slice::<OrderCreated>(&msg.body) else {
             return TxState::Rollback;
         };
-        match store::tx_logged(&self.db, &store::order_created_key(&created.order_ref)).await {
-            Ok(true) => TxState::Commit,
-            Ok(false) => not_logged(msg),
-            Err(_) => TxState::Unknown,
-        }
+        logged_state(&self.db, &store::order_created_key(&created.order_ref), msg).await
     }
 }
 
@@ -147,11 +150,7 @@ impl TransactionListener for OrderPaidTx {
         let Ok(paid) = serde_json::from_slice::<OrderPaid>(&msg.body) else {
             return TxState::Rollback;
         };
-        match store::tx_logged(&self.db, &store::order_paid_key(paid.order_id)).await {
-            Ok(true) => TxState::Commit,
-            Ok(false) => not_logged(msg),
-            Err(_) => TxState::Unknown,
-        }
+        logged_state(&self.db, &store::order_paid_key(paid.order_id), msg).await
     }
 }
 
@@ -187,10 +186,6 @@ impl TransactionListener for FeePaidTx {
         let Ok(paid) = serde_json::from_slice::<FeePaid>(&msg.body) else {
             return TxState::Rollback;
         };
-        match store::tx_logged(&self.db, &store::fee_paid_key(&paid.transaction_id)).await {
-            Ok(true) => TxState::Commit,
-            Ok(false) => not_logged(msg),
-            Err(_) => TxState::Unknown,
-        }
+        logged_state(&self.db, &store::fee_paid_key(&paid.transaction_id), msg).await
     }
 }

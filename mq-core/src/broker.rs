@@ -11,7 +11,7 @@ use async_trait::async_trait;
 
 use crate::dead_letter::DeadLetter;
 use crate::delay::{Backoff, Delay};
-use crate::error::Result;
+use crate::error::{BrokerError, Result};
 use crate::message::{Message, MessageId, MessageView};
 use crate::subscription::{ConsumeFrom, Subscription};
 use crate::transaction::{TransactionChecker, TxState};
@@ -51,6 +51,29 @@ impl QueueSelector {
     /// backends (CRC32C of the key).
     pub fn queue_for_key(key: &str, queue_count: u32) -> u32 {
         crc32c::crc32c(key.as_bytes()) % queue_count.max(1)
+    }
+
+    /// The queue this selector picks among the `queue_count` queues of `topic`; `turn` gives
+    /// the topic's next round-robin position and is called only for [`RoundRobin`](Self::RoundRobin).
+    pub(crate) fn pick(
+        &self,
+        topic: &str,
+        queue_count: u32,
+        turn: impl FnOnce() -> u64,
+    ) -> Result<u32, BrokerError> {
+        let id = match self {
+            _ if queue_count == 0 => 0,
+            QueueSelector::RoundRobin => (turn() % u64::from(queue_count)) as u32,
+            QueueSelector::ShardingKey(key) => QueueSelector::queue_for_key(key, queue_count),
+            QueueSelector::Queue(id) => *id,
+        };
+        if id >= queue_count {
+            return Err(BrokerError::QueueNotFound {
+                topic: topic.to_owned(),
+                queue_id: id,
+            });
+        }
+        Ok(id)
     }
 }
 

@@ -165,17 +165,101 @@ pub enum BrokerError {
     /// The receipt does not belong to this consumer or is malformed.
     #[error("unknown receipt: {0}")]
     UnknownReceipt(String),
-    /// A backend-specific failure (connection lost, protocol error...).
-    #[error("{backend} backend: {message}")]
+    /// A failure inside a backend (connection lost, credentials refused, a task that died...);
+    /// `kind` says which, for callers that decide what to do next.
+    #[error("{backend} backend: {message}{}", caused_by(source))]
     Backend {
         /// Which backend.
         backend: &'static str,
-        /// What went wrong.
+        /// What kind of failure it is.
+        kind: BackendErrorKind,
+        /// What the backend was doing and what went wrong.
         message: String,
+        /// The underlying error, if there is one.
+        #[source]
+        source: Option<BoxError>,
     },
 }
 
+/// An underlying error of any type.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+fn caused_by(source: &Option<BoxError>) -> String {
+    source
+        .as_ref()
+        .map(|e| format!(": {e}"))
+        .unwrap_or_default()
+}
+
+/// What kind of failure a [`BrokerError::Backend`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum BackendErrorKind {
+    /// The backend cannot be reached or did not answer in time: trying again later may work.
+    Unavailable,
+    /// The backend refused the credentials, or they lack a permission.
+    Unauthorized,
+    /// What was to be created exists already.
+    AlreadyExists,
+    /// The backend refused the command itself (a protocol or script error).
+    Rejected,
+    /// Stored data could not be decoded, or data could not be encoded for storing.
+    Malformed,
+    /// The backend stopped working: a task or thread of it failed, or it refuses writes after
+    /// an earlier write failure until it is reopened.
+    Failed,
+}
+
 impl BrokerError {
+    /// A backend failure without an underlying error.
+    pub fn backend(
+        backend: &'static str,
+        kind: BackendErrorKind,
+        message: impl Into<String>,
+    ) -> Self {
+        BrokerError::Backend {
+            backend,
+            kind,
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// A backend failure caused by `source`.
+    pub fn backend_caused(
+        backend: &'static str,
+        kind: BackendErrorKind,
+        message: impl Into<String>,
+        source: impl Into<BoxError>,
+    ) -> Self {
+        BrokerError::Backend {
+            backend,
+            kind,
+            message: message.into(),
+            source: Some(source.into()),
+        }
+    }
+
+    /// The kind of a backend failure; `None` for every other error.
+    pub fn backend_kind(&self) -> Option<BackendErrorKind> {
+        match self {
+            BrokerError::Backend { kind, .. } => Some(*kind),
+            _ => None,
+        }
+    }
+
+    /// Whether the same call may succeed later: the backend was unreachable, or the disk
+    /// refused an operation.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            BrokerError::Backend {
+                kind: BackendErrorKind::Unavailable,
+                ..
+            } | BrokerError::Io { .. }
+        )
+    }
+
     /// Wraps an I/O error with what was being done and where.
     pub fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         BrokerError::Io {
@@ -188,3 +272,23 @@ impl BrokerError {
 
 /// Short name for results of broker operations.
 pub type Result<T, E = BrokerError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_backend_error_shows_its_cause_and_keeps_it_as_source() {
+        let cause = std::io::Error::other("connection refused");
+        let e =
+            BrokerError::backend_caused("redis", BackendErrorKind::Unavailable, "sending", cause);
+        assert_eq!(e.to_string(), "redis backend: sending: connection refused");
+        assert!(std::error::Error::source(&e).is_some());
+        assert_eq!(e.backend_kind(), Some(BackendErrorKind::Unavailable));
+        assert!(e.is_transient());
+        let e = BrokerError::backend("embedded", BackendErrorKind::Failed, "writer stopped");
+        assert_eq!(e.to_string(), "embedded backend: writer stopped");
+        assert!(std::error::Error::source(&e).is_none());
+        assert!(!e.is_transient());
+    }
+}

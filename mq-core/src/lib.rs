@@ -43,7 +43,10 @@ pub mod message;
 mod rebalance;
 #[cfg(feature = "redis")]
 pub mod redis;
+pub(crate) mod retry;
+pub mod settings;
 pub mod subscription;
+pub mod system_topics;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 pub mod transaction;
@@ -54,9 +57,10 @@ pub use broker::{
 };
 pub use dead_letter::DeadLetter;
 pub use delay::{Backoff, Delay, DelayPolicy};
-pub use error::{BrokerError, MessageError, RecordError};
+pub use error::{BackendErrorKind, BrokerError, MessageError, RecordError};
 pub use message::{
     Destination, Message, MessageId, MessageParts, MessageView, DEFAULT_MAX_MESSAGE_SIZE,
 };
+pub use settings::BrokerSettings;
 pub use subscription::{ConsumeFrom, ConsumeMode, MessageModel, Subscription, TagFilter};
 pub use transaction::{CheckPolicy, TransactionChecker, TxState};

@@ -404,6 +404,21 @@ pub struct MessageParts {
     pub born_timestamp: u64,
 }
 
+impl From<MessageView> for MessageParts {
+    /// The parts of a stored message, to store it again elsewhere (a retry, a dead letter).
+    fn from(view: MessageView) -> Self {
+        MessageParts {
+            id: view.id,
+            topic: view.topic,
+            tag: view.tag,
+            keys: view.keys,
+            properties: view.properties,
+            body: view.body,
+            born_timestamp: view.born_timestamp,
+        }
+    }
+}
+
 /// A delivered message as a consumer sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MessageView {

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use mq_core::redis::{RedisBroker, RedisConfig};
 use mq_core::testkit::{body, drain};
 use mq_core::{
-    Broker, BrokerError, ConsumeFrom, Consumer, ConsumerOptions, Delivery, Message, SendOptions,
-    Subscription,
+    BackendErrorKind, Broker, BrokerError, ConsumeFrom, Consumer, ConsumerOptions, Delivery,
+    Message, SendOptions, Subscription,
 };
 
 fn first() -> ConsumerOptions {
@@ -129,8 +129,15 @@ async fn an_outage_fails_clearly_and_delivery_resumes_after_it() {
     eprintln!("send while down, after {took:?}: {err}");
     let shown = format!("redis://:***@127.0.0.1:{}", server.port);
     match &err {
-        BrokerError::Backend { backend, message } => {
+        BrokerError::Backend {
+            backend,
+            kind,
+            message,
+            ..
+        } => {
             assert_eq!(*backend, "redis");
+            assert_eq!(*kind, BackendErrorKind::Unavailable, "{err}");
+            assert!(err.is_transient());
             assert!(message.contains(&shown), "names {shown}: {message}");
         }
         other => panic!("expected a backend error, got {other:?}"),
@@ -281,7 +288,11 @@ async fn connect_without_a_server_fails_promptly_naming_it() {
     .expect_err("nobody listens there");
     let took = started.elapsed();
     let text = err.to_string();
-    assert!(matches!(err, BrokerError::Backend { .. }), "{err:?}");
+    assert_eq!(
+        err.backend_kind(),
+        Some(BackendErrorKind::Unavailable),
+        "{err:?}"
+    );
     assert!(
         text.contains(&url.replace("pw-never-shown", "***")),
         "{text}"
@@ -345,6 +356,11 @@ async fn auth_urls_work_and_bad_credentials_fail_at_connect() {
             lower.contains("auth") || lower.contains("pass"),
             "{url}: the error should say it is about authentication: {text}"
         );
+        assert_eq!(
+            err.backend_kind(),
+            Some(BackendErrorKind::Unauthorized),
+            "{url}: {err:?}"
+        );
         assert!(took < Duration::from_secs(10), "{url}: took {took:?}");
         eprintln!("{url}: {text}");
     }
@@ -367,6 +383,11 @@ async fn a_missing_password_fails_at_connect_naming_the_server() {
     .expect_err("a missing password must fail at connect");
     let text = err.to_string();
     assert!(text.contains("NOAUTH"), "{text}");
+    assert_eq!(
+        err.backend_kind(),
+        Some(BackendErrorKind::Unauthorized),
+        "{err:?}"
+    );
     assert!(
         text.contains(&url),
         "the error should name the server it could not use: {text}"

@@ -13,9 +13,11 @@ use parking_lot::Mutex;
 
 use super::flush::write_atomically;
 use super::store::{MessageStore, Outgoing};
-use super::system_topics::{self, dlq_topic, retry_topic, DLQ_PREFIX, ORIGIN_TOPIC};
-use crate::dead_letter::{property, DeadLetter};
+use super::system_topics::ORIGIN_TOPIC;
+use crate::dead_letter::DeadLetter;
 use crate::error::{BrokerError, Result};
+use crate::message::MessageParts;
+use crate::system_topics::{dlq_group, dlq_topic, retry_topic};
 
 /// Dead letters of every group.
 #[derive(Debug)]
@@ -95,7 +97,7 @@ impl DeadLetterBook {
         let removed = self.removed.lock();
         let mut out = Vec::new();
         for topic in self.store.topics() {
-            let Some(group) = topic.name.strip_prefix(DLQ_PREFIX) else {
+            let Some(group) = dlq_group(&topic.name) else {
                 continue;
             };
             let cq = &topic.queues[0];
@@ -145,10 +147,7 @@ impl DeadLetterBook {
         if !self.claim(group, seq)? {
             return Ok(false);
         }
-        let mut view = dead.message;
-        for key in property::ALL {
-            view.properties.remove(key);
-        }
+        let mut view = dead.into_resend();
         view.properties
             .insert(ORIGIN_TOPIC.into(), view.topic.clone());
         let retry = retry_topic(group, &view.topic);
@@ -158,7 +157,7 @@ impl DeadLetterBook {
             .store
             .append(
                 topic.queues[0].clone(),
-                vec![Outgoing::from(system_topics::parts_of(view))],
+                vec![Outgoing::from(MessageParts::from(view))],
             )
             .await;
         if let Err(e) = sent {

@@ -23,11 +23,12 @@ use super::consume_queue::{tag_code, ConsumeQueue, CqEntry};
 use super::offsets::{OffsetStore, ProgressKey};
 use super::scheduler::DelayScheduler;
 use super::store::MessageStore;
-use super::system_topics::{self, retry_topic};
+use super::system_topics;
 use crate::broker::{Consumer, ConsumerOptions, Delivery, Disposition, Failure, Receipt};
 use crate::clock::Clock;
 use crate::error::{BrokerError, Result};
 use crate::subscription::{ConsumeFrom, ConsumeMode, MessageModel, Subscription, TagFilter};
+use crate::system_topics::retry_topic;
 
 /// Entries read from a consume queue per look.
 const READ_AHEAD: usize = 64;
@@ -647,7 +648,7 @@ impl Groups {
                 if topic.is_empty() && !wanted.is_empty() {
                     // The topic a record must name; needed only when something is read.
                     topic = if retry {
-                        system_topics::retry_topic(&subscription.group, &subscription.topic)
+                        retry_topic(&subscription.group, &subscription.topic)
                     } else {
                         subscription.topic.clone()
                     };

@@ -60,19 +60,18 @@ pub use io::{IoOp, Recorder};
 pub use retention::RetentionReport;
 pub use transactions::DiscardedTransaction;
 
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use crate::broker::{
     Broker, Consumer, ConsumerOptions, Prepared, SendOptions, SendResult, TransactionId,
-    DEFAULT_QUEUE_COUNT,
 };
 use crate::clock::Clock;
 use crate::dead_letter::DeadLetter;
-use crate::delay::DelayPolicy;
-use crate::error::{BrokerError, Result};
-use crate::message::{validate_topic, Message, DEFAULT_MAX_MESSAGE_SIZE};
+use crate::error::{BackendErrorKind, BrokerError, Result};
+use crate::message::{validate_topic, Message};
+use crate::settings::BrokerSettings;
 use crate::subscription::Subscription;
-use crate::transaction::{CheckPolicy, TransactionChecker, TxState};
+use crate::transaction::{TransactionChecker, TxState};
 use dead_letter::DeadLetterBook;
 use dispatch::Groups;
 use offsets::OffsetStore;
@@ -97,28 +96,22 @@ pub const DEFAULT_RETENTION_CHECK_INTERVAL: Duration = Duration::from_secs(10);
 pub struct EmbeddedConfig {
     /// Where the data lives.
     pub data_dir: PathBuf,
+    /// What every backend has: queue count, message size, delays, check-back.
+    pub common: BrokerSettings,
     /// Size of a commit-log segment file.
     pub segment_size: u64,
     /// Entries per consume-queue segment file.
     pub consume_queue_entries: u64,
     /// When sends are acknowledged relative to fsync.
     pub flush: FlushPolicy,
-    /// Queue count of topics created on first use.
-    pub default_queues: u32,
     /// Whether a send or subscription to an unknown topic creates it.
     pub auto_create_topics: bool,
-    /// Largest accepted body.
-    pub max_message_size: usize,
     /// How long deleted-eligible segments are kept at least.
     pub file_reserved_time: Duration,
     /// How often retention runs.
     pub retention_check_interval: Duration,
     /// How often consumer progress is saved.
     pub offset_persist_interval: Duration,
-    /// Delay levels and the longest delay.
-    pub delay: DelayPolicy,
-    /// Transaction check-back timing.
-    pub check: CheckPolicy,
 }
 
 impl EmbeddedConfig {
@@ -126,30 +119,15 @@ impl EmbeddedConfig {
     pub fn new(data_dir: impl AsRef<Path>) -> Self {
         EmbeddedConfig {
             data_dir: data_dir.as_ref().to_owned(),
+            common: BrokerSettings::default(),
             segment_size: DEFAULT_SEGMENT_SIZE,
             consume_queue_entries: DEFAULT_CONSUME_QUEUE_ENTRIES,
             flush: FlushPolicy::default(),
-            default_queues: DEFAULT_QUEUE_COUNT,
             auto_create_topics: true,
-            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             file_reserved_time: DEFAULT_FILE_RESERVED_TIME,
             retention_check_interval: DEFAULT_RETENTION_CHECK_INTERVAL,
             offset_persist_interval: DEFAULT_OFFSET_PERSIST_INTERVAL,
-            delay: DelayPolicy::default(),
-            check: CheckPolicy::default(),
         }
-    }
-
-    /// Sets the delay levels and the longest delay.
-    pub fn delay_policy(mut self, policy: DelayPolicy) -> Self {
-        self.delay = policy;
-        self
-    }
-
-    /// Sets the transaction check-back timing.
-    pub fn check_policy(mut self, policy: CheckPolicy) -> Self {
-        self.check = policy;
-        self
     }
 
     /// Sets the flush policy.
@@ -170,12 +148,6 @@ impl EmbeddedConfig {
         self
     }
 
-    /// Sets the queue count of auto-created topics.
-    pub fn default_queues(mut self, queues: u32) -> Self {
-        self.default_queues = queues;
-        self
-    }
-
     /// Sets the retention time and how often retention runs.
     pub fn retention(mut self, reserved: Duration, check_interval: Duration) -> Self {
         self.file_reserved_time = reserved;
@@ -189,14 +161,11 @@ impl EmbeddedConfig {
         self
     }
 
-    /// Sets the largest accepted body.
-    pub fn max_message_size(mut self, bytes: usize) -> Self {
-        self.max_message_size = bytes;
-        self
-    }
+    crate::settings::common_setters!();
 
     fn validate(&self) -> Result<()> {
-        let need = self.max_message_size as u64 + 64 * 1024;
+        self.common.validate()?;
+        let need = self.common.max_message_size as u64 + 64 * 1024;
         if self.segment_size < need {
             return Err(BrokerError::InvalidConfig(format!(
                 "segment-size {} must exceed max-message-size by 64 KiB at least ({need})",
@@ -206,21 +175,6 @@ impl EmbeddedConfig {
         if self.consume_queue_entries == 0 {
             return Err(BrokerError::InvalidConfig(
                 "consume-queue entries per segment must be at least 1".into(),
-            ));
-        }
-        if self.delay.levels.is_empty() {
-            return Err(BrokerError::InvalidConfig(
-                "at least one delay level is needed".into(),
-            ));
-        }
-        if self.check.max_checks == 0 || self.check.interval.is_zero() {
-            return Err(BrokerError::InvalidConfig(
-                "transaction check-back needs at least one check and an interval above zero".into(),
-            ));
-        }
-        if self.default_queues == 0 || self.default_queues > 1024 {
-            return Err(BrokerError::InvalidConfig(
-                "default queue count must be 1 to 1024".into(),
             ));
         }
         if let FlushPolicy::Async { interval } = self.flush {
@@ -243,7 +197,8 @@ pub struct EmbeddedBroker {
     scheduler: Arc<DelayScheduler>,
     transactions: Arc<Transactions>,
     dead_letters: DeadLetterBook,
-    closing: watch::Sender<bool>,
+    /// Cancelled at shutdown: the delay scheduler and the transaction checker stop.
+    closing: CancellationToken,
 }
 
 impl EmbeddedBroker {
@@ -253,9 +208,8 @@ impl EmbeddedBroker {
         config.validate()?;
         let store = tokio::task::spawn_blocking(move || MessageStore::open(config))
             .await
-            .map_err(|e| BrokerError::Backend {
-                backend: "embedded",
-                message: format!("open task failed: {e}"),
+            .map_err(|e| {
+                BrokerError::backend_caused("embedded", BackendErrorKind::Failed, "open task", e)
             })??;
         store.start_writer()?;
         let offsets = Arc::new(OffsetStore::open(
@@ -266,7 +220,7 @@ impl EmbeddedBroker {
         )?);
         let clock = Clock::new();
         let scheduler = Arc::new(DelayScheduler::open(store.clone(), offsets.clone(), clock)?);
-        let check = store.config().check;
+        let check = store.config().common.check;
         let transactions = Arc::new(Transactions::open(
             store.clone(),
             offsets.clone(),
@@ -285,10 +239,10 @@ impl EmbeddedBroker {
             clock,
             scheduler,
             transactions,
-            closing: watch::channel(false).0,
+            closing: CancellationToken::new(),
         });
-        tokio::spawn(broker.scheduler.clone().run(broker.closing.subscribe()));
-        tokio::spawn(broker.transactions.clone().run(broker.closing.subscribe()));
+        tokio::spawn(broker.scheduler.clone().run(broker.closing.clone()));
+        tokio::spawn(broker.transactions.clone().run(broker.closing.clone()));
         broker.spawn_background();
         tracing::info!(data_dir = %broker.store.data_dir().display(), "embedded broker open");
         Ok(broker)
@@ -412,7 +366,7 @@ fn spawn_every(
 impl Drop for EmbeddedBroker {
     fn drop(&mut self) {
         // Best effort for a broker dropped without `shutdown`: keep the progress made so far.
-        self.closing.send_replace(true);
+        self.closing.cancel();
         self.groups.close();
         if !self.store.is_stopped() {
             let _ = self.store.sync();
@@ -443,7 +397,7 @@ impl Broker for EmbeddedBroker {
             let mut results = self.send_batch(vec![message], options).await?;
             return results.pop().ok_or(BrokerError::Closed);
         }
-        message.validate(self.store.config().max_message_size)?;
+        message.validate(self.store.config().common.max_message_size)?;
         let topic = self.store.topic_for_send(message.topic())?;
         let queue = topic.queue(&options.queue)?;
         self.store
@@ -460,7 +414,7 @@ impl Broker for EmbeddedBroker {
             return Ok(Vec::new());
         };
         let topic_name = first.topic().to_owned();
-        let max = self.store.config().max_message_size;
+        let max = self.store.config().common.max_message_size;
         for m in &messages {
             m.validate(max)?;
             if m.topic() != topic_name {
@@ -476,7 +430,7 @@ impl Broker for EmbeddedBroker {
         if let Some(delay) = options.delay {
             // Rounded up, so that a delay never falls due before it has passed.
             let now = self.clock.due_after(Duration::ZERO);
-            let due = self.store.config().delay.due_ms(delay, now)?;
+            let due = self.store.config().common.delay.due_ms(delay, now)?;
             if due > now {
                 let mut results = Vec::with_capacity(messages.len());
                 for m in messages {
@@ -507,7 +461,7 @@ impl Broker for EmbeddedBroker {
         producer: &str,
     ) -> Result<Prepared> {
         self.check_open()?;
-        message.validate(self.store.config().max_message_size)?;
+        message.validate(self.store.config().common.max_message_size)?;
         if options.delay.is_some() {
             return Err(BrokerError::InvalidConfig(
                 "a transactional message cannot be delayed".into(),
@@ -568,9 +522,13 @@ impl Broker for EmbeddedBroker {
         let groups = self.groups.clone();
         tokio::task::spawn_blocking(move || groups.persist())
             .await
-            .map_err(|e| BrokerError::Backend {
-                backend: "embedded",
-                message: format!("saving the group's start failed: {e}"),
+            .map_err(|e| {
+                BrokerError::backend_caused(
+                    "embedded",
+                    BackendErrorKind::Failed,
+                    "saving the group's start",
+                    e,
+                )
             })??;
         Ok(Box::new(consumer))
     }
@@ -588,9 +546,8 @@ impl Broker for EmbeddedBroker {
             groups.persist()
         })
         .await
-        .map_err(|e| BrokerError::Backend {
-            backend: "embedded",
-            message: format!("flush task failed: {e}"),
+        .map_err(|e| {
+            BrokerError::backend_caused("embedded", BackendErrorKind::Failed, "flush task", e)
         })?
     }
 
@@ -598,7 +555,7 @@ impl Broker for EmbeddedBroker {
         if self.store.is_stopped() {
             return Ok(());
         }
-        self.closing.send_replace(true);
+        self.closing.cancel();
         self.groups.close();
         let stopped = self.store.stop().await;
         let persisted = self.scheduler.save().and_then(|()| self.groups.persist());

@@ -5,12 +5,13 @@ use tokio::time::Instant;
 
 use super::dispatch::{FailureNote, Group, Groups, Nacked, Slot};
 use super::store::Outgoing;
-use super::system_topics::{self, dlq_topic, ORIGIN_TOPIC};
+use super::system_topics::ORIGIN_TOPIC;
 use crate::broker::{Disposition, Failure, Receipt};
-use crate::dead_letter::property;
+use crate::dead_letter::{self, Burial};
 use crate::error::{BrokerError, Result};
-use crate::message::MessageView;
-use crate::subscription::{ConsumeMode, MessageModel};
+use crate::message::{MessageParts, MessageView};
+use crate::retry::{FailedDelivery, Verdict};
+use crate::system_topics::dlq_topic;
 
 impl Groups {
     /// The slot of a live delivery, with what a nack needs to know.
@@ -85,57 +86,87 @@ impl Groups {
         let Some(n) = self.nacked(group, instance, id, receipt)? else {
             return Ok(Disposition::Stale);
         };
-        let retry = n.reconsume.saturating_add(1);
         let now_ms = self.clock.now_ms();
-        if retry > n.options.max_reconsume_times {
-            self.bury(group, receipt, &failure.reason, n.reconsume, n.note, now_ms)
-                .await?;
-            self.settle(group, instance, receipt);
-            return Ok(Disposition::DeadLettered);
+        // A group's retry queue is assigned to one member like any queue: nothing here is
+        // read by several members at once.
+        let failed = FailedDelivery {
+            reconsume_times: n.reconsume,
+            model: n.model,
+            mode: n.mode,
+            shared_source: false,
+        };
+        match failed.verdict(&n.options, &failure) {
+            Verdict::DeadLetter { .. } => {
+                self.bury(group, receipt, &failure.reason, n.reconsume, n.note, now_ms)
+                    .await?;
+                self.settle(group, instance, receipt);
+                Ok(Disposition::DeadLettered)
+            }
+            Verdict::InPlace { retry, after } => {
+                self.retry_in_place(group, instance, receipt, retry, after, failure, now_ms);
+                Ok(Disposition::Retry { retry, after })
+            }
+            Verdict::RetryQueue { retry, after } => {
+                self.retry_later(group, instance, receipt, retry, after, &failure, now_ms)
+                    .await
+            }
         }
-        let in_place = n.mode == ConsumeMode::Orderly || n.model == MessageModel::Broadcasting;
-        if in_place {
-            let after = failure
-                .retry_after
-                .unwrap_or(if n.mode == ConsumeMode::Orderly {
-                    n.options.suspend_current_queue_time
-                } else {
-                    n.options.backoff.delay(retry)
-                });
-            let mut guard = group.inner.lock();
-            let progress = guard.progress_mut(instance);
-            if let Some(p) = progress.and_then(|p| p.get_mut(receipt.queue_id as usize)) {
-                let mut retried = false;
-                if let Some(slot) = p.slot(receipt.offset) {
-                    if let Slot::InFlight { token, .. } = *slot {
-                        if token == receipt.token {
-                            *slot = Slot::Ready {
-                                due: Instant::now() + after,
-                                reconsume: retry,
-                            };
-                            retried = true;
-                        }
+    }
+
+    /// Puts a delivery back in its slot, due after `after` (orderly, broadcasting).
+    #[allow(clippy::too_many_arguments)]
+    fn retry_in_place(
+        &self,
+        group: &Group,
+        instance: &str,
+        receipt: &Receipt,
+        retry: u32,
+        after: std::time::Duration,
+        failure: Failure,
+        now_ms: u64,
+    ) {
+        let mut guard = group.inner.lock();
+        let progress = guard.progress_mut(instance);
+        if let Some(p) = progress.and_then(|p| p.get_mut(receipt.queue_id as usize)) {
+            let mut retried = false;
+            if let Some(slot) = p.slot(receipt.offset) {
+                if let Slot::InFlight { token, .. } = *slot {
+                    if token == receipt.token {
+                        *slot = Slot::Ready {
+                            due: Instant::now() + after,
+                            reconsume: retry,
+                        };
+                        retried = true;
                     }
                 }
-                if retried {
-                    p.in_flight -= 1;
-                    p.ready += 1;
-                    let note = p.failures.entry(receipt.offset).or_insert(FailureNote {
-                        first_ms: now_ms,
-                        last_error: String::new(),
-                    });
-                    note.last_error = failure.reason;
-                }
             }
-            drop(guard);
-            group.bump();
-            return Ok(Disposition::Retry { retry, after });
+            if retried {
+                p.in_flight -= 1;
+                p.ready += 1;
+                let note = p.failures.entry(receipt.offset).or_insert(FailureNote {
+                    first_ms: now_ms,
+                    last_error: String::new(),
+                });
+                note.last_error = failure.reason;
+            }
         }
-        // Concurrent clustering: a copy waits in the schedule for the group's retry queue, and
-        // the queue's progress moves on.
-        let after = failure
-            .retry_after
-            .unwrap_or_else(|| n.options.backoff.delay(retry));
+        drop(guard);
+        group.bump();
+    }
+
+    /// Concurrent clustering: a copy waits in the schedule for the group's retry queue, and
+    /// the queue's progress moves on.
+    #[allow(clippy::too_many_arguments)]
+    async fn retry_later(
+        &self,
+        group: &Group,
+        instance: &str,
+        receipt: &Receipt,
+        retry: u32,
+        after: std::time::Duration,
+        failure: &Failure,
+        now_ms: u64,
+    ) -> Result<Disposition> {
         let Some(mut view) = self.stored(group, receipt)? else {
             self.settle(group, instance, receipt);
             return Ok(Disposition::Stale);
@@ -145,18 +176,14 @@ impl Groups {
             .get(ORIGIN_TOPIC)
             .cloned()
             .unwrap_or_else(|| view.topic.clone());
-        let props = &mut view.properties;
-        props.insert(ORIGIN_TOPIC.into(), origin);
-        props
-            .entry(property::FIRST_FAILURE_TIME.into())
-            .or_insert_with(|| now_ms.to_string());
-        props.insert(property::LAST_ERROR.into(), failure.reason);
+        view.properties.insert(ORIGIN_TOPIC.into(), origin);
+        dead_letter::note_retry(&mut view.properties, now_ms, &failure.reason);
         view.topic = group.retry_topic.clone();
         let retry_queue = &group.sources[group.real_queues as usize];
         self.scheduler
             .put(
                 Outgoing {
-                    parts: system_topics::parts_of(view),
+                    parts: MessageParts::from(view),
                     reconsume_times: retry,
                     index_time: None,
                 },
@@ -213,19 +240,15 @@ impl Groups {
             .remove(ORIGIN_TOPIC)
             .unwrap_or_else(|| view.topic.clone());
         view.properties.retain(|k, _| !k.starts_with('%'));
-        let first = view
-            .properties
-            .get(property::FIRST_FAILURE_TIME)
-            .cloned()
-            .or(note.map(|n| n.first_ms.to_string()))
-            .unwrap_or_else(|| now_ms.to_string());
-        let props = &mut view.properties;
-        props.insert(property::ORIGIN_TOPIC.into(), origin.clone());
-        props.insert(property::CONSUMER_GROUP.into(), group_name.clone());
-        props.insert(property::ATTEMPTS.into(), (reconsume + 1).to_string());
-        props.insert(property::FIRST_FAILURE_TIME.into(), first);
-        props.insert(property::LAST_FAILURE_TIME.into(), now_ms.to_string());
-        props.insert(property::LAST_ERROR.into(), reason.to_owned());
+        Burial {
+            origin_topic: &origin,
+            group: &group_name,
+            attempts: reconsume + 1,
+            first_failure_ms: note.map(|n| n.first_ms),
+            now_ms,
+            reason,
+        }
+        .mark(&mut view.properties);
         let dlq = dlq_topic(&group_name);
         view.topic = dlq.clone();
         let topic = self.store.create_topic(&dlq, 1)?;
@@ -233,7 +256,7 @@ impl Groups {
             .append(
                 topic.queues[0].clone(),
                 vec![Outgoing {
-                    parts: system_topics::parts_of(view),
+                    parts: MessageParts::from(view),
                     reconsume_times: reconsume,
                     index_time: None,
                 }],

@@ -14,15 +14,16 @@ use std::collections::{BinaryHeap, VecDeque};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use super::consume_queue::ConsumeQueue;
 use super::offsets::{OffsetStore, ProgressKey};
 use super::store::{MessageStore, Outgoing};
-use super::system_topics::{self, DUE, REAL_QID, REAL_TOPIC, SCHEDULER_GROUP, SCHEDULE_TOPIC};
+use super::system_topics::{DUE, REAL_QID, REAL_TOPIC, SCHEDULER_GROUP, SCHEDULE_TOPIC};
 use crate::broker::SendResult;
 use crate::clock::Clock;
 use crate::error::{BrokerError, Result};
+use crate::message::MessageParts;
 
 /// Due messages written per round.
 const FIRE_BATCH: usize = 4096;
@@ -263,7 +264,7 @@ impl DelayScheduler {
                 Some(t) => t.queues.get(qid as usize).or(t.queues.first()).cloned(),
                 None => self
                     .store
-                    .create_topic(&topic, self.store.config().default_queues)
+                    .create_topic(&topic, self.store.config().common.default_queues)
                     .ok()
                     .and_then(|t| t.queues.first().cloned()),
             };
@@ -279,7 +280,7 @@ impl DelayScheduler {
             items.push((
                 queue,
                 Outgoing {
-                    parts: system_topics::parts_of(view),
+                    parts: MessageParts::from(view),
                     reconsume_times,
                     index_time: None,
                 },
@@ -333,11 +334,11 @@ impl DelayScheduler {
         self.offsets.set(progress_key(), base);
     }
 
-    /// Runs until `closing` turns true.
-    pub async fn run(self: Arc<Self>, mut closing: watch::Receiver<bool>) {
+    /// Runs until `closing` is cancelled.
+    pub async fn run(self: Arc<Self>, closing: CancellationToken) {
         let mut appended = self.store.subscribe_appends();
         loop {
-            if *closing.borrow() {
+            if closing.is_cancelled() {
                 return;
             }
             appended.borrow_and_update();
@@ -363,7 +364,7 @@ impl DelayScheduler {
             };
             tokio::select! {
                 r = appended.changed() => if r.is_err() { return },
-                r = closing.changed() => if r.is_err() { return },
+                _ = closing.cancelled() => return,
                 _ = sleep => {}
             }
         }

@@ -19,7 +19,7 @@ use super::record::{self, DecodedRecord, Placement};
 use super::recovery;
 use super::EmbeddedConfig;
 use crate::broker::{QueueSelector, SendResult};
-use crate::error::{BrokerError, Result};
+use crate::error::{BackendErrorKind, BrokerError, Result};
 use crate::message::{now_millis, MessageParts};
 
 thread_local! {
@@ -52,18 +52,9 @@ pub(crate) struct Topic {
 
 impl Topic {
     pub fn queue(&self, selector: &QueueSelector) -> Result<Arc<ConsumeQueue>> {
-        let n = self.queues.len() as u32;
-        if n == 0 {
-            return Err(BrokerError::QueueNotFound {
-                topic: self.name.to_string(),
-                queue_id: 0,
-            });
-        }
-        let id = match selector {
-            QueueSelector::RoundRobin => self.next.fetch_add(1, Ordering::Relaxed) % n,
-            QueueSelector::ShardingKey(key) => QueueSelector::queue_for_key(key, n),
-            QueueSelector::Queue(id) => *id,
-        };
+        let id = selector.pick(&self.name, self.queues.len() as u32, || {
+            u64::from(self.next.fetch_add(1, Ordering::Relaxed))
+        })?;
         self.queues
             .get(id as usize)
             .cloned()
@@ -417,7 +408,7 @@ impl MessageStore {
         {
             return Ok(Some(q));
         }
-        let count = self.config.default_queues.max(queue_id + 1);
+        let count = self.config.common.default_queues.max(queue_id + 1);
         let count = self
             .topic(name)
             .map_or(count, |t| count.max(t.queues.len() as u32));
@@ -429,7 +420,7 @@ impl MessageStore {
     /// plus room for its header, keys and properties. Sizes read from disk are checked
     /// against it before anything is allocated.
     pub(crate) fn record_limit(&self) -> usize {
-        self.config.max_message_size + RECORD_OVERHEAD
+        self.config.common.max_message_size + RECORD_OVERHEAD
     }
 
     /// The topic, if it exists.
@@ -467,7 +458,7 @@ impl MessageStore {
         match self.topic(name) {
             Some(t) => Ok(t),
             None if self.config.auto_create_topics => {
-                self.create_topic(name, self.config.default_queues)
+                self.create_topic(name, self.config.common.default_queues)
             }
             None => Err(BrokerError::TopicNotFound(name.to_owned())),
         }
@@ -985,10 +976,11 @@ impl Writer {
                     }
                     None => {
                         for req in batch.drain(..) {
-                            let _ = req.reply.send(Err(BrokerError::Backend {
-                                backend: "embedded",
-                                message: "the commit-log writer failed; reopen the store".into(),
-                            }));
+                            let _ = req.reply.send(Err(BrokerError::backend(
+                                "embedded",
+                                BackendErrorKind::Failed,
+                                "the commit-log writer failed; reopen the store",
+                            )));
                         }
                     }
                 }
@@ -1009,10 +1001,11 @@ impl Writer {
     fn write_batch(&mut self, batch: &mut Vec<AppendRequest>) {
         if let Some(reason) = &self.failed {
             for req in batch.drain(..) {
-                let _ = req.reply.send(Err(BrokerError::Backend {
-                    backend: "embedded",
-                    message: format!("store is read-only after an earlier write failure: {reason}"),
-                }));
+                let _ = req.reply.send(Err(BrokerError::backend(
+                    "embedded",
+                    BackendErrorKind::Failed,
+                    format!("store is read-only after an earlier write failure: {reason}"),
+                )));
             }
             return;
         }
@@ -1114,10 +1107,11 @@ impl Writer {
                 let msg = e.to_string();
                 self.failed = Some(msg.clone());
                 for req in batch.drain(..) {
-                    let _ = req.reply.send(Err(BrokerError::Backend {
-                        backend: "embedded",
-                        message: msg.clone(),
-                    }));
+                    let _ = req.reply.send(Err(BrokerError::backend(
+                        "embedded",
+                        BackendErrorKind::Failed,
+                        msg.clone(),
+                    )));
                 }
             }
         }

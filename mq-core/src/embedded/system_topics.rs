@@ -1,9 +1,10 @@
-//! The broker's own topics and the reserved properties it keeps on stored copies.
+//! The embedded broker's own topics and the reserved properties it keeps on stored copies.
 //!
 //! Delays, retries, dead letters and transactions are all messages in the one commit log, as in
 //! RocketMQ, so they are durable and crash-safe through the same recovery. Reserved property
 //! names start with `%`, which users may not use; they are removed before a handler sees a
-//! message.
+//! message. The retry and dead-letter topics of groups are named by
+//! [`crate::system_topics`], as on every backend.
 
 use crate::message::MessageView;
 
@@ -18,9 +19,6 @@ pub(crate) const HALF_OP_TOPIC: &str = "%HALF_OP%";
 pub(crate) const SCHEDULER_GROUP: &str = "%SCHEDULER%";
 /// The progress name of the transaction checker in the offset table.
 pub(crate) const TRANSACTION_GROUP: &str = "%TRANSACTION%";
-/// Prefix of dead-letter topics, one per group.
-pub(crate) const DLQ_PREFIX: &str = "%DLQ%";
-
 /// Where a delayed message goes when due.
 pub(crate) const REAL_TOPIC: &str = "%REAL_TOPIC";
 /// The queue it goes to.
@@ -31,22 +29,6 @@ pub(crate) const DUE: &str = "%DUE";
 pub(crate) const ORIGIN_TOPIC: &str = "%ORIGIN_TOPIC";
 /// The producer of a half message, whose checker answers check-back.
 pub(crate) const PRODUCER: &str = "%PRODUCER";
-
-/// The retry topic of one (group, topic): retries reach that group only.
-pub(crate) fn retry_topic(group: &str, topic: &str) -> String {
-    let name = format!("%RETRY%{group}%{topic}");
-    if name.len() <= 240 {
-        name
-    } else {
-        // Keep file names short enough for any filesystem.
-        format!("%RETRY%{group}%{:08x}", crc32c::crc32c(topic.as_bytes()))
-    }
-}
-
-/// The dead-letter topic of a group.
-pub(crate) fn dlq_topic(group: &str) -> String {
-    format!("{DLQ_PREFIX}{group}")
-}
 
 /// The message as a handler sees it: reserved properties removed, and a retried message shown
 /// under the topic it was sent to.
@@ -79,17 +61,4 @@ pub(crate) fn index_time(view: &MessageView, store_timestamp: u64) -> u64 {
         .get(DUE)
         .and_then(|v| v.parse().ok())
         .unwrap_or(store_timestamp)
-}
-
-/// The parts of a stored message, to store it again elsewhere.
-pub(crate) fn parts_of(view: MessageView) -> crate::message::MessageParts {
-    crate::message::MessageParts {
-        id: view.id,
-        topic: view.topic,
-        tag: view.tag,
-        keys: view.keys,
-        properties: view.properties,
-        body: view.body,
-        born_timestamp: view.born_timestamp,
-    }
 }

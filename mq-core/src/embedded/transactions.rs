@@ -12,17 +12,18 @@ use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{watch, Notify};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use super::consume_queue::ConsumeQueue;
 use super::offsets::{OffsetStore, ProgressKey};
 use super::store::{MessageStore, Outgoing};
 use super::system_topics::{
-    self, HALF_OP_TOPIC, HALF_TOPIC, PRODUCER, REAL_QID, REAL_TOPIC, TRANSACTION_GROUP,
+    HALF_OP_TOPIC, HALF_TOPIC, PRODUCER, REAL_QID, REAL_TOPIC, TRANSACTION_GROUP,
 };
 use crate::broker::{Prepared, SendResult, TransactionId};
 use crate::clock::Clock;
-use crate::error::{BrokerError, Result};
+use crate::error::{BackendErrorKind, BrokerError, Result};
 use crate::message::{MessageId, MessageParts, MessageView};
 use crate::transaction::{CheckPolicy, TransactionChecker, TxState};
 
@@ -269,9 +270,13 @@ impl Transactions {
             result
         })
         .await
-        .map_err(|e| BrokerError::Backend {
-            backend: "embedded",
-            message: format!("ending transaction {offset} failed: {e}"),
+        .map_err(|e| {
+            BrokerError::backend_caused(
+                "embedded",
+                BackendErrorKind::Failed,
+                format!("ending transaction {offset}"),
+                e,
+            )
         })?
     }
 
@@ -290,7 +295,7 @@ impl Transactions {
                     .store
                     .topic_for_send(&topic)?
                     .queue(&crate::QueueSelector::Queue(qid))?;
-                let mut parts = system_topics::parts_of(view);
+                let mut parts = MessageParts::from(view);
                 parts.topic = topic;
                 let mut r = self
                     .store
@@ -471,10 +476,10 @@ impl Transactions {
         Ok(())
     }
 
-    /// Runs check-back until `closing` turns true.
-    pub async fn run(self: Arc<Self>, mut closing: watch::Receiver<bool>) {
+    /// Runs check-back until `closing` is cancelled.
+    pub async fn run(self: Arc<Self>, closing: CancellationToken) {
         loop {
-            if *closing.borrow() {
+            if closing.is_cancelled() {
                 return;
             }
             self.check_due().await;
@@ -493,7 +498,7 @@ impl Transactions {
             };
             tokio::select! {
                 _ = self.wake.notified() => {}
-                r = closing.changed() => if r.is_err() { return },
+                _ = closing.cancelled() => return,
                 _ = sleep => {}
             }
         }

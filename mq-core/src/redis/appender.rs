@@ -7,9 +7,9 @@
 use tokio::sync::{mpsc, oneshot};
 
 use crate::clock::Clock;
-use crate::error::Result;
+use crate::error::{BackendErrorKind, BrokerError, Result};
 
-use super::io::{backend_error, Redis};
+use super::io::Redis;
 use super::scripts;
 
 /// Messages stored by one script call at most: bounds how long one call blocks the server.
@@ -33,11 +33,8 @@ impl Appender {
     /// Stores encoded messages; returns their offsets.
     pub(crate) async fn append(&self, blobs: Vec<Vec<u8>>) -> Result<Vec<u64>> {
         let (done, wait) = oneshot::channel();
-        self.0
-            .send((blobs, done))
-            .map_err(|_| backend_error("storing messages", "the queue's appender stopped"))?;
-        wait.await
-            .map_err(|_| backend_error("storing messages", "the queue's appender stopped"))?
+        self.0.send((blobs, done)).map_err(|_| stopped())?;
+        wait.await.map_err(|_| stopped())?
     }
 }
 
@@ -89,11 +86,25 @@ async fn run(
                 }
             }
             Err(e) => {
+                // One failure, told to every waiter of the batch with its kind.
+                let kind = e.backend_kind().unwrap_or(BackendErrorKind::Failed);
                 let why = e.to_string();
                 for (_, done) in waiters {
-                    let _ = done.send(Err(backend_error("storing messages", &why)));
+                    let _ = done.send(Err(BrokerError::backend(
+                        "redis",
+                        kind,
+                        format!("storing messages: {why}"),
+                    )));
                 }
             }
         }
     }
+}
+
+fn stopped() -> BrokerError {
+    BrokerError::backend(
+        "redis",
+        BackendErrorKind::Failed,
+        "storing messages: the queue's appender stopped",
+    )
 }

@@ -14,15 +14,16 @@ use ::redis::streams::{
 use ::redis::Value;
 use async_trait::async_trait;
 use tokio::sync::Notify;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::broker::{Consumer, ConsumerOptions, Delivery, Disposition, Failure, Receipt};
-use crate::dead_letter::property;
-use crate::embedded::system_topics::retry_topic;
-use crate::error::{BrokerError, Result};
+use crate::dead_letter;
+use crate::error::{BackendErrorKind, BrokerError, Result};
 use crate::message::MessageView;
+use crate::retry::{FailedDelivery, Verdict};
 use crate::subscription::{ConsumeFrom, ConsumeMode, MessageModel, Subscription};
+use crate::system_topics::retry_topic;
 
 use super::dead_letter::{bury, decode_entry};
 use super::envelope::Envelope;
@@ -112,11 +113,12 @@ pub(crate) struct RedisConsumer {
     signals: [Arc<Notify>; 2],
     wake: Notify,
     closed: AtomicBool,
-    heartbeat: parking_lot::Mutex<Option<JoinHandle<()>>>,
+    /// Aborted when dropped: at `leave`, or with the consumer.
+    heartbeat: parking_lot::Mutex<Option<AbortOnDropHandle<()>>>,
 }
 
 fn busy_group(e: &BrokerError) -> bool {
-    e.to_string().contains("BUSYGROUP")
+    e.backend_kind() == Some(BackendErrorKind::AlreadyExists)
 }
 
 impl RedisConsumer {
@@ -206,12 +208,14 @@ impl RedisConsumer {
             shared.signal(&sources[queue_count as usize].topic),
         );
         let consumer = RedisConsumer {
-            heartbeat: parking_lot::Mutex::new(Some(tokio::spawn(heartbeat(
-                shared.clone(),
-                members.clone(),
-                seen.clone(),
-                options.instance.clone(),
-                presence.clone(),
+            heartbeat: parking_lot::Mutex::new(Some(AbortOnDropHandle::new(tokio::spawn(
+                heartbeat(
+                    shared.clone(),
+                    members.clone(),
+                    seen.clone(),
+                    options.instance.clone(),
+                    presence.clone(),
+                ),
             )))),
             shared,
             subscription,
@@ -243,10 +247,6 @@ impl RedisConsumer {
 
     fn orderly(&self) -> bool {
         self.subscription.mode == ConsumeMode::Orderly
-    }
-
-    fn in_place(&self) -> bool {
-        self.orderly() || self.subscription.model == MessageModel::Broadcasting
     }
 
     fn check_open(&self) -> Result<()> {
@@ -866,29 +866,31 @@ impl RedisConsumer {
         self.wake.notify_waiters();
     }
 
-    /// Queues an in-place retry (orderly, broadcasting) of a delivery just taken out of
-    /// flight; returns its delay, or `None` if it is not retried in place.
+    /// The rule's verdict on a delivery of source `i` just taken out of flight.
+    fn verdict(&self, i: usize, flight: &InFlight, failure: &Failure) -> Verdict {
+        // A broadcasting member's retry stream is its own (its Redis group); a clustering
+        // group's retry stream is read by every member at once.
+        let shared_source =
+            i == self.retry_source() && self.subscription.model != MessageModel::Broadcasting;
+        FailedDelivery {
+            reconsume_times: flight.view.reconsume_times,
+            model: self.subscription.model,
+            mode: self.subscription.mode,
+            shared_source,
+        }
+        .verdict(&self.options, failure)
+    }
+
+    /// Queues an in-place retry of a delivery just taken out of flight.
     fn retry_in_place(
         &self,
         st: &mut State,
         i: usize,
         offset: u64,
         flight: &InFlight,
-        failure: &Failure,
-    ) -> Option<Duration> {
-        let retry = flight.view.reconsume_times.saturating_add(1);
-        let broadcasting = self.subscription.model == MessageModel::Broadcasting;
-        // A broadcasting member's retry stream is its own (its Redis group), so its entries
-        // retry in place too; a clustering group's retry stream is shared.
-        let shared_retry = i == self.retry_source() && !broadcasting;
-        if !self.in_place() || shared_retry || retry > self.options.max_reconsume_times {
-            return None;
-        }
-        let after = failure.retry_after.unwrap_or(if self.orderly() {
-            self.options.suspend_current_queue_time
-        } else {
-            self.options.backoff.delay(retry)
-        });
+        retry: u32,
+        after: Duration,
+    ) {
         let mut view = flight.view.clone();
         view.reconsume_times = retry;
         let now_ms = self.shared.clock.now_ms();
@@ -899,66 +901,56 @@ impl RedisConsumer {
             view,
             first_failure_ms: flight.first_failure_ms.unwrap_or(now_ms),
         });
-        Some(after)
     }
 
     /// Records a failed delivery already taken out of flight: the attempt of an in-place
-    /// retry (`in_place`), or a copy in the retry stream, or the dead-letter queue.
+    /// retry (queued already), or a copy in the retry stream, or the dead-letter queue.
     async fn fail(
         &self,
         i: usize,
         receipt: &Receipt,
         flight: InFlight,
         failure: Failure,
-        in_place: Option<Duration>,
+        verdict: Verdict,
     ) -> Result<Disposition> {
         let now_ms = self.shared.clock.now_ms();
-        let reconsume = flight.view.reconsume_times;
-        let retry = reconsume.saturating_add(1);
         let first_failure = flight.first_failure_ms.unwrap_or(now_ms);
-        if retry > self.options.max_reconsume_times {
-            bury(
-                &self.shared,
-                &self.subscription.group,
-                &flight.view,
-                retry,
-                Some(first_failure),
-                &failure.reason,
-            )
-            .await?;
-            self.acknowledge(i, &[receipt.offset]).await?;
-            self.wake.notify_waiters();
-            return Ok(Disposition::DeadLettered);
-        }
-        if let Some(after) = in_place {
-            let _: i64 = self
-                .shared
-                .redis
-                .query(
-                    "counting a failed attempt",
-                    ::redis::cmd("HINCRBY")
-                        .arg(&self.sources[i].attempts)
-                        .arg(receipt.offset)
-                        .arg(1)
-                        .clone(),
+        let (retry, after) = match verdict {
+            Verdict::DeadLetter { attempts } => {
+                bury(
+                    &self.shared,
+                    &self.subscription.group,
+                    &flight.view,
+                    attempts,
+                    Some(first_failure),
+                    &failure.reason,
                 )
                 .await?;
-            self.wake.notify_waiters();
-            return Ok(Disposition::Retry { retry, after });
-        }
-        // Concurrent clustering: a copy waits in the retry stream's delay set, the original
-        // is settled.
-        let after = failure
-            .retry_after
-            .unwrap_or_else(|| self.options.backoff.delay(retry));
+                self.acknowledge(i, &[receipt.offset]).await?;
+                self.wake.notify_waiters();
+                return Ok(Disposition::DeadLettered);
+            }
+            Verdict::InPlace { retry, after } => {
+                let _: i64 = self
+                    .shared
+                    .redis
+                    .query(
+                        "counting a failed attempt",
+                        ::redis::cmd("HINCRBY")
+                            .arg(&self.sources[i].attempts)
+                            .arg(receipt.offset)
+                            .arg(1)
+                            .clone(),
+                    )
+                    .await?;
+                self.wake.notify_waiters();
+                return Ok(Disposition::Retry { retry, after });
+            }
+            Verdict::RetryQueue { retry, after } => (retry, after),
+        };
+        // A copy waits in the retry stream's delay set, the original is settled.
         let mut envelope = Envelope::from_view(&flight.view, retry);
-        envelope
-            .properties
-            .entry(property::FIRST_FAILURE_TIME.into())
-            .or_insert_with(|| first_failure.to_string());
-        envelope
-            .properties
-            .insert(property::LAST_ERROR.into(), failure.reason.clone());
+        dead_letter::note_retry(&mut envelope.properties, first_failure, &failure.reason);
         let retry_stream = &self.sources[self.retry_source()];
         // Rounded up: `now_ms` rounds down, and a retry must not come before its back-off.
         let due = self.shared.clock.due_after(after);
@@ -984,9 +976,7 @@ impl RedisConsumer {
         if self.closed.swap(true, Ordering::AcqRel) {
             return;
         }
-        if let Some(task) = self.heartbeat.lock().take() {
-            task.abort();
-        }
+        drop(self.heartbeat.lock().take());
         let shared = self.shared.clone();
         let members = self.members.clone();
         let instance = self.options.instance.clone();
@@ -1182,23 +1172,29 @@ impl Consumer for RedisConsumer {
 
     async fn nack(&self, receipt: &Receipt, failure: Failure) -> Result<Disposition> {
         self.check_open()?;
-        let Some((i, flight, after)) = ({
+        let Some((i, flight, verdict)) = ({
             let mut st = self.state.lock().await;
             self.settle(&mut st, receipt).map(|(i, flight)| {
+                let verdict = self.verdict(i, &flight, &failure);
                 // An in-place retry takes its place at once, so that nothing later of an
                 // orderly queue is handed out while the attempt is being recorded.
-                let after = self.retry_in_place(&mut st, i, receipt.offset, &flight, &failure);
-                if after.is_none() {
+                if let Verdict::InPlace { retry, after } = verdict {
+                    self.retry_in_place(&mut st, i, receipt.offset, &flight, retry, after);
+                } else {
                     self.hold_place(&mut st, i, receipt.offset, &flight);
                 }
-                (i, flight, after)
+                (i, flight, verdict)
             })
         }) else {
             return Ok(Disposition::Stale);
         };
-        match self.fail(i, receipt, flight.clone(), failure, after).await {
+        let in_place = matches!(verdict, Verdict::InPlace { .. });
+        match self
+            .fail(i, receipt, flight.clone(), failure, verdict)
+            .await
+        {
             Ok(d) => {
-                if after.is_none() {
+                if !in_place {
                     self.release_place(i, receipt.offset).await;
                 }
                 Ok(d)

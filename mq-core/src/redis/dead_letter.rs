@@ -6,10 +6,10 @@ use std::collections::HashMap;
 use ::redis::streams::StreamRangeReply;
 use ::redis::Value;
 
-use crate::dead_letter::{property, DeadLetter};
-use crate::embedded::system_topics::{dlq_topic, retry_topic};
+use crate::dead_letter::{Burial, DeadLetter};
 use crate::error::Result;
 use crate::message::MessageView;
+use crate::system_topics::{dlq_topic, retry_topic};
 
 use super::envelope::Envelope;
 use super::keys::{entry_id, offset_of};
@@ -44,21 +44,17 @@ pub(crate) async fn bury(
     first_failure_ms: Option<u64>,
     reason: &str,
 ) -> Result<()> {
-    let now = shared.clock.now_ms();
+    let now_ms = shared.clock.now_ms();
     let mut envelope = Envelope::from_view(view, view.reconsume_times);
-    let first = envelope
-        .properties
-        .get(property::FIRST_FAILURE_TIME)
-        .cloned()
-        .or(first_failure_ms.map(|ms| ms.to_string()))
-        .unwrap_or_else(|| now.to_string());
-    let props = &mut envelope.properties;
-    props.insert(property::ORIGIN_TOPIC.into(), view.topic.clone());
-    props.insert(property::CONSUMER_GROUP.into(), group.to_owned());
-    props.insert(property::ATTEMPTS.into(), attempts.to_string());
-    props.insert(property::FIRST_FAILURE_TIME.into(), first);
-    props.insert(property::LAST_FAILURE_TIME.into(), now.to_string());
-    props.insert(property::LAST_ERROR.into(), reason.to_owned());
+    Burial {
+        origin_topic: &view.topic,
+        group,
+        attempts,
+        first_failure_ms,
+        now_ms,
+        reason,
+    }
+    .mark(&mut envelope.properties);
     shared
         .append(&dlq_topic(group), 0, vec![envelope.encode()?])
         .await?;
@@ -178,10 +174,7 @@ pub(crate) async fn resend(shared: &Shared, group: &str, seq: u64) -> Result<boo
     else {
         return Ok(false);
     };
-    let mut view = dead.message;
-    for k in property::ALL {
-        view.properties.remove(k);
-    }
+    let view = dead.into_resend();
     let envelope = Envelope::from_view(&view, 0);
     let retry = retry_topic(group, &view.topic);
     shared.append(&retry, 0, vec![envelope.encode()?]).await?;

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{BrokerError, Result};
+use crate::error::{BackendErrorKind, BrokerError, Result};
 use crate::message::{Message, MessageId, MessageView};
 
 /// A stored message.
@@ -62,9 +62,13 @@ impl Envelope {
     }
 
     pub(crate) fn encode(&self) -> Result<Vec<u8>> {
-        rmp_serde::to_vec(self).map_err(|e| BrokerError::Backend {
-            backend: "redis",
-            message: format!("encoding message {}: {e}", self.id),
+        rmp_serde::to_vec(self).map_err(|e| {
+            BrokerError::backend_caused(
+                "redis",
+                BackendErrorKind::Malformed,
+                format!("encoding message {}", self.id),
+                e,
+            )
         })
     }
 

@@ -12,10 +12,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use ::redis::{Client, FromRedisValue, RedisError};
+use ::redis::{Client, ErrorKind, FromRedisValue, RedisError};
 use tokio::runtime::{Handle, Runtime, RuntimeFlavor};
 
-use crate::error::{BrokerError, Result};
+use crate::error::{BackendErrorKind, BoxError, BrokerError, Result};
 
 /// Owns the I/O runtime; shuts it down without blocking when the last handle goes.
 struct IoRuntime(Option<Runtime>);
@@ -39,10 +39,32 @@ pub(crate) struct Redis {
     url: Arc<str>,
 }
 
-pub(crate) fn backend_error(what: &str, e: impl std::fmt::Display) -> BrokerError {
-    BrokerError::Backend {
-        backend: "redis",
-        message: format!("{what}: {e}"),
+/// A failure of this backend that no Redis error caused.
+pub(crate) fn backend_error(
+    what: impl Into<String>,
+    kind: BackendErrorKind,
+    source: impl Into<BoxError>,
+) -> BrokerError {
+    BrokerError::backend_caused("redis", kind, what, source)
+}
+
+/// A Redis error, with what was being done and its kind.
+pub(crate) fn redis_error(what: impl Into<String>, e: RedisError) -> BrokerError {
+    BrokerError::backend_caused("redis", kind_of(&e), what, e)
+}
+
+/// The kind of a Redis error, from its error code and class (never from its text).
+fn kind_of(e: &RedisError) -> BackendErrorKind {
+    if is_transient(e) {
+        return BackendErrorKind::Unavailable;
+    }
+    match (e.kind(), e.code()) {
+        (ErrorKind::AuthenticationFailed, _) | (_, Some("NOAUTH" | "WRONGPASS" | "NOPERM")) => {
+            BackendErrorKind::Unauthorized
+        }
+        (_, Some("BUSYGROUP")) => BackendErrorKind::AlreadyExists,
+        (ErrorKind::Parse | ErrorKind::UnexpectedReturnType, _) => BackendErrorKind::Malformed,
+        _ => BackendErrorKind::Rejected,
     }
 }
 
@@ -75,7 +97,7 @@ impl Redis {
             .thread_name("mq-redis-io")
             .enable_all()
             .build()
-            .map_err(|e| backend_error("starting the I/O thread", e))?;
+            .map_err(|e| backend_error("starting the I/O thread", BackendErrorKind::Failed, e))?;
         let io = runtime.handle().clone();
         let runtime = Arc::new(IoRuntime(Some(runtime)));
         let config = ConnectionManagerConfig::new()
@@ -88,7 +110,7 @@ impl Redis {
             ConnectionManager::new_with_config(client, config).await
         })
         .await?
-        .map_err(|e| backend_error(&format!("connecting to {shown}"), e))?;
+        .map_err(|e| redis_error(format!("connecting to {shown}"), e))?;
         Ok(Redis {
             conn,
             io,
@@ -134,9 +156,9 @@ impl Redis {
                     }
                     Err(e) => {
                         return Err(if is_transient(&e) {
-                            backend_error(&format!("{what} (redis at {url} unreachable)"), e)
+                            redis_error(format!("{what} (redis at {url} unreachable)"), e)
                         } else {
-                            backend_error(what, e)
+                            redis_error(what, e)
                         })
                     }
                 }
@@ -246,7 +268,7 @@ where
             let io = io.clone();
             tokio::task::spawn_blocking(move || io.block_on(fut))
                 .await
-                .map_err(|e| backend_error("redis I/O task", e))
+                .map_err(|e| backend_error("redis I/O task", BackendErrorKind::Failed, e))
         }
         // A multi-thread runtime has no paused clock: the command runs where it is awaited
         // (the connection's own task lives on the I/O runtime).
@@ -254,7 +276,7 @@ where
         _ => io
             .spawn(fut)
             .await
-            .map_err(|e| backend_error("redis I/O task", e)),
+            .map_err(|e| backend_error("redis I/O task", BackendErrorKind::Failed, e)),
     }
 }
 

@@ -39,19 +39,19 @@ use std::time::Duration;
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
-use tokio::task::JoinHandle;
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::broker::{
     Broker, Consumer, ConsumerOptions, Prepared, QueueSelector, SendOptions, SendResult,
-    TransactionId, DEFAULT_QUEUE_COUNT,
+    TransactionId,
 };
 use crate::clock::Clock;
 use crate::dead_letter::DeadLetter;
-use crate::delay::DelayPolicy;
-use crate::error::{BrokerError, Result};
-use crate::message::{validate_topic, Message, DEFAULT_MAX_MESSAGE_SIZE};
+use crate::error::{BackendErrorKind, BrokerError, Result};
+use crate::message::{validate_topic, Message};
+use crate::settings::BrokerSettings;
 use crate::subscription::Subscription;
-use crate::transaction::{CheckPolicy, TransactionChecker, TxState};
+use crate::transaction::{TransactionChecker, TxState};
 
 use envelope::Envelope;
 use io::Redis;
@@ -78,10 +78,8 @@ pub struct RedisConfig {
     pub url: String,
     /// Every key starts with `prefix:`; brokers with different prefixes do not see each other.
     pub prefix: String,
-    /// Queues of a topic created on first use.
-    pub default_queues: u32,
-    /// Largest accepted body.
-    pub max_message_size: usize,
+    /// What every backend has: queue count, message size, delays, check-back.
+    pub common: BrokerSettings,
     /// How long a command waits for an unreachable Redis before it fails.
     pub command_timeout: Duration,
     /// How often an idle consumer looks for messages stored by other processes (messages of
@@ -95,10 +93,6 @@ pub struct RedisConfig {
     /// back trimming (RocketMQ keeps broadcasting progress on the client; a client that never
     /// comes back must not pin the broker's storage).
     pub broadcast_reserve: Duration,
-    /// Delay levels and maximum delay.
-    pub delay: DelayPolicy,
-    /// Check-back of transactions.
-    pub check: CheckPolicy,
 }
 
 impl RedisConfig {
@@ -107,33 +101,18 @@ impl RedisConfig {
         RedisConfig {
             url: url.into(),
             prefix: "mq".into(),
-            default_queues: DEFAULT_QUEUE_COUNT,
-            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            common: BrokerSettings::default(),
             command_timeout: DEFAULT_COMMAND_TIMEOUT,
             poll_interval: DEFAULT_POLL_INTERVAL,
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
             trim_interval: DEFAULT_TRIM_INTERVAL,
             broadcast_reserve: DEFAULT_BROADCAST_RESERVE,
-            delay: DelayPolicy::default(),
-            check: CheckPolicy::default(),
         }
     }
 
     /// Sets the key prefix.
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into();
-        self
-    }
-
-    /// Sets the queue count of automatically created topics.
-    pub fn default_queues(mut self, queues: u32) -> Self {
-        self.default_queues = queues;
-        self
-    }
-
-    /// Sets the largest accepted body.
-    pub fn max_message_size(mut self, bytes: usize) -> Self {
-        self.max_message_size = bytes;
         self
     }
 
@@ -167,28 +146,22 @@ impl RedisConfig {
         self
     }
 
-    /// Sets the delay policy.
-    pub fn delay_policy(mut self, policy: DelayPolicy) -> Self {
-        self.delay = policy;
-        self
-    }
-
-    /// Sets the check-back policy.
-    pub fn check_policy(mut self, policy: CheckPolicy) -> Self {
-        self.check = policy;
-        self
-    }
+    crate::settings::common_setters!();
 
     fn validate(&self) -> Result<()> {
+        self.common.validate()?;
         let bad = |what: &str| Err(BrokerError::InvalidConfig(what.to_owned()));
         if self.prefix.is_empty() || self.prefix.contains(['{', '}']) {
             return bad("redis prefix must be non-empty and free of `{` and `}`");
         }
-        if self.default_queues == 0 {
-            return bad("default queue count must be at least 1");
-        }
-        if self.poll_interval.is_zero() || self.heartbeat_interval.is_zero() {
-            return bad("poll and heartbeat intervals must be positive");
+        if self.poll_interval.is_zero()
+            || self.heartbeat_interval.is_zero()
+            || self.trim_interval.is_zero()
+            || self.command_timeout.is_zero()
+        {
+            return bad(
+                "poll, heartbeat and trim intervals and the command timeout must be positive",
+            );
         }
         Ok(())
     }
@@ -225,7 +198,8 @@ pub(crate) struct Shared {
 /// A broker on Redis Streams. Cheap to share: use it as `Arc<dyn Broker>`.
 pub struct RedisBroker {
     shared: Arc<Shared>,
-    tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// The delay scheduler, the transaction checker and trimming: aborted when dropped.
+    tasks: Mutex<Vec<AbortOnDropHandle<()>>>,
 }
 
 impl std::fmt::Debug for RedisBroker {
@@ -247,14 +221,21 @@ impl RedisBroker {
         // Fail now, with the URL in the error, rather than at the first send.
         let pong: Result<String> = redis.query("PING", ::redis::cmd("PING")).await;
         if let Err(e) = pong {
-            let why = match e {
-                BrokerError::Backend { message, .. } => message,
-                other => other.to_string(),
-            };
-            return Err(io::backend_error(
-                &format!("connecting to {}", io::redact(&config.url)),
-                why,
-            ));
+            let at = format!("connecting to {}", io::redact(&config.url));
+            return Err(match e {
+                BrokerError::Backend {
+                    backend,
+                    kind,
+                    message,
+                    source,
+                } => BrokerError::Backend {
+                    backend,
+                    kind,
+                    message: format!("{at}: {message}"),
+                    source,
+                },
+                other => other,
+            });
         }
         let shared = Arc::new(Shared {
             redis,
@@ -273,9 +254,9 @@ impl RedisBroker {
             closed: AtomicBool::new(false),
         });
         let tasks = vec![
-            tokio::spawn(scheduler::run(shared.clone())),
-            tokio::spawn(transactions::run(shared.clone())),
-            tokio::spawn(retention::run(shared.clone())),
+            AbortOnDropHandle::new(tokio::spawn(scheduler::run(shared.clone()))),
+            AbortOnDropHandle::new(tokio::spawn(transactions::run(shared.clone()))),
+            AbortOnDropHandle::new(tokio::spawn(retention::run(shared.clone()))),
         ];
         Ok(Arc::new(RedisBroker {
             shared,
@@ -328,7 +309,9 @@ impl Shared {
         if let Some((n, _)) = self.topics.lock().get(topic) {
             return Ok(*n);
         }
-        let n = self.create_topic(topic, self.config.default_queues).await?;
+        let n = self
+            .create_topic(topic, self.config.common.default_queues)
+            .await?;
         Ok(n)
     }
 
@@ -375,23 +358,12 @@ impl Shared {
     /// The queue a send goes to.
     async fn select_queue(&self, topic: &str, selector: &QueueSelector) -> Result<u32> {
         let n = self.ensure_topic(topic).await?;
-        let q = match selector {
-            QueueSelector::RoundRobin => {
-                let mut topics = self.topics.lock();
-                let entry = topics.entry(topic.to_owned()).or_insert((n, 0));
-                entry.1 = entry.1.wrapping_add(1);
-                (entry.1 % u64::from(n)) as u32
-            }
-            QueueSelector::ShardingKey(key) => QueueSelector::queue_for_key(key, n),
-            QueueSelector::Queue(q) => *q,
-        };
-        if q >= n {
-            return Err(BrokerError::QueueNotFound {
-                topic: topic.to_owned(),
-                queue_id: q,
-            });
-        }
-        Ok(q)
+        selector.pick(topic, n, || {
+            let mut topics = self.topics.lock();
+            let entry = topics.entry(topic.to_owned()).or_insert((n, 0));
+            entry.1 = entry.1.wrapping_add(1);
+            entry.1
+        })
     }
 
     /// Appends encoded messages to a queue; returns their offsets.
@@ -442,7 +414,7 @@ impl Shared {
         };
         let topic = first.topic().to_owned();
         for m in &messages {
-            m.validate(self.config.max_message_size)?;
+            m.validate(self.config.common.max_message_size)?;
             if m.topic() != topic {
                 return Err(BrokerError::InvalidConfig(format!(
                     "a batch goes to one topic: {:?} and {:?}",
@@ -454,7 +426,7 @@ impl Shared {
         // Rounded up, so that a delay never falls due before it has passed.
         let now = self.clock.due_after(Duration::ZERO);
         let due = match options.delay {
-            Some(d) => Some(self.config.delay.due_ms(d, now)?).filter(|due| *due > now),
+            Some(d) => Some(self.config.common.delay.due_ms(d, now)?).filter(|due| *due > now),
             None => None,
         };
         let queue = self.select_queue(&topic, &options.queue).await?;
@@ -504,9 +476,9 @@ impl Broker for RedisBroker {
 
     async fn send(&self, message: Message, options: SendOptions) -> Result<SendResult> {
         let mut results = self.shared.store(vec![message], &options).await?;
-        results
-            .pop()
-            .ok_or_else(|| io::backend_error("send", "no result"))
+        results.pop().ok_or_else(|| {
+            BrokerError::backend("redis", BackendErrorKind::Failed, "send: no result")
+        })
     }
 
     async fn send_batch(
@@ -596,9 +568,7 @@ impl Broker for RedisBroker {
         if self.shared.closed.swap(true, Ordering::AcqRel) {
             return Err(BrokerError::Closed);
         }
-        for task in self.tasks.lock().drain(..) {
-            task.abort();
-        }
+        self.tasks.lock().clear();
         self.shared.activity.notify_waiters();
         // Members leave now, so that their queues and unacknowledged messages go to the
         // others (or to this group after a restart) without waiting for their heartbeat to age.
@@ -616,9 +586,7 @@ impl Broker for RedisBroker {
 
 impl Drop for RedisBroker {
     fn drop(&mut self) {
+        // The background tasks abort as their handles drop; consumers still held see this.
         self.shared.closed.store(true, Ordering::Release);
-        for task in self.tasks.lock().drain(..) {
-            task.abort();
-        }
     }
 }

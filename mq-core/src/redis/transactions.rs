@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::broker::{Prepared, SendOptions, SendResult, TransactionId};
-use crate::error::{BrokerError, Result};
+use crate::error::{BackendErrorKind, BrokerError, Result};
 use crate::message::{Message, MessageId};
 use crate::transaction::TxState;
 
@@ -30,7 +30,9 @@ struct Half {
 }
 
 fn encode(half: &Half) -> Result<Vec<u8>> {
-    rmp_serde::to_vec(half).map_err(|e| super::io::backend_error("encoding a half message", e))
+    rmp_serde::to_vec(half).map_err(|e| {
+        super::io::backend_error("encoding a half message", BackendErrorKind::Malformed, e)
+    })
 }
 
 pub(crate) async fn prepare(
@@ -39,7 +41,7 @@ pub(crate) async fn prepare(
     options: SendOptions,
     producer: &str,
 ) -> Result<Prepared> {
-    message.validate(shared.config.max_message_size)?;
+    message.validate(shared.config.common.max_message_size)?;
     let topic = message.topic().to_owned();
     let queue = shared.select_queue(&topic, &options.queue).await?;
     let message_id = message.id();
@@ -51,7 +53,7 @@ pub(crate) async fn prepare(
         checks: 0,
         message: Envelope::from_message(message).encode()?,
     };
-    let due = shared.clock.now_ms() + shared.config.check.timeout.as_millis() as u64;
+    let due = shared.clock.now_ms() + shared.config.common.check.timeout.as_millis() as u64;
     store(shared, &id, &half, due).await?;
     shared.checker_wake.notify_waiters();
     Ok(Prepared {
@@ -102,9 +104,13 @@ async fn read(shared: &Shared, id: &str) -> Result<Option<Half>> {
         .await?;
     match blob {
         None => Ok(None),
-        Some(b) => rmp_serde::from_slice(&b)
-            .map(Some)
-            .map_err(|e| super::io::backend_error(&format!("half message {id} is unreadable"), e)),
+        Some(b) => rmp_serde::from_slice(&b).map(Some).map_err(|e| {
+            super::io::backend_error(
+                format!("half message {id} is unreadable"),
+                BackendErrorKind::Malformed,
+                e,
+            )
+        }),
     }
 }
 
@@ -124,8 +130,9 @@ async fn forget(shared: &Shared, id: &str) -> Result<()> {
 
 /// Delivers a half message to its queue.
 async fn commit(shared: &Shared, half: &Half) -> Result<SendResult> {
-    let envelope = Envelope::decode(&half.message)
-        .map_err(|e| super::io::backend_error("half message is unreadable", e))?;
+    let envelope = Envelope::decode(&half.message).map_err(|e| {
+        super::io::backend_error("half message is unreadable", BackendErrorKind::Malformed, e)
+    })?;
     let message_id = envelope.id;
     let offsets = shared
         .append(&half.topic, half.queue, vec![half.message.clone()])
@@ -157,9 +164,10 @@ pub(crate) async fn end(
             break lock;
         }
         if tokio::time::Instant::now() >= deadline {
-            return Err(super::io::backend_error(
-                "ending a transaction",
-                format!("transaction {id} is being checked back"),
+            return Err(BrokerError::backend(
+                "redis",
+                BackendErrorKind::Unavailable,
+                format!("ending a transaction: transaction {id} is being checked back"),
             ));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -214,7 +222,7 @@ async fn check(shared: &Shared, id: &str) -> Result<bool> {
             return Ok(false);
         };
         let envelope = Envelope::decode(&half.message)
-            .map_err(|e| super::io::backend_error("half message is unreadable", e))?;
+            .map_err(|e| super::io::backend_error("half message is unreadable", BackendErrorKind::Malformed, e))?;
         let view = envelope.view(half.queue, 0, shared.clock.now_ms(), 0);
         // The answer must come while the lock is held, or the producer's own ending could
         // race it.
@@ -232,7 +240,7 @@ async fn check(shared: &Shared, id: &str) -> Result<bool> {
                 forget(shared, id).await?;
             }
             TxState::Rollback => forget(shared, id).await?,
-            TxState::Unknown if half.checks >= shared.config.check.max_checks => {
+            TxState::Unknown if half.checks >= shared.config.common.check.max_checks => {
                 tracing::warn!(
                     transaction = id,
                     producer = %half.producer,
@@ -251,7 +259,7 @@ async fn check(shared: &Shared, id: &str) -> Result<bool> {
                 discard(shared, id, note).await?;
             }
             TxState::Unknown => {
-                let due = shared.clock.now_ms() + shared.config.check.interval.as_millis() as u64;
+                let due = shared.clock.now_ms() + shared.config.common.check.interval.as_millis() as u64;
                 store(shared, id, &half, due).await?;
             }
         }

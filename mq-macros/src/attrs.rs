@@ -290,3 +290,86 @@ pub fn string(value: &Value, key: &str) -> syn::Result<LitStr> {
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(tokens: TokenStream) -> Value {
+        let args = Args::parse(tokens, &["k"]).unwrap_or_else(|e| panic!("{e}"));
+        args.0
+            .into_iter()
+            .next()
+            .map(|(_, v)| v)
+            .unwrap_or_else(|| panic!("no value"))
+    }
+
+    fn text(r: syn::Result<TokenStream>) -> String {
+        match r {
+            Ok(t) => t.to_string().replace(' ', ""),
+            Err(e) => format!("error: {e}"),
+        }
+    }
+
+    #[test]
+    fn integers_are_typed_and_range_checked() {
+        let int = |t| text(integer(&value(t), "k", UInt::Usize, 1, u32::MAX));
+        assert!(int(quote!(k = 4)).ends_with("Literal(4usize)"));
+        assert!(int(quote!(k = "${a.b:4}")).ends_with("Placeholder(\"${a.b:4}\")"));
+        assert_eq!(
+            int(quote!(k = 0)),
+            "error: `k` must be an integer from 1 to 4294967295"
+        );
+        assert_eq!(
+            int(quote!(k = 4294967296)),
+            "error: `k` must be an integer from 1 to 4294967295"
+        );
+        assert_eq!(
+            int(quote!(k = -1)),
+            "error: `k` must be an integer from 1 to 4294967295"
+        );
+        assert!(int(quote!(k = "4")).starts_with("error: `k` takes an integer"));
+        assert!(int(quote!(k = 4u8)).starts_with("error: `k` is a usize"));
+        let u32_ = text(integer(&value(quote!(k = 0)), "k", UInt::U32, 0, u32::MAX));
+        assert!(u32_.ends_with("Literal(0u32)"));
+    }
+
+    #[test]
+    fn durations_are_parsed_with_the_configuration_syntax() {
+        let dur = |t| text(duration(&value(t), "k"));
+        assert!(dur(quote!(k = "1m 30s")).ends_with("Duration::new(90u64,0u32))"));
+        assert!(dur(quote!(k = "250ms")).ends_with("Duration::new(0u64,250000000u32))"));
+        assert!(dur(quote!(k = "${a:5s}")).ends_with("Placeholder(\"${a:5s}\")"));
+        assert!(dur(quote!(k = "soon")).starts_with("error: invalid duration for `k`"));
+        assert_eq!(dur(quote!(k = "0s")), "error: `k` must be longer than zero");
+        assert!(dur(quote!(k = 30)).starts_with("error: `k` takes a duration string"));
+    }
+
+    #[test]
+    fn booleans_and_words() {
+        assert!(text(boolean(&value(quote!(k = false)), "k")).ends_with("Literal(false)"));
+        assert!(text(boolean(&value(quote!(k = "yes")), "k")).starts_with("error:"));
+        assert_eq!(
+            value(quote!(k = orderly)).word().as_deref(),
+            Some("orderly")
+        );
+        assert_eq!(
+            value(quote!(k = "orderly")).word().as_deref(),
+            Some("orderly")
+        );
+        assert_eq!(value(quote!(k = "${m}")).word(), None);
+    }
+
+    #[test]
+    fn keys_are_checked() {
+        let err = |t| Args::parse(t, &["k"]).err().map(|e| e.to_string());
+        assert_eq!(
+            err(quote!(j = 1)).as_deref(),
+            Some("unknown key `j`; expected one of: k")
+        );
+        assert_eq!(
+            err(quote!(k = 1, k = 2)).as_deref(),
+            Some("`k` is given twice")
+        );
+    }
+}

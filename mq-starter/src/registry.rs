@@ -103,3 +103,22 @@ pub fn listeners() -> impl Iterator<Item = &'static ListenerRegistration> {
 pub fn transaction_listeners() -> impl Iterator<Item = &'static TransactionRegistration> {
     inventory::iter::<TransactionRegistration>.into_iter()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::AttributeValue;
+
+    #[test]
+    fn literals_are_kept_and_placeholders_resolved_then_parsed() {
+        let resolve = |t: &str| Ok::<_, String>(t.replace("${n:3}", "3"));
+        let parse = |t: &str| t.parse::<u32>().map_err(|e| e.to_string());
+        assert_eq!(AttributeValue::Literal(7).get(resolve, parse), Ok(7));
+        assert_eq!(
+            AttributeValue::Placeholder("${n:3}").get(resolve, parse),
+            Ok(3)
+        );
+        assert!(AttributeValue::Placeholder("${n:x}")
+            .get(resolve, parse)
+            .is_err());
+    }
+}

@@ -38,7 +38,7 @@ fn some(v: TokenStream) -> TokenStream {
 /// rustc reports the function's message ("`mode` must be one of: ...") at the token. The
 /// registration's static takes the value from a twin that does not panic, so that the error
 /// is not reported again where the static would use the failed constant.
-fn word(value: &Value, key: &str, check: &str) -> syn::Result<(TokenStream, TokenStream)> {
+fn word(value: &Value, key: &str) -> syn::Result<(TokenStream, TokenStream)> {
     if let Some(s) = value.placeholder() {
         return Ok((attrs::placeholder(s), TokenStream::new()));
     }
@@ -51,8 +51,9 @@ fn word(value: &Value, key: &str, check: &str) -> syn::Result<(TokenStream, Toke
     };
     let span = value.span();
     let word = LitStr::new(&word, span);
-    let checked = syn::Ident::new(check, span);
-    let value = syn::Ident::new(&format!("{check}_or_default"), span);
+    // `__private::model` / `mode` check; `model_or_default` / `mode_or_default` give the value.
+    let checked = syn::Ident::new(key, span);
+    let value = syn::Ident::new(&format!("{key}_or_default"), span);
     Ok((
         quote_spanned! {span=>
             ::mq_starter::__private::AttributeValue::Literal(::mq_starter::__private::#value(#word))
@@ -135,7 +136,7 @@ pub fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
         None => Some(LitStr::new("*", Span::call_site())),
     };
     let mut word_checks = TokenStream::new();
-    let mut words = |key: &str| match args.get(key).map(|v| word(v, key, key)) {
+    let mut words = |key: &str| match args.get(key).map(|v| word(v, key)) {
         Some(r) => match errors.take(r) {
             Some((value, check)) => {
                 word_checks.extend(check);

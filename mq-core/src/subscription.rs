@@ -74,10 +74,10 @@ impl fmt::Display for TagFilter {
 }
 
 /// How a group's members share messages.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
-)]
-#[serde(rename_all = "lowercase")]
+///
+/// Its words (`clustering`, `broadcasting`) are defined once, by [`MessageModel::word`]; parsing,
+/// display and serde all go through it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum MessageModel {
     /// Each message goes to one member; queues are balanced across members (the default).
     #[default]
@@ -86,17 +86,195 @@ pub enum MessageModel {
     Broadcasting,
 }
 
+impl MessageModel {
+    /// Every model, in the order of [`MessageModel::WORDS`].
+    pub const ALL: [MessageModel; 2] = [MessageModel::Clustering, MessageModel::Broadcasting];
+
+    /// The word of every model, in the order of [`MessageModel::ALL`].
+    pub const WORDS: [&'static str; 2] = {
+        // Derived from `word` at compile time, so the words are written only there.
+        let mut out = [""; Self::ALL.len()];
+        let mut i = 0;
+        while i < out.len() {
+            out[i] = Self::ALL[i].word();
+            i += 1;
+        }
+        out
+    };
+
+    /// The word naming this model.
+    pub const fn word(self) -> &'static str {
+        match self {
+            MessageModel::Clustering => "clustering",
+            MessageModel::Broadcasting => "broadcasting",
+        }
+    }
+
+    /// The model `word` names, if any (exact, lower-case match).
+    pub const fn from_word(word: &str) -> Option<Self> {
+        let mut i = 0;
+        while i < Self::ALL.len() {
+            if same(Self::ALL[i].word(), word) {
+                return Some(Self::ALL[i]);
+            }
+            i += 1;
+        }
+        None
+    }
+}
+
 /// How messages of one queue are processed.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
-)]
-#[serde(rename_all = "lowercase")]
+///
+/// Its words (`concurrently`, `orderly`) are defined once, by [`ConsumeMode::word`]; parsing,
+/// display and serde all go through it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum ConsumeMode {
     /// Messages of a queue may be processed in parallel (the default).
     #[default]
     Concurrently,
     /// One message at a time per queue, in offset order.
     Orderly,
+}
+
+impl ConsumeMode {
+    /// Every mode, in the order of [`ConsumeMode::WORDS`].
+    pub const ALL: [ConsumeMode; 2] = [ConsumeMode::Concurrently, ConsumeMode::Orderly];
+
+    /// The word of every mode, in the order of [`ConsumeMode::ALL`].
+    pub const WORDS: [&'static str; 2] = {
+        // Derived from `word` at compile time, so the words are written only there.
+        let mut out = [""; Self::ALL.len()];
+        let mut i = 0;
+        while i < out.len() {
+            out[i] = Self::ALL[i].word();
+            i += 1;
+        }
+        out
+    };
+
+    /// The word naming this mode.
+    pub const fn word(self) -> &'static str {
+        match self {
+            ConsumeMode::Concurrently => "concurrently",
+            ConsumeMode::Orderly => "orderly",
+        }
+    }
+
+    /// The mode `word` names, if any (exact, lower-case match).
+    pub const fn from_word(word: &str) -> Option<Self> {
+        let mut i = 0;
+        while i < Self::ALL.len() {
+            if same(Self::ALL[i].word(), word) {
+                return Some(Self::ALL[i]);
+            }
+            i += 1;
+        }
+        None
+    }
+}
+
+/// Whether a group may consume with `model` and `mode` together: `Err` holds why not.
+///
+/// Orderly consumption cannot be combined with broadcasting, as in rocketmq-spring.
+/// [`Subscription::validate`] applies this rule; it is a `const fn` so that callers that know
+/// both at compile time can check it there too.
+pub const fn check_model_and_mode(
+    model: MessageModel,
+    mode: ConsumeMode,
+) -> Result<(), &'static str> {
+    match (model, mode) {
+        (MessageModel::Broadcasting, ConsumeMode::Orderly) => {
+            Err("orderly consumption cannot be combined with broadcasting")
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A word that names none of the values of the enum it was parsed as.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("expected {}, got {word:?}", expected.join(" or "))]
+pub struct UnknownWord {
+    /// The word given.
+    pub word: String,
+    /// The words accepted.
+    pub expected: &'static [&'static str],
+}
+
+impl FromStr for MessageModel {
+    type Err = UnknownWord;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::from_word(s).ok_or_else(|| UnknownWord {
+            word: s.to_owned(),
+            expected: &Self::WORDS,
+        })
+    }
+}
+
+impl FromStr for ConsumeMode {
+    type Err = UnknownWord;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::from_word(s).ok_or_else(|| UnknownWord {
+            word: s.to_owned(),
+            expected: &Self::WORDS,
+        })
+    }
+}
+
+impl fmt::Display for MessageModel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.word())
+    }
+}
+
+impl fmt::Display for ConsumeMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.word())
+    }
+}
+
+// Serde goes through the same words, so that no second list (a `rename_all`) can drift.
+impl serde::Serialize for MessageModel {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.word())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for MessageModel {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let word = String::deserialize(d)?;
+        word.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl serde::Serialize for ConsumeMode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.word())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ConsumeMode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let word = String::deserialize(d)?;
+        word.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// `a == b`, which `str` does not offer in a `const fn`.
+const fn same(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
 }
 
 /// Where a group that has no stored progress starts.
@@ -169,17 +347,16 @@ impl Subscription {
         self
     }
 
-    /// Checks names and rejects orderly consumption with broadcasting (as rocketmq-spring does).
+    /// Checks names and the combination of model and mode ([`check_model_and_mode`]).
     pub fn validate(&self) -> Result<(), crate::BrokerError> {
         validate_topic(&self.topic)?;
         validate_group(&self.group)?;
-        if self.model == MessageModel::Broadcasting && self.mode == ConsumeMode::Orderly {
-            return Err(crate::BrokerError::InvalidSubscription {
+        check_model_and_mode(self.model, self.mode).map_err(|reason| {
+            crate::BrokerError::InvalidSubscription {
                 group: self.group.clone(),
-                reason: "orderly consumption cannot be combined with broadcasting".into(),
-            });
-        }
-        Ok(())
+                reason: reason.into(),
+            }
+        })
     }
 }
 
@@ -208,5 +385,51 @@ mod tests {
             .model(MessageModel::Broadcasting)
             .mode(ConsumeMode::Orderly);
         assert!(sub.validate().is_err());
+    }
+
+    #[test]
+    fn words_round_trip() {
+        for m in MessageModel::ALL {
+            assert_eq!(MessageModel::from_word(m.word()), Some(m));
+            assert_eq!(m.to_string().parse::<MessageModel>(), Ok(m));
+        }
+        for m in ConsumeMode::ALL {
+            assert_eq!(ConsumeMode::from_word(m.word()), Some(m));
+            assert_eq!(m.to_string().parse::<ConsumeMode>(), Ok(m));
+        }
+        assert_eq!(MessageModel::WORDS, ["clustering", "broadcasting"]);
+        assert_eq!(ConsumeMode::WORDS, ["concurrently", "orderly"]);
+    }
+
+    #[test]
+    fn unknown_words_are_rejected_with_the_accepted_ones() {
+        assert_eq!(MessageModel::from_word("Clustering"), None);
+        assert_eq!(ConsumeMode::from_word(""), None);
+        let e = "sideways".parse::<MessageModel>().unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "expected clustering or broadcasting, got \"sideways\""
+        );
+        let e = "sometimes".parse::<ConsumeMode>().unwrap_err();
+        assert_eq!(e.expected, &["concurrently", "orderly"]);
+    }
+
+    #[test]
+    fn serde_uses_the_words() {
+        let json = serde_json::to_string(&MessageModel::Broadcasting).unwrap();
+        assert_eq!(json, "\"broadcasting\"");
+        let mode: ConsumeMode = serde_json::from_str("\"orderly\"").unwrap();
+        assert_eq!(mode, ConsumeMode::Orderly);
+        assert!(serde_json::from_str::<ConsumeMode>("\"Orderly\"").is_err());
+    }
+
+    #[test]
+    fn only_orderly_broadcasting_is_forbidden() {
+        for model in MessageModel::ALL {
+            for mode in ConsumeMode::ALL {
+                let forbidden = model == MessageModel::Broadcasting && mode == ConsumeMode::Orderly;
+                assert_eq!(check_model_and_mode(model, mode).is_err(), forbidden);
+            }
+        }
     }
 }

@@ -49,25 +49,58 @@ use proc_macro::TokenStream;
 ///
 /// Keys: `topic` (a string or a list of strings, required), `group` (required), `tag`
 /// (default `"*"`), `model = clustering | broadcasting`, `mode = concurrently | orderly`,
-/// `concurrency`, `max_reconsume_times`, `consume_timeout` (e.g. `"30s"`), `batch` (largest
-/// batch; the handler then takes `Vec<Json<T>>`), `idempotent = key | id`, `enabled`. String
-/// values may be `${a.b.c}` or `${a.b.c:default}` placeholders, resolved from configuration at
-/// start-up. Every argument must be an extractor (`Json<T>`, `MessageView`, `State<T>`,
-/// `MqTemplate`, ...).
+/// `concurrency` (an integer, at least 1), `max_reconsume_times` (an integer),
+/// `consume_timeout` (a duration string in the configuration's syntax, e.g. `"30s"`), `batch`
+/// (largest batch, at least 1; the handler then takes `Vec<Json<T>>`), `idempotent = key | id`,
+/// `enabled` (`true` or `false`). Numbers, durations, words and booleans are checked at compile
+/// time; any of them may instead be a string holding `${a.b.c}` or `${a.b.c:default}`
+/// placeholders, resolved from configuration (and then checked) at start-up, as may `topic`,
+/// `group` and `tag`. Every argument must be an extractor (`Json<T>`, `MessageView`,
+/// `State<T>`, `MqTemplate`, ...).
+///
+/// ```
+/// use mq_starter::prelude::*;
+///
+/// #[mq_listener(
+///     topic = "order-events",
+///     group = "timeline",
+///     mode = orderly,
+///     concurrency = 4,
+///     max_reconsume_times = 16,
+///     consume_timeout = "1m 30s",
+///     enabled = "${shop.timeline.enabled:true}",
+/// )]
+/// async fn timeline(msg: MessageView) {
+///     let _ = msg;
+/// }
+/// ```
 #[proc_macro_attribute]
 pub fn mq_listener(attr: TokenStream, item: TokenStream) -> TokenStream {
-    listener::expand(attr.into(), item.into())
-        .unwrap_or_else(syn::Error::into_compile_error)
-        .into()
+    keep_item_on_error(item, |item| listener::expand(attr.into(), item))
 }
 
 /// Registers an `impl TransactionListener for T` under a name, so that
 /// `template.message(..).send_in_transaction("name", arg)` runs its local transaction and the
 /// broker's check-back reaches its `check`. The listener's value comes from the application's
-/// state (`with_state`). Keys: `name` (required), `enabled` (a boolean or a placeholder).
+/// state (`with_state`). Keys: `name` (required), `enabled` (`true`, `false` or a
+/// placeholder).
 #[proc_macro_attribute]
 pub fn transaction_listener(attr: TokenStream, item: TokenStream) -> TokenStream {
-    transaction::expand(attr.into(), item.into())
-        .unwrap_or_else(syn::Error::into_compile_error)
-        .into()
+    keep_item_on_error(item, |item| transaction::expand(attr.into(), item))
+}
+
+/// The expansion, or on error the user's item unchanged followed by the errors: were the item
+/// dropped, every use of it would fail too and bury the error that matters.
+fn keep_item_on_error(
+    item: TokenStream,
+    expand: impl FnOnce(proc_macro2::TokenStream) -> syn::Result<proc_macro2::TokenStream>,
+) -> TokenStream {
+    let item = proc_macro2::TokenStream::from(item);
+    match expand(item.clone()) {
+        Ok(expanded) => expanded.into(),
+        Err(e) => {
+            let error = e.into_compile_error();
+            quote::quote!(#item #error).into()
+        }
+    }
 }

@@ -4,10 +4,10 @@ use proc_macro2::{Span, TokenStream};
 use quote::quote;
 use syn::ItemImpl;
 
-use crate::attrs::Args;
+use crate::attrs::{self, Args, Errors};
 
+/// Expands the attribute; on `Err`, the caller emits the user's impl unchanged with the errors.
 pub fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
-    let args = Args::parse(attr, &["name", "enabled"])?;
     let item: ItemImpl = syn::parse2(item).map_err(|e| {
         syn::Error::new(
             e.span(),
@@ -20,38 +20,47 @@ pub fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
             "#[transaction_listener] goes on `impl TransactionListener for YourType`",
         ));
     };
+    let args = Args::parse(attr, &["name", "enabled"])?;
+    let mut errors = Errors::default();
     if trait_path
         .segments
         .last()
         .is_none_or(|s| s.ident != "TransactionListener")
     {
-        return Err(syn::Error::new_spanned(
+        errors.push(syn::Error::new_spanned(
             trait_path,
             "#[transaction_listener] goes on an impl of `TransactionListener`",
         ));
     }
     if !item.generics.params.is_empty() {
-        return Err(syn::Error::new_spanned(
+        errors.push(syn::Error::new_spanned(
             &item.generics,
             "#[transaction_listener] impls cannot be generic",
         ));
     }
     let name = match args.get("name") {
-        Some(v) => v
-            .text()
-            .ok_or_else(|| syn::Error::new(v.span(), "`name` takes a string"))?,
+        Some(v) => errors.take(attrs::string(v, "name")),
         None => {
-            return Err(syn::Error::new(
+            errors.push(syn::Error::new(
                 Span::call_site(),
                 "#[transaction_listener] needs `name = \"...\"`",
-            ))
+            ));
+            None
         }
     };
     let enabled = match args.get("enabled") {
-        Some(v) => v
-            .text()
-            .ok_or_else(|| syn::Error::new(v.span(), "`enabled` takes a boolean or a string"))?,
-        None => "true".to_owned(),
+        Some(v) => errors.take(attrs::boolean(v, "enabled")),
+        None => Some(quote!(::mq_starter::__private::AttributeValue::Literal(
+            true
+        ))),
+    };
+    errors.finish()?;
+    let (Some(name), Some(enabled)) = (name, enabled) else {
+        // Unreachable: a missing one left an error, returned just above.
+        return Err(syn::Error::new(
+            Span::call_site(),
+            "invalid #[transaction_listener]",
+        ));
     };
     let ty = &item.self_ty;
     Ok(quote! {

@@ -59,7 +59,12 @@ pub mod prelude {
 #[doc(hidden)]
 pub mod __private {
     pub use crate::handler::BoxedHandler;
-    pub use crate::registry::{IdempotencyKey, ListenerRegistration, TransactionRegistration};
+    pub use crate::registry::checks::{
+        check_model_and_mode, mode, mode_or_default, model, model_or_default,
+    };
+    pub use crate::registry::{
+        AttributeValue, IdempotencyKey, ListenerRegistration, TransactionRegistration,
+    };
     pub use crate::transaction::make_listener;
     pub use inventory;
 

@@ -180,14 +180,16 @@ impl MqApplication {
 
         for reg in registry::transaction_listeners() {
             let context = format!("transaction listener {}", reg.name);
-            let enabled = resolve_placeholders(&self.config, reg.enabled, &context)?;
-            if enabled != "true" {
-                if enabled != "false" {
-                    return Err(StartError::Listener {
+            let enabled = reg.enabled.get(
+                |t| Ok::<_, StartError>(resolve_placeholders(&self.config, t, &context)?),
+                |t| {
+                    t.parse::<bool>().map_err(|_| StartError::Listener {
                         name: reg.name.into(),
-                        message: format!("enabled must be true or false, not {enabled:?}"),
-                    });
-                }
+                        message: format!("enabled must be true or false, not {t:?}"),
+                    })
+                },
+            )?;
+            if !enabled {
                 tracing::info!(
                     name = reg.name,
                     "transaction listener disabled by configuration"
@@ -453,7 +455,7 @@ fn resolve(
     reg: &ListenerRegistration,
 ) -> Result<Option<Resolved>, StartError> {
     let context = format!("listener {}", reg.name);
-    let text = |s: &str| resolve_placeholders(config, s, &context);
+    let text = |s: &str| resolve_placeholders(config, s, &context).map_err(StartError::from);
     let bad = |message: String| StartError::Listener {
         name: reg.name.into(),
         message,
@@ -465,24 +467,28 @@ fn resolve(
         .unwrap_or_default();
     let enabled = match overrides.enabled {
         Some(e) => e,
-        None => text(reg.enabled)?.parse::<bool>().map_err(|_| {
-            bad(format!(
-                "enabled must be true or false, not {:?}",
-                reg.enabled
-            ))
+        None => reg.enabled.get(text, |t| {
+            t.parse::<bool>()
+                .map_err(|_| bad(format!("enabled must be true or false, not {t:?}")))
         })?,
     };
     if !enabled {
         return Ok(None);
     }
-    let number = |name: &str, v: Option<&'static str>| -> Result<Option<u64>, StartError> {
+    // Literals were checked at compile time; only resolved placeholders are parsed here.
+    fn number<T: Copy + std::str::FromStr<Err = std::num::ParseIntError>>(
+        v: Option<crate::registry::AttributeValue<T>>,
+        text: impl Fn(&'static str) -> Result<String, StartError>,
+        bad: impl Fn(String) -> StartError,
+        name: &str,
+    ) -> Result<Option<T>, StartError> {
         v.map(|v| {
-            text(v)?
-                .parse::<u64>()
-                .map_err(|e| bad(format!("{name}: {e}")))
+            v.get(&text, |t| {
+                t.parse::<T>().map_err(|e| bad(format!("{name}: {e}")))
+            })
         })
         .transpose()
-    };
+    }
     let topics = reg
         .topics
         .iter()
@@ -490,28 +496,36 @@ fn resolve(
         .collect::<Result<Vec<_>, _>>()?;
     let group = text(reg.group)?;
     let filter = TagFilter::parse(&text(reg.tag)?).map_err(|e| bad(e.to_string()))?;
-    let model = parse_model(&text(reg.model)?).map_err(bad)?;
-    let mode = parse_mode(&text(reg.mode)?).map_err(bad)?;
-    if model == mq_core::MessageModel::Broadcasting && mode == mq_core::ConsumeMode::Orderly {
-        return Err(bad(
-            "orderly consumption cannot be combined with broadcasting".into(),
-        ));
-    }
+    let model = match reg.model {
+        Some(v) => v.get(text, |t| parse_model(t).map_err(bad))?,
+        None => MessageModel::default(),
+    };
+    let mode = match reg.mode {
+        Some(v) => v.get(text, |t| parse_mode(t).map_err(bad))?,
+        None => mq_core::ConsumeMode::default(),
+    };
+    mq_core::subscription::check_model_and_mode(model, mode).map_err(|r| bad(r.into()))?;
     let concurrency = overrides
         .concurrency
-        .or(number("concurrency", reg.concurrency)?.map(|n| n as usize))
+        .or(number(reg.concurrency, text, bad, "concurrency")?)
         .unwrap_or(settings.consumer.concurrency)
         .max(1);
-    let batch = number("batch", reg.batch)?.map(|n| n.max(1) as usize);
+    let batch = number(reg.batch, text, bad, "batch")?.map(|n| n.max(1));
     let max_reconsume_times = overrides
         .max_reconsume_times
-        .or(number("max_reconsume_times", reg.max_reconsume_times)?.map(|n| n as u32))
+        .or(number(
+            reg.max_reconsume_times,
+            text,
+            bad,
+            "max_reconsume_times",
+        )?)
         .unwrap_or(settings.consumer.max_reconsume_times);
     let consume_timeout = match overrides.consume_timeout {
         Some(t) => t,
         None => match reg.consume_timeout {
-            Some(t) => humantime::parse_duration(&text(t)?)
-                .map_err(|e| bad(format!("consume_timeout: {e}")))?,
+            Some(v) => v.get(text, |t| {
+                humantime::parse_duration(t).map_err(|e| bad(format!("consume_timeout: {e}")))
+            })?,
             None => settings.consumer.consume_timeout,
         },
     };

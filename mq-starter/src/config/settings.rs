@@ -337,22 +337,14 @@ pub fn parse_durations(list: &str) -> Result<Vec<Duration>, String> {
         .collect()
 }
 
-/// The message model named by a listener attribute.
+/// The message model named by a listener attribute (the words are `mq_core`'s).
 pub fn parse_model(s: &str) -> Result<MessageModel, String> {
-    match s {
-        "clustering" => Ok(MessageModel::Clustering),
-        "broadcasting" => Ok(MessageModel::Broadcasting),
-        other => Err(format!(
-            "expected clustering or broadcasting, got {other:?}"
-        )),
-    }
+    s.parse()
+        .map_err(|e: mq_core::subscription::UnknownWord| e.to_string())
 }
 
-/// The consume mode named by a listener attribute.
+/// The consume mode named by a listener attribute (the words are `mq_core`'s).
 pub fn parse_mode(s: &str) -> Result<ConsumeMode, String> {
-    match s {
-        "concurrently" => Ok(ConsumeMode::Concurrently),
-        "orderly" => Ok(ConsumeMode::Orderly),
-        other => Err(format!("expected concurrently or orderly, got {other:?}")),
-    }
+    s.parse()
+        .map_err(|e: mq_core::subscription::UnknownWord| e.to_string())
 }

@@ -41,7 +41,6 @@ mod offsets;
 pub(crate) mod record;
 mod recovery;
 mod retention;
-mod retry;
 mod scheduler;
 mod store;
 pub(crate) mod system_topics;

@@ -3,15 +3,27 @@
 
 use tokio::time::Instant;
 
-use super::dispatch::{FailureNote, Group, Groups, Nacked, Slot};
-use super::store::Outgoing;
-use super::system_topics::ORIGIN_TOPIC;
-use crate::broker::{Disposition, Failure, Receipt};
+use super::group::Group;
+use super::progress::FailureNote;
+use super::Groups;
+use crate::broker::{ConsumerOptions, Disposition, Failure, Receipt};
 use crate::dead_letter::{self, Burial};
+use crate::embedded::store::Outgoing;
+use crate::embedded::system_topics::ORIGIN_TOPIC;
 use crate::error::{BrokerError, Result};
 use crate::message::{MessageParts, MessageView};
 use crate::retry::{FailedDelivery, Verdict};
+use crate::subscription::{ConsumeMode, MessageModel};
 use crate::system_topics::dlq_topic;
+
+/// What a nack found in the slot of a delivery.
+struct Nacked {
+    model: MessageModel,
+    mode: ConsumeMode,
+    options: ConsumerOptions,
+    reconsume: u32,
+    note: Option<FailureNote>,
+}
 
 impl Groups {
     /// The slot of a live delivery, with what a nack needs to know.
@@ -33,19 +45,15 @@ impl Groups {
         let p = progress
             .get_mut(receipt.queue_id as usize)
             .ok_or_else(|| BrokerError::UnknownReceipt(format!("{receipt:?}")))?;
-        let note = p.failures.get(&receipt.offset).cloned();
-        match p.slot(receipt.offset) {
-            Some(Slot::InFlight {
-                token, reconsume, ..
-            }) if *token == receipt.token => Ok(Some(Nacked {
+        let note = p.failure_note(receipt.offset);
+        Ok(p.in_flight_reconsume(receipt.offset, receipt.token)
+            .map(|reconsume| Nacked {
                 model,
                 mode,
                 options,
-                reconsume: *reconsume,
+                reconsume,
                 note,
-            })),
-            _ => Ok(None),
-        }
+            }))
     }
 
     /// The stored message of a delivery, reserved properties included.
@@ -128,27 +136,14 @@ impl Groups {
         let mut guard = group.inner.lock();
         let progress = guard.progress_mut(instance);
         if let Some(p) = progress.and_then(|p| p.get_mut(receipt.queue_id as usize)) {
-            let mut retried = false;
-            if let Some(slot) = p.slot(receipt.offset) {
-                if let Slot::InFlight { token, .. } = *slot {
-                    if token == receipt.token {
-                        *slot = Slot::Ready {
-                            due: Instant::now() + after,
-                            reconsume: retry,
-                        };
-                        retried = true;
-                    }
-                }
-            }
-            if retried {
-                p.in_flight -= 1;
-                p.ready += 1;
-                let note = p.failures.entry(receipt.offset).or_insert(FailureNote {
-                    first_ms: now_ms,
-                    last_error: String::new(),
-                });
-                note.last_error = failure.reason;
-            }
+            p.retry_in_place(
+                receipt.offset,
+                receipt.token,
+                Instant::now() + after,
+                retry,
+                now_ms,
+                failure.reason,
+            );
         }
         drop(guard);
         group.bump();

@@ -1,0 +1,309 @@
+//! The window of one queue for one group (RocketMQ's process queue): a slot for every offset
+//! handed out and not yet settled. It is a state machine of its own, kept apart from the
+//! reading and the locking around it so that its rules can be tested alone: the committed
+//! offset is the window's front, so it never passes an unsettled message however many later
+//! ones are acknowledged, and a window spans at most [`MAX_SPAN`] offsets.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use tokio::time::Instant;
+
+/// RocketMQ's `consumeConcurrentlyMaxSpan`: a queue stops handing out messages while the
+/// oldest unsettled one is this far behind the newest handed out, so that one stuck message
+/// cannot make the window (and every scan of it) grow without bound.
+pub(super) const MAX_SPAN: usize = 2000;
+
+/// The state of one offset of the window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    Done,
+    InFlight {
+        member: u64,
+        token: u64,
+        deadline: Instant,
+        reconsume: u32,
+    },
+    Ready {
+        due: Instant,
+        reconsume: u32,
+    },
+}
+
+/// What is known of the failures of a message retried in place (orderly, broadcasting).
+#[derive(Debug, Clone)]
+pub(super) struct FailureNote {
+    pub(super) first_ms: u64,
+    pub(super) last_error: String,
+}
+
+#[derive(Debug)]
+pub(super) struct QueueProgress {
+    /// Every offset below is settled: this is the committed offset.
+    base: u64,
+    /// Slots for `base..base + window.len()`.
+    window: VecDeque<Slot>,
+    in_flight: usize,
+    ready: usize,
+    failures: BTreeMap<u64, FailureNote>,
+}
+
+impl QueueProgress {
+    pub(super) fn new(base: u64) -> Self {
+        QueueProgress {
+            base,
+            window: VecDeque::new(),
+            in_flight: 0,
+            ready: 0,
+            failures: BTreeMap::new(),
+        }
+    }
+
+    /// The committed offset: every offset below it is settled.
+    pub(super) fn committed(&self) -> u64 {
+        self.base
+    }
+
+    /// The first offset not yet read into the window.
+    pub(super) fn next(&self) -> u64 {
+        self.base + self.window.len() as u64
+    }
+
+    fn slot(&mut self, offset: u64) -> Option<&mut Slot> {
+        offset
+            .checked_sub(self.base)
+            .and_then(|i| self.window.get_mut(i as usize))
+    }
+
+    fn compact(&mut self) {
+        while let Some(Slot::Done) = self.window.front() {
+            self.window.pop_front();
+            self.base += 1;
+        }
+    }
+
+    /// What a member may take now, up to `room` deliveries: the ready slots that are due, to
+    /// send again as (offset, reconsume count), and how many new offsets to read. An orderly
+    /// queue serves only its front, one message at a time; otherwise new reads stop at
+    /// `max_in_flight` outstanding and at [`MAX_SPAN`].
+    pub(super) fn plan(
+        &self,
+        now: Instant,
+        orderly: bool,
+        room: usize,
+        max_in_flight: usize,
+    ) -> (Vec<(u64, u32)>, usize) {
+        let mut again = Vec::new();
+        let want = if orderly {
+            // One message of the queue out at a time, in offset order.
+            match self.window.front().copied() {
+                Some(Slot::Ready { due, reconsume }) if due <= now => {
+                    again.push((self.base, reconsume));
+                    0
+                }
+                Some(_) => 0,
+                None => 1,
+            }
+        } else {
+            if self.ready > 0 {
+                for (i, slot) in self.window.iter().enumerate() {
+                    if again.len() >= room {
+                        break;
+                    }
+                    if let Slot::Ready { due, reconsume } = *slot {
+                        if due <= now {
+                            again.push((self.base + i as u64, reconsume));
+                        }
+                    }
+                }
+            }
+            let limit = max_in_flight
+                .saturating_sub(self.in_flight + self.ready)
+                .min(MAX_SPAN.saturating_sub(self.window.len()));
+            (room - again.len()).min(limit)
+        };
+        (again, want)
+    }
+
+    /// Settles, unread, the offsets below `from`: retention removed them before the group
+    /// got there.
+    pub(super) fn skip_to(&mut self, from: u64) {
+        if from <= self.next() {
+            return;
+        }
+        for _ in self.next()..from {
+            self.window.push_back(Slot::Done);
+        }
+        self.compact();
+    }
+
+    /// Settles the next offset without handing it out (filtered out, lost or damaged).
+    pub(super) fn pass(&mut self) {
+        self.window.push_back(Slot::Done);
+        self.compact();
+    }
+
+    /// Hands the next offset out to `member` as delivery `token`; returns the offset.
+    pub(super) fn hand_out(
+        &mut self,
+        member: u64,
+        token: u64,
+        deadline: Instant,
+        reconsume: u32,
+    ) -> u64 {
+        let offset = self.next();
+        self.window.push_back(Slot::InFlight {
+            member,
+            token,
+            deadline,
+            reconsume,
+        });
+        self.in_flight += 1;
+        offset
+    }
+
+    /// Hands a ready slot out again as delivery `token`; returns whether `offset` was ready.
+    pub(super) fn redeliver(
+        &mut self,
+        offset: u64,
+        member: u64,
+        token: u64,
+        deadline: Instant,
+        reconsume: u32,
+    ) -> bool {
+        let Some(slot) = self.slot(offset) else {
+            return false;
+        };
+        if !matches!(slot, Slot::Ready { .. }) {
+            return false;
+        }
+        *slot = Slot::InFlight {
+            member,
+            token,
+            deadline,
+            reconsume,
+        };
+        self.ready -= 1;
+        self.in_flight += 1;
+        true
+    }
+
+    /// The reconsume count of delivery `token` of `offset`, if that delivery is still out: a
+    /// receipt of an earlier delivery is stale.
+    pub(super) fn in_flight_reconsume(&self, offset: u64, token: u64) -> Option<u32> {
+        let i = offset.checked_sub(self.base)?;
+        match self.window.get(i as usize)? {
+            Slot::InFlight {
+                token: t,
+                reconsume,
+                ..
+            } if *t == token => Some(*reconsume),
+            _ => None,
+        }
+    }
+
+    /// The failures noted for `offset` by [`retry_in_place`](Self::retry_in_place).
+    pub(super) fn failure_note(&self, offset: u64) -> Option<FailureNote> {
+        self.failures.get(&offset).cloned()
+    }
+
+    /// Puts delivery `token` of `offset` back in its slot, ready again at `due` with
+    /// `reconsume` failed attempts, and notes the failure; returns whether that delivery was
+    /// still out.
+    pub(super) fn retry_in_place(
+        &mut self,
+        offset: u64,
+        token: u64,
+        due: Instant,
+        reconsume: u32,
+        now_ms: u64,
+        error: String,
+    ) -> bool {
+        let Some(slot) = self.slot(offset) else {
+            return false;
+        };
+        match *slot {
+            Slot::InFlight { token: t, .. } if t == token => {}
+            _ => return false,
+        }
+        *slot = Slot::Ready { due, reconsume };
+        self.in_flight -= 1;
+        self.ready += 1;
+        let note = self.failures.entry(offset).or_insert(FailureNote {
+            first_ms: now_ms,
+            last_error: String::new(),
+        });
+        note.last_error = error;
+        true
+    }
+
+    /// Settles `offset`; returns whether it was outstanding.
+    pub(super) fn settle(&mut self, offset: u64) -> bool {
+        let Some(slot) = self.slot(offset) else {
+            return false;
+        };
+        let was = *slot;
+        *slot = Slot::Done;
+        match was {
+            Slot::InFlight { .. } => self.in_flight -= 1,
+            Slot::Ready { .. } => self.ready -= 1,
+            Slot::Done => return false,
+        }
+        if !self.failures.is_empty() {
+            self.failures.remove(&offset);
+        }
+        self.compact();
+        true
+    }
+
+    /// Hands back deliveries whose consumer is gone or whose deadline passed.
+    pub(super) fn reclaim(&mut self, now: Instant, gone: Option<u64>) -> bool {
+        if self.in_flight == 0 {
+            return false;
+        }
+        let mut any = false;
+        for slot in self.window.iter_mut() {
+            if let Slot::InFlight {
+                member,
+                deadline,
+                reconsume,
+                ..
+            } = *slot
+            {
+                let left = Some(member) == gone;
+                if left || deadline <= now {
+                    // A member leaving is not a failed attempt; a timeout is.
+                    *slot = Slot::Ready {
+                        due: now,
+                        reconsume: if left {
+                            reconsume
+                        } else {
+                            reconsume.saturating_add(1)
+                        },
+                    };
+                    self.in_flight -= 1;
+                    self.ready += 1;
+                    any = true;
+                }
+            }
+        }
+        any
+    }
+
+    /// The earliest instant something in this window needs attention.
+    pub(super) fn next_wake(&self) -> Option<Instant> {
+        if self.in_flight == 0 && self.ready == 0 {
+            return None;
+        }
+        self.window
+            .iter()
+            .filter_map(|s| match *s {
+                Slot::InFlight { deadline, .. } => Some(deadline),
+                Slot::Ready { due, .. } => Some(due),
+                Slot::Done => None,
+            })
+            .min()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,14 +1,15 @@
 //! The embedded broker: a durable, single-process message store with RocketMQ's delivery
 //! semantics, and the default backend of mq.
 //!
-//! Layout under the data directory:
+//! Layout under the data directory (the directory itself is locked while a broker has it open):
 //! ```text
-//! LOCK                               held while a broker has the directory open
 //! checkpoint                         commit-log position recovery starts from
 //! commitlog/<20-digit position>      segments of the commit log (record.rs has the format)
 //! consumequeue/<topic>/<queue>/<20-digit offset>   index segments
 //! config/topics.json                 queue count of every topic
 //! config/consumer_offsets.json       committed progress of every group
+//! config/dead_letters.json           dead letters re-sent or deleted (the log is append-only)
+//! config/scheduler_fired.json        delayed messages already fired past the saved progress
 //! ```
 //!
 //! ```

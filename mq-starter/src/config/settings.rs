@@ -166,14 +166,20 @@ pub struct RedisSettings {
     pub broadcast_reserve: Duration,
 }
 
+// The Redis backend's defaults, spelled out here because the settings exist (and are checked)
+// in builds without the `redis` feature; a test holds them equal to mq-core's.
+const REDIS_POLL_INTERVAL: Duration = Duration::from_millis(100);
+const REDIS_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+const REDIS_BROADCAST_RESERVE: Duration = Duration::from_secs(24 * 3600);
+
 impl Default for RedisSettings {
     fn default() -> Self {
         RedisSettings {
             url: "redis://127.0.0.1:6379".into(),
             prefix: "mq".into(),
-            poll_interval: mq_core::redis::DEFAULT_POLL_INTERVAL,
-            heartbeat_interval: mq_core::redis::DEFAULT_HEARTBEAT_INTERVAL,
-            broadcast_reserve: mq_core::redis::DEFAULT_BROADCAST_RESERVE,
+            poll_interval: REDIS_POLL_INTERVAL,
+            heartbeat_interval: REDIS_HEARTBEAT_INTERVAL,
+            broadcast_reserve: REDIS_BROADCAST_RESERVE,
         }
     }
 }

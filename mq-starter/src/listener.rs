@@ -51,11 +51,7 @@ pub(crate) struct ListenerLoop {
 }
 
 impl ListenerLoop {
-    pub async fn run(
-        self: Arc<Self>,
-        consumer: Box<dyn Consumer>,
-        stop: CancellationToken,
-    ) {
+    pub async fn run(self: Arc<Self>, consumer: Box<dyn Consumer>, stop: CancellationToken) {
         let consumer: Arc<dyn Consumer> = Arc::from(consumer);
         let permits = Arc::new(Semaphore::new(self.concurrency.max(1)));
         let mut tasks = JoinSet::new();

@@ -13,8 +13,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{
     parse_durations, parse_mode, parse_model, resolve_placeholders, BrokerKind, BrokerSettings,
-    ConfigError, Configuration, ConsumeFromSetting, IdempotencyStoreKind, InstanceName,
-    MqSettings,
+    ConfigError, Configuration, ConsumeFromSetting, IdempotencyStoreKind, InstanceName, MqSettings,
 };
 use crate::context::{AppContext, States};
 use crate::idempotency::{IdempotencyError, IdempotencyStore, MemoryStore};

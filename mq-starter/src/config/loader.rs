@@ -104,7 +104,11 @@ impl Configuration {
             .iter()
             .filter_map(|(name, value)| {
                 let rest = name.strip_prefix(ENV_PREFIX)?;
-                Some((env_key(rest, &existing, &listeners), name.as_str(), value.as_str()))
+                Some((
+                    env_key(rest, &existing, &listeners),
+                    name.as_str(),
+                    value.as_str(),
+                ))
             })
             .collect();
         // The deprecated spelling first, so that the current one wins where both are set.
@@ -487,14 +491,19 @@ mod tests {
         assert_eq!(mq.broker.data_dir, std::path::PathBuf::from("new"));
         assert!(log.contains("WARN"), "{log}");
         assert!(
-            log.contains("MQ__MQ__CONSUMER__CONCURRENCY is deprecated: use MQ__CONSUMER__CONCURRENCY"),
+            log.contains(
+                "MQ__MQ__CONSUMER__CONCURRENCY is deprecated: use MQ__CONSUMER__CONCURRENCY"
+            ),
             "{log}"
         );
     }
 
     #[test]
     fn files_and_profiles_are_logged() {
-        let dir = dir_with(&[("application.yaml", "a: 1\n"), ("application-x.yml", "b: 2\n")]);
+        let dir = dir_with(&[
+            ("application.yaml", "a: 1\n"),
+            ("application-x.yml", "b: 2\n"),
+        ]);
         let log = logged(|| {
             let c = Configuration::load_with_env(dir.path(), &["x", "y"], &[]).unwrap();
             assert_eq!(c.profiles(), ["x", "y"]);
@@ -549,7 +558,10 @@ mod tests {
 
     #[test]
     fn a_missing_placeholder_names_file_and_key() {
-        let dir = dir_with(&[("application.yaml", "mq:\n  broker:\n    data-dir: ${nowhere}\n")]);
+        let dir = dir_with(&[(
+            "application.yaml",
+            "mq:\n  broker:\n    data-dir: ${nowhere}\n",
+        )]);
         let err = Configuration::load_with_env(dir.path(), &[], &[]).unwrap_err();
         match &err {
             ConfigError::MissingPlaceholder { key, context, .. } => {
@@ -566,8 +578,14 @@ mod tests {
     fn redis_defaults_are_mq_cores() {
         let r = crate::config::RedisSettings::default();
         assert_eq!(r.poll_interval, mq_core::redis::DEFAULT_POLL_INTERVAL);
-        assert_eq!(r.heartbeat_interval, mq_core::redis::DEFAULT_HEARTBEAT_INTERVAL);
-        assert_eq!(r.broadcast_reserve, mq_core::redis::DEFAULT_BROADCAST_RESERVE);
+        assert_eq!(
+            r.heartbeat_interval,
+            mq_core::redis::DEFAULT_HEARTBEAT_INTERVAL
+        );
+        assert_eq!(
+            r.broadcast_reserve,
+            mq_core::redis::DEFAULT_BROADCAST_RESERVE
+        );
     }
 
     #[test]

@@ -190,7 +190,10 @@ mod tests {
         assert_eq!(go("${shop.region}"), "eu");
         assert_eq!(go("${HOME}/x"), "/home/x/x");
         assert_eq!(go("${shop.zone:north}"), "north");
-        assert_eq!(go("${redis.url:redis://127.0.0.1:6379}"), "redis://127.0.0.1:6379");
+        assert_eq!(
+            go("${redis.url:redis://127.0.0.1:6379}"),
+            "redis://127.0.0.1:6379"
+        );
     }
 
     #[test]

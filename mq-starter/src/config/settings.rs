@@ -188,12 +188,14 @@ impl Default for RedisSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
 pub struct ProducerSettings {
-    /// A send that takes longer fails.
+    /// The longest one attempt of a send may take (on Redis also how long a command waits
+    /// for an unreachable server).
     #[serde(with = "humantime_serde")]
     pub send_timeout: Duration,
-    /// Retries of a failed send (with the same message id).
+    /// Retries of a send whose attempt failed or timed out (with the same message id).
     pub retries: u32,
-    /// Default reply timeout of `request`.
+    /// The longest a whole send may take, retries included (RocketMQ's `sendMsgTimeout`); a
+    /// send not done by then fails with [`SendError::RequestTimeout`](crate::SendError::RequestTimeout).
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
 }

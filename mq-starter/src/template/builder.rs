@@ -96,3 +96,49 @@ impl MessageBuilder {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use mq_core::embedded::{EmbeddedBroker, EmbeddedConfig};
+    use mq_core::{Broker, QueueSelector};
+
+    use super::*;
+    use crate::config::ProducerSettings;
+    use crate::metrics::Metrics;
+
+    #[tokio::test]
+    async fn build_assembles_the_message_and_its_options() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = EmbeddedBroker::open(EmbeddedConfig::new(dir.path()))
+            .await
+            .unwrap();
+        let template = MqTemplate::new(
+            broker.clone(),
+            ProducerSettings::default(),
+            Arc::new(Metrics::default()),
+        );
+        let (_, msg, options) = template
+            .message("orders:created")
+            .key("a")
+            .key("b")
+            .tag("paid")
+            .property("p", "v")
+            .sharding_key("user-1")
+            .json(&serde_json::json!({"id": 1}))
+            .unwrap()
+            .build()
+            .unwrap();
+        assert_eq!(msg.topic(), "orders");
+        assert_eq!(msg.tag(), Some("paid"));
+        assert_eq!(msg.keys(), ["a", "b"]);
+        assert_eq!(msg.properties().get("p").map(String::as_str), Some("v"));
+        assert_eq!(&msg.body()[..], br#"{"id":1}"#);
+        assert!(matches!(options.queue, QueueSelector::ShardingKey(ref k) if k == "user-1"));
+
+        let err = template.message("bad topic!").bytes("x").build().err();
+        assert!(matches!(err, Some(SendError::Broker(_))), "{err:?}");
+        broker.shutdown().await.unwrap();
+    }
+}

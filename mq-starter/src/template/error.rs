@@ -13,9 +13,20 @@ pub enum SendError {
     /// The payload does not serialize to JSON.
     #[error("payload does not serialize: {0}")]
     Serialize(#[from] serde_json::Error),
-    /// No answer from the broker within the send timeout (after the retries).
+    /// No attempt answered within `mq.producer.send-timeout` (each of them, retries included).
     #[error("send timed out after {0:?}")]
     Timeout(Duration),
+    /// The send, retries included, did not complete within `mq.producer.request-timeout`.
+    #[error("send not completed within the request timeout of {timeout:?} ({attempts} attempts)")]
+    RequestTimeout {
+        /// The request timeout.
+        timeout: Duration,
+        /// The attempts made.
+        attempts: u32,
+        /// What the last attempt that failed (rather than ran out of time) returned.
+        #[source]
+        last_error: Option<BrokerError>,
+    },
     /// No transaction listener has this name.
     #[error("no transaction listener named {0:?}")]
     UnknownTransactionListener(String),

@@ -6,12 +6,14 @@
 //! | `mod.rs` | the template and its one-call sends |
 //! | `builder.rs` | [`MessageBuilder`]: keys, tag, properties, queue, delay, body |
 //! | `error.rs` | [`SendError`] |
+//! | `timeout.rs` | how long a send may take: send timeout, retries, request timeout |
 //! | `request.rs` | request-reply: the reply consumer, requests and replies |
 //! | `transaction.rs` | transactional sends |
 
 mod builder;
 mod error;
 mod request;
+mod timeout;
 mod transaction;
 
 use std::collections::HashMap;
@@ -26,6 +28,7 @@ use parking_lot::{Mutex, RwLock};
 use serde::Serialize;
 use tokio::sync::{oneshot, OnceCell};
 
+use self::timeout::SendPolicy;
 use crate::config::ProducerSettings;
 use crate::metrics::Metrics;
 use crate::transaction::ErasedTransactionListener;
@@ -166,7 +169,8 @@ impl MqTemplate {
             .await
     }
 
-    /// Sends several payloads to one queue in one write, in order.
+    /// Sends several payloads to one queue in one write, in order: one attempt, without
+    /// retries, within the send and request timeouts.
     pub async fn send_batch<T: Serialize>(
         &self,
         destination: &str,
@@ -181,55 +185,37 @@ impl MqTemplate {
             ));
         }
         let topic = dest.topic.clone();
-        let results = tokio::time::timeout(
-            self.inner.settings.send_timeout,
-            self.inner.broker.send_batch(messages, SendOptions::new()),
-        )
-        .await
-        .map_err(|_| SendError::Timeout(self.inner.settings.send_timeout))??;
+        let results = self
+            .policy()
+            .once()
+            .run(|| {
+                self.inner
+                    .broker
+                    .send_batch(messages.clone(), SendOptions::new())
+            })
+            .await?;
         self.inner.metrics.sent(&topic, results.len() as u64);
         Ok(results)
     }
 
-    /// Sends `message` with the send timeout, retrying failures up to `retries` times with the
-    /// same message id.
+    /// Sends `message`, retrying failures up to `mq.producer.retries` times with the same
+    /// message id, each attempt within `mq.producer.send-timeout` and the whole within
+    /// `mq.producer.request-timeout`.
     pub async fn send_message(
         &self,
         message: Message,
         options: SendOptions,
     ) -> Result<SendResult, SendError> {
-        let timeout = self.inner.settings.send_timeout;
-        let mut attempt = 0;
-        loop {
-            let outcome = tokio::time::timeout(
-                timeout,
-                self.inner.broker.send(message.clone(), options.clone()),
-            )
-            .await;
-            let retriable = match outcome {
-                Ok(Ok(result)) => {
-                    self.inner.metrics.sent(message.topic(), 1);
-                    return Ok(result);
-                }
-                Ok(Err(e)) => {
-                    if !matches!(e, BrokerError::Backend { .. } | BrokerError::Io { .. })
-                        || attempt >= self.inner.settings.retries
-                    {
-                        return Err(e.into());
-                    }
-                    tracing::warn!(error = %e, attempt, "send failed; retrying");
-                    true
-                }
-                Err(_) => {
-                    if attempt >= self.inner.settings.retries {
-                        return Err(SendError::Timeout(timeout));
-                    }
-                    tracing::warn!(attempt, "send timed out; retrying");
-                    true
-                }
-            };
-            debug_assert!(retriable);
-            attempt += 1;
-        }
+        let result = self
+            .policy()
+            .run(|| self.inner.broker.send(message.clone(), options.clone()))
+            .await?;
+        self.inner.metrics.sent(message.topic(), 1);
+        Ok(result)
+    }
+
+    /// The time limits and retries of `mq.producer`.
+    fn policy(&self) -> SendPolicy {
+        SendPolicy::of(&self.inner.settings)
     }
 }

@@ -48,10 +48,17 @@ impl MessageBuilder {
             store_timestamp: 0,
             reconsume_times: 0,
         };
+        // Sent once: a retry after a timeout could leave two half messages of one local
+        // transaction; one stored by an attempt that timed out is settled by check-back.
         let prepared = template
-            .inner
-            .broker
-            .prepare(msg, options, listener)
+            .policy()
+            .once()
+            .run(|| {
+                template
+                    .inner
+                    .broker
+                    .prepare(msg.clone(), options.clone(), listener)
+            })
             .await?;
         let state = match local.execute(view, Box::new(arg)) {
             Ok(fut) => tokio::spawn(fut).await.unwrap_or_else(|e| {

@@ -244,23 +244,33 @@ impl Configuration {
     /// The file that set `key`, or `environment`.
     pub(crate) fn origin_of(&self, key: &str) -> String {
         // Walk the merged tree: values fetched through `get` lose their origin.
-        let mut value = Some(self.inner.cache.clone());
+        let mut value = Some(&self.inner.cache);
         for segment in key.split('.') {
-            value = value
-                .and_then(|v| v.into_table().ok())
-                .and_then(|mut t| t.remove(segment));
+            value = value.and_then(|v| match &v.kind {
+                config::ValueKind::Table(t) => t.get(segment),
+                _ => None,
+            });
         }
         match value {
-            Some(v) => v
-                .origin()
-                .map(str::to_owned)
-                .unwrap_or_else(|| "environment".into()),
+            Some(v) => origin_in(v).unwrap_or_else(|| "environment".into()),
             None => self
                 .files
                 .last()
                 .map(|f| f.display().to_string())
                 .unwrap_or_else(|| "configuration".into()),
         }
+    }
+}
+
+/// The file a value comes from; for a table, which files do not mark, that of a value in it.
+fn origin_in(value: &config::Value) -> Option<String> {
+    if let Some(origin) = value.origin() {
+        return Some(origin.to_owned());
+    }
+    match &value.kind {
+        config::ValueKind::Table(t) => t.values().find_map(origin_in),
+        config::ValueKind::Array(items) => items.iter().find_map(origin_in),
+        _ => None,
     }
 }
 
@@ -452,10 +462,12 @@ mod tests {
         assert_eq!(c.get::<String>("shop.name").unwrap(), "env-shop");
     }
 
-    /// Log lines written while `f` runs.
+    /// Log lines written while `f` runs (and any other test's meanwhile). One global
+    /// subscriber: a scoped one can miss events whose interest another thread cached first.
     fn logged(f: impl FnOnce()) -> String {
+        use std::sync::{Arc, Mutex, OnceLock};
         #[derive(Clone, Default)]
-        struct Buf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        struct Buf(Arc<Mutex<Vec<u8>>>);
         impl std::io::Write for Buf {
             fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
                 self.0.lock().unwrap().extend_from_slice(b);
@@ -465,14 +477,20 @@ mod tests {
                 Ok(())
             }
         }
-        let buf = Buf::default();
-        let out = buf.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(move || out.clone())
-            .with_ansi(false)
-            .finish();
-        tracing::subscriber::with_default(subscriber, f);
-        let bytes = buf.0.lock().unwrap().clone();
+        static LOG: OnceLock<Buf> = OnceLock::new();
+        let buf = LOG.get_or_init(|| {
+            let buf = Buf::default();
+            let out = buf.clone();
+            let subscriber = tracing_subscriber::fmt()
+                .with_writer(move || out.clone())
+                .with_ansi(false)
+                .finish();
+            tracing::subscriber::set_global_default(subscriber).unwrap();
+            buf
+        });
+        let from = buf.0.lock().unwrap().len();
+        f();
+        let bytes = buf.0.lock().unwrap()[from..].to_vec();
         String::from_utf8(bytes).unwrap()
     }
 

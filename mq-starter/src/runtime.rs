@@ -378,6 +378,7 @@ async fn open_redis(
         .poll_interval(r.poll_interval)
         .heartbeat_interval(r.heartbeat_interval)
         .broadcast_reserve(r.broadcast_reserve)
+        .trim_interval(r.trim_interval)
         .delay_policy(delay)
         .check_policy(check);
     Ok(RedisBroker::connect(config).await?)

@@ -604,6 +604,7 @@ mod tests {
             r.broadcast_reserve,
             mq_core::redis::DEFAULT_BROADCAST_RESERVE
         );
+        assert_eq!(r.trim_interval, mq_core::redis::DEFAULT_TRIM_INTERVAL);
     }
 
     #[test]

@@ -164,6 +164,9 @@ pub struct RedisSettings {
     /// trimming).
     #[serde(with = "humantime_serde")]
     pub broadcast_reserve: Duration,
+    /// How often each broker trims the streams to what some group still needs.
+    #[serde(with = "humantime_serde")]
+    pub trim_interval: Duration,
 }
 
 // The Redis backend's defaults, spelled out here because the settings exist (and are checked)
@@ -171,6 +174,7 @@ pub struct RedisSettings {
 const REDIS_POLL_INTERVAL: Duration = Duration::from_millis(100);
 const REDIS_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 const REDIS_BROADCAST_RESERVE: Duration = Duration::from_secs(24 * 3600);
+const REDIS_TRIM_INTERVAL: Duration = Duration::from_secs(30);
 
 impl Default for RedisSettings {
     fn default() -> Self {
@@ -180,6 +184,7 @@ impl Default for RedisSettings {
             poll_interval: REDIS_POLL_INTERVAL,
             heartbeat_interval: REDIS_HEARTBEAT_INTERVAL,
             broadcast_reserve: REDIS_BROADCAST_RESERVE,
+            trim_interval: REDIS_TRIM_INTERVAL,
         }
     }
 }

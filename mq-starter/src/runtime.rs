@@ -170,6 +170,9 @@ impl MqApplication {
         };
 
         let stop = CancellationToken::new();
+        // Stops what was started if a later listener fails the start, and later whatever the
+        // application is dropped with.
+        let stop_on_drop = stop.clone().drop_guard();
         let tasks = TaskTracker::new();
         let mut started = Vec::new();
         let start = Start {
@@ -282,7 +285,7 @@ impl MqApplication {
             broker,
             template,
             metrics,
-            _stop_on_drop: stop.clone().drop_guard(),
+            _stop_on_drop: stop_on_drop,
             stop,
             tasks,
         })

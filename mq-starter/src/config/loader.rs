@@ -23,13 +23,24 @@ use super::settings::MqSettings;
 /// assert_eq!(config.mq()?.consumer.concurrency, 8);
 /// # Ok(()) }
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Configuration {
     inner: config::Config,
     files: Vec<PathBuf>,
     profiles: Vec<String>,
     /// The environment placeholders fall back to.
     env: Arc<BTreeMap<String, String>>,
+}
+
+impl std::fmt::Debug for Configuration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Not the environment: it holds whatever secrets the process was given.
+        f.debug_struct("Configuration")
+            .field("inner", &self.inner)
+            .field("files", &self.files)
+            .field("profiles", &self.profiles)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Configuration {

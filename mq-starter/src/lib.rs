@@ -1,6 +1,10 @@
 //! What applications of mq use: annotated listeners, YAML configuration, the runtime, the
 //! template sender and idempotent consumption, over the broker of `mq-core`.
 //!
+//! Cargo features: `embedded` (default) opens the embedded broker, `redis` the Redis Streams
+//! broker and the Redis idempotency store; a configuration that selects a backend the build
+//! lacks fails at start-up with [`config::ConfigError::FeatureNotCompiled`].
+//!
 //! ```no_run
 //! use mq_starter::prelude::*;
 //!

@@ -5,9 +5,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mq_core::{BrokerError, Consumer, Delivery, Disposition, Failure, MessageView};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 use tracing::Instrument;
 
 use crate::context::{AppContext, DeliveryContext};
@@ -49,16 +51,12 @@ pub(crate) struct ListenerLoop {
 }
 
 impl ListenerLoop {
-    pub async fn run(
-        self: Arc<Self>,
-        consumer: Box<dyn Consumer>,
-        mut stop: watch::Receiver<bool>,
-    ) {
+    pub async fn run(self: Arc<Self>, consumer: Box<dyn Consumer>, stop: CancellationToken) {
         let consumer: Arc<dyn Consumer> = Arc::from(consumer);
         let permits = Arc::new(Semaphore::new(self.concurrency.max(1)));
         let mut tasks = JoinSet::new();
         'fetch: loop {
-            if *stop.borrow() {
+            if stop.is_cancelled() {
                 break;
             }
             let want = match self.batch {
@@ -66,7 +64,7 @@ impl ListenerLoop {
                 None => permits.available_permits().max(1),
             };
             let deliveries = tokio::select! {
-                _ = stop.changed() => break,
+                _ = stop.cancelled() => break,
                 r = consumer.receive(want, Duration::from_millis(500)) => r,
             };
             let deliveries = match deliveries {
@@ -84,7 +82,7 @@ impl ListenerLoop {
             };
             for unit in units {
                 let permit = tokio::select! {
-                    _ = stop.changed() => break 'fetch,
+                    _ = stop.cancelled() => break 'fetch,
                     p = permits.clone().acquire_owned() => match p {
                         Ok(p) => p,
                         Err(_) => break 'fetch,
@@ -183,12 +181,12 @@ impl ListenerLoop {
             // Its own task, so that a panic is a failed delivery, not a dead loop; aborted if
             // this delivery is (at shutdown), so that no handler outlives the application.
             // The handler's own events carry this delivery's span.
-            let mut task = AbortOnDrop(tokio::spawn(
+            let mut task = AbortOnDropHandle::new(tokio::spawn(
                 self.handler.call(ctx).instrument(tracing::Span::current()),
             ));
             let held = key.as_ref().zip(self.idempotency.as_ref());
             let outcome = tokio::select! {
-                joined = &mut task.0 => match joined {
+                joined = &mut task => match joined {
                     Ok(o) => o,
                     Err(e) => Outcome::retry(format!("handler panicked: {e}")),
                 },
@@ -266,15 +264,6 @@ impl ListenerLoop {
                 Err(e) => tracing::warn!(error = %e, "nack failed; the message will come again"),
             }
         }
-    }
-}
-
-/// Aborts a task when dropped.
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 

@@ -4,21 +4,19 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use mq_core::embedded::{EmbeddedBroker, EmbeddedConfig, FlushPolicy};
-use mq_core::redis::{RedisBroker, RedisConfig};
 use mq_core::{
     Backoff, Broker, BrokerError, CheckPolicy, ConsumeFrom, Consumer, ConsumerOptions, DelayPolicy,
     MessageModel, Subscription, TagFilter,
 };
-use tokio::sync::watch;
-use tokio::task::JoinSet;
+use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::task::TaskTracker;
 
 use crate::config::{
-    parse_durations, parse_mode, parse_model, resolve_placeholders, BrokerKind, ConfigError,
-    Configuration, ConsumeFromSetting, FlushMode, IdempotencyStoreKind, InstanceName, MqSettings,
+    parse_durations, parse_mode, parse_model, resolve_placeholders, BrokerKind, BrokerSettings,
+    ConfigError, Configuration, ConsumeFromSetting, IdempotencyStoreKind, InstanceName, MqSettings,
 };
 use crate::context::{AppContext, States};
-use crate::idempotency::{IdempotencyError, IdempotencyStore, MemoryStore, RedisStore};
+use crate::idempotency::{IdempotencyError, IdempotencyStore, MemoryStore};
 use crate::listener::{Idempotency, ListenerLoop};
 use crate::metrics::Metrics;
 use crate::registry::{self, ListenerRegistration};
@@ -114,61 +112,19 @@ impl MqApplication {
     }
 
     /// Opens the broker the configuration names, without starting anything.
+    ///
+    /// A backend whose cargo feature is not compiled in is
+    /// [`ConfigError::FeatureNotCompiled`].
     pub async fn open_broker(settings: &MqSettings) -> Result<Arc<dyn Broker>, StartError> {
-        let b = &settings.broker;
-        let levels = parse_durations(&b.delay_levels).map_err(|m| ConfigError::BadValue {
-            origin: "configuration".into(),
-            key: "mq.broker.delay-levels".into(),
-            message: m,
-        })?;
-        let delay = DelayPolicy {
-            levels,
-            max_delay: b.max_delay,
-        };
-        let check = CheckPolicy {
-            timeout: b.transaction.timeout,
-            interval: b.transaction.check_interval,
-            max_checks: b.transaction.check_max,
-        };
-        match b.kind {
-            BrokerKind::Embedded => {
-                let mut config = EmbeddedConfig::new(&b.data_dir)
-                    .flush(match b.flush {
-                        FlushMode::Async => FlushPolicy::Async {
-                            interval: b.flush_interval,
-                        },
-                        FlushMode::Sync => FlushPolicy::Sync,
-                    })
-                    .default_queues(b.queues)
-                    .segment_size(b.segment_size)
-                    .max_message_size(b.max_message_size)
-                    .delay_policy(delay)
-                    .check_policy(check);
-                config.file_reserved_time = b.file_reserved_time;
-                Ok(EmbeddedBroker::open(config).await?)
-            }
-            BrokerKind::Redis => {
-                let r = &b.redis;
-                let config = RedisConfig::new(&r.url)
-                    .prefix(&r.prefix)
-                    .default_queues(b.queues)
-                    .max_message_size(b.max_message_size)
-                    .command_timeout(settings.producer.send_timeout)
-                    .poll_interval(r.poll_interval)
-                    .heartbeat_interval(r.heartbeat_interval)
-                    .broadcast_reserve(r.broadcast_reserve)
-                    .delay_policy(delay)
-                    .check_policy(check);
-                Ok(RedisBroker::connect(config).await?)
-            }
-        }
+        open_broker_of(None, settings).await
     }
 
     /// Starts the broker, the transaction listeners and every enabled listener.
     pub async fn start(self) -> Result<Running, StartError> {
+        check_listener_names(&self.config, &self.settings)?;
         let broker = match self.broker {
             Some(b) => b,
-            None => Self::open_broker(&self.settings).await?,
+            None => open_broker_of(Some(&self.config), &self.settings).await?,
         };
         let settings = self.settings;
         let metrics = Arc::new(Metrics::default());
@@ -210,13 +166,16 @@ impl MqApplication {
         let idempotency = match self.idempotency {
             Some(s) => Some(s),
             None if registry::listeners().any(|l| l.idempotent.is_some()) => {
-                Some(open_idempotency(&settings).await?)
+                Some(open_idempotency(&self.config, &settings).await?)
             }
             None => None,
         };
 
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let mut tasks = JoinSet::new();
+        let stop = CancellationToken::new();
+        // Stops what was started if a later listener fails the start, and later whatever the
+        // application is dropped with.
+        let stop_on_drop = stop.clone().drop_guard();
+        let tasks = TaskTracker::new();
         let mut started = Vec::new();
         let start = Start {
             instance: settings
@@ -313,15 +272,23 @@ impl MqApplication {
                     consume_timeout: resolved.options.consume_timeout,
                 });
                 started.push((topic.clone(), resolved.group.clone()));
-                tasks.spawn(lp.run(consumer, stop_rx.clone()));
+                tasks.spawn(lp.run(consumer, stop.clone()));
             }
         }
-        tasks.spawn(track_lag(broker.clone(), metrics.clone(), started, stop_rx));
+        tasks.spawn(track_lag(
+            broker.clone(),
+            metrics.clone(),
+            started,
+            stop.clone(),
+        ));
+        // Nothing else is spawned on it: `wait` returns once every task has finished.
+        tasks.close();
         Ok(Running {
             broker,
             template,
             metrics,
-            stop: stop_tx,
+            _stop_on_drop: stop_on_drop,
+            stop,
             tasks,
         })
     }
@@ -335,13 +302,165 @@ impl MqApplication {
     }
 }
 
-async fn open_idempotency(settings: &MqSettings) -> Result<Arc<dyn IdempotencyStore>, StartError> {
+/// Opens the broker of `settings`; `config`, when there is one, names the file of a key.
+async fn open_broker_of(
+    config: Option<&Configuration>,
+    settings: &MqSettings,
+) -> Result<Arc<dyn Broker>, StartError> {
+    let b = &settings.broker;
+    let levels = parse_durations(&b.delay_levels).map_err(|m| ConfigError::BadValue {
+        origin: origin_of(config, "mq.broker.delay-levels"),
+        key: "mq.broker.delay-levels".into(),
+        message: m,
+    })?;
+    let delay = DelayPolicy {
+        levels,
+        max_delay: b.max_delay,
+    };
+    let check = CheckPolicy {
+        timeout: b.transaction.timeout,
+        interval: b.transaction.check_interval,
+        max_checks: b.transaction.check_max,
+    };
+    match b.kind {
+        BrokerKind::Embedded => open_embedded(config, b, delay, check).await,
+        BrokerKind::Redis => open_redis(config, settings, delay, check).await,
+    }
+}
+
+#[cfg(feature = "embedded")]
+async fn open_embedded(
+    _config: Option<&Configuration>,
+    b: &BrokerSettings,
+    delay: DelayPolicy,
+    check: CheckPolicy,
+) -> Result<Arc<dyn Broker>, StartError> {
+    use crate::config::FlushMode;
+    use mq_core::embedded::{EmbeddedBroker, EmbeddedConfig, FlushPolicy};
+
+    let mut config = EmbeddedConfig::new(&b.data_dir)
+        .flush(match b.flush {
+            FlushMode::Async => FlushPolicy::Async {
+                interval: b.flush_interval,
+            },
+            FlushMode::Sync => FlushPolicy::Sync,
+        })
+        .default_queues(b.queues)
+        .segment_size(b.segment_size)
+        .max_message_size(b.max_message_size)
+        .delay_policy(delay)
+        .check_policy(check);
+    config.file_reserved_time = b.file_reserved_time;
+    Ok(EmbeddedBroker::open(config).await?)
+}
+
+#[cfg(not(feature = "embedded"))]
+async fn open_embedded(
+    config: Option<&Configuration>,
+    _b: &BrokerSettings,
+    _delay: DelayPolicy,
+    _check: CheckPolicy,
+) -> Result<Arc<dyn Broker>, StartError> {
+    Err(not_compiled(config, "mq.broker.kind", "embedded", "embedded").into())
+}
+
+#[cfg(feature = "redis")]
+async fn open_redis(
+    _config: Option<&Configuration>,
+    settings: &MqSettings,
+    delay: DelayPolicy,
+    check: CheckPolicy,
+) -> Result<Arc<dyn Broker>, StartError> {
+    use mq_core::redis::{RedisBroker, RedisConfig};
+
+    let b = &settings.broker;
+    let r = &b.redis;
+    let config = RedisConfig::new(&r.url)
+        .prefix(&r.prefix)
+        .default_queues(b.queues)
+        .max_message_size(b.max_message_size)
+        .command_timeout(settings.producer.send_timeout)
+        .poll_interval(r.poll_interval)
+        .heartbeat_interval(r.heartbeat_interval)
+        .broadcast_reserve(r.broadcast_reserve)
+        .trim_interval(r.trim_interval)
+        .delay_policy(delay)
+        .check_policy(check);
+    Ok(RedisBroker::connect(config).await?)
+}
+
+#[cfg(not(feature = "redis"))]
+async fn open_redis(
+    config: Option<&Configuration>,
+    _settings: &MqSettings,
+    _delay: DelayPolicy,
+    _check: CheckPolicy,
+) -> Result<Arc<dyn Broker>, StartError> {
+    Err(not_compiled(config, "mq.broker.kind", "redis", "redis").into())
+}
+
+#[cfg_attr(feature = "redis", allow(unused_variables))]
+async fn open_idempotency(
+    config: &Configuration,
+    settings: &MqSettings,
+) -> Result<Arc<dyn IdempotencyStore>, StartError> {
     Ok(match settings.idempotency.store {
         IdempotencyStoreKind::Memory => Arc::new(MemoryStore::new(settings.idempotency.capacity)),
+        #[cfg(feature = "redis")]
+        IdempotencyStoreKind::Redis => Arc::new(
+            crate::idempotency::RedisStore::connect(&settings.idempotency.redis_url).await?,
+        ),
+        #[cfg(not(feature = "redis"))]
         IdempotencyStoreKind::Redis => {
-            Arc::new(RedisStore::connect(&settings.idempotency.redis_url).await?)
+            return Err(not_compiled(Some(config), "mq.idempotency.store", "redis", "redis").into())
         }
     })
+}
+
+/// The file (or `environment`) that set `key`, or `configuration` without one.
+fn origin_of(config: Option<&Configuration>, key: &str) -> String {
+    config.map_or_else(|| "configuration".into(), |c| c.origin_of(key))
+}
+
+/// `key: value` needs cargo feature `feature`, which this build lacks.
+#[cfg_attr(all(feature = "embedded", feature = "redis"), allow(dead_code))]
+fn not_compiled(
+    config: Option<&Configuration>,
+    key: &str,
+    value: &str,
+    feature: &'static str,
+) -> ConfigError {
+    ConfigError::FeatureNotCompiled {
+        origin: origin_of(config, key),
+        key: key.into(),
+        value: value.into(),
+        feature,
+    }
+}
+
+/// Every `mq.listeners.<name>` must name a registered listener: a misspelt name would
+/// otherwise be ignored in silence, and the listener run with the settings it was meant to
+/// change.
+fn check_listener_names(config: &Configuration, settings: &MqSettings) -> Result<(), ConfigError> {
+    let known: Vec<&str> = registry::listeners().map(|l| l.name).collect();
+    match settings
+        .listeners
+        .keys()
+        .find(|name| !known.contains(&name.as_str()))
+    {
+        None => Ok(()),
+        Some(name) => {
+            let key = format!("mq.listeners.{name}");
+            let mut known: Vec<String> = known.into_iter().map(str::to_owned).collect();
+            known.sort();
+            known.dedup();
+            Err(ConfigError::UnknownListener {
+                origin: config.origin_of(&key),
+                key,
+                known,
+            })
+        }
+    }
 }
 
 /// Resolves once SIGINT (Ctrl-C) or, on Unix, SIGTERM arrives.
@@ -372,7 +491,7 @@ async fn track_lag(
     broker: Arc<dyn Broker>,
     metrics: Arc<Metrics>,
     subscriptions: Vec<(String, String)>,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
     loop {
         for (topic, group) in &subscriptions {
@@ -381,7 +500,7 @@ async fn track_lag(
             }
         }
         tokio::select! {
-            _ = stop.changed() => return,
+            _ = stop.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_secs(5)) => {}
         }
     }
@@ -581,12 +700,17 @@ fn resolve(
 }
 
 /// A started application.
+///
+/// Dropping it without [`shutdown`](Self::shutdown) asks its listeners to stop (as a
+/// [`ShutdownHandle`] does), but nothing waits for them nor flushes the broker.
 pub struct Running {
     broker: Arc<dyn Broker>,
     template: MqTemplate,
     metrics: Arc<Metrics>,
-    stop: watch::Sender<bool>,
-    tasks: JoinSet<()>,
+    stop: CancellationToken,
+    /// Cancels `stop` when the application is dropped, so that no listener outlives it.
+    _stop_on_drop: DropGuard,
+    tasks: TaskTracker,
 }
 
 impl std::fmt::Debug for Running {
@@ -599,12 +723,12 @@ impl std::fmt::Debug for Running {
 
 /// Asks a running application to stop (from axum's graceful shutdown, a test, a signal).
 #[derive(Debug, Clone)]
-pub struct ShutdownHandle(watch::Sender<bool>);
+pub struct ShutdownHandle(CancellationToken);
 
 impl ShutdownHandle {
     /// Stops fetching; handlers in flight may finish.
     pub fn shutdown(&self) {
-        self.0.send_replace(true);
+        self.0.cancel();
     }
 }
 
@@ -631,9 +755,9 @@ impl Running {
 
     /// Stops gracefully: no more fetching, handlers in flight finish (up to
     /// `mq.shutdown-timeout`), progress is committed and storage flushed.
-    pub async fn shutdown(mut self) -> Result<(), StartError> {
-        self.stop.send_replace(true);
-        while self.tasks.join_next().await.is_some() {}
+    pub async fn shutdown(self) -> Result<(), StartError> {
+        self.stop.cancel();
+        self.tasks.wait().await;
         self.broker.shutdown().await?;
         tracing::info!("mq stopped");
         Ok(())
@@ -641,12 +765,7 @@ impl Running {
 
     /// Waits until a [`ShutdownHandle`] asks to stop, then shuts down.
     pub async fn wait(self) -> Result<(), StartError> {
-        let mut rx = self.stop.subscribe();
-        while !*rx.borrow_and_update() {
-            if rx.changed().await.is_err() {
-                break;
-            }
-        }
+        self.stop.cancelled().await;
         self.shutdown().await
     }
 }

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use mq_core::embedded::{EmbeddedBroker, EmbeddedConfig};
+#[cfg(feature = "redis")]
 use mq_core::redis::{RedisBroker, RedisConfig};
 use mq_core::{Broker, Message, SendOptions};
 use mq_starter::config::Configuration;
@@ -221,6 +222,7 @@ async fn two_broadcasting_members_of_one_group_need_names_of_their_own() {
     assert!(err.contains("instance-name) a name of its own"), "{err}");
 }
 
+#[cfg(feature = "redis")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_broadcasting_listeners_get_what_was_sent_while_stopped() {
     let Some(url) = support::redis::shared().await else {
@@ -261,6 +263,7 @@ async fn redis_broadcasting_listeners_get_what_was_sent_while_stopped() {
     drop_keys(&url, &prefix).await;
 }
 
+#[cfg(feature = "redis")]
 async fn drop_keys(url: &str, prefix: &str) {
     use redis::AsyncCommands;
     let mut conn = redis::Client::open(url)
@@ -345,6 +348,7 @@ impl Drop for Worker {
     }
 }
 
+#[cfg(feature = "redis")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_sigkill_then_restart_resumes() {
     let Some(url) = support::redis::shared().await else {

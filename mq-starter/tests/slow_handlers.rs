@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mq_starter::prelude::*;
-use support::redis::{cleanup, shared};
 use support::{eventually, start};
 
 /// Handler runs, and the most that ever ran at once.
@@ -76,8 +75,10 @@ async fn a_slow_handler_keeps_its_lease_with_the_memory_store() {
     slow_handler_runs_once("").await;
 }
 
+#[cfg(feature = "redis")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_handler_keeps_its_lease_with_the_redis_store() {
+    use support::redis::{cleanup, shared};
     let Some(url) = shared().await else { return };
     let prefix = format!("mq-test:slow:{}", mq_starter::core::MessageId::new());
     slow_handler_runs_once(&format!(

@@ -164,16 +164,27 @@ pub struct RedisSettings {
     /// trimming).
     #[serde(with = "humantime_serde")]
     pub broadcast_reserve: Duration,
+    /// How often each broker trims the streams to what some group still needs.
+    #[serde(with = "humantime_serde")]
+    pub trim_interval: Duration,
 }
+
+// The Redis backend's defaults, spelled out here because the settings exist (and are checked)
+// in builds without the `redis` feature; a test holds them equal to mq-core's.
+const REDIS_POLL_INTERVAL: Duration = Duration::from_millis(100);
+const REDIS_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+const REDIS_BROADCAST_RESERVE: Duration = Duration::from_secs(24 * 3600);
+const REDIS_TRIM_INTERVAL: Duration = Duration::from_secs(30);
 
 impl Default for RedisSettings {
     fn default() -> Self {
         RedisSettings {
             url: "redis://127.0.0.1:6379".into(),
             prefix: "mq".into(),
-            poll_interval: mq_core::redis::DEFAULT_POLL_INTERVAL,
-            heartbeat_interval: mq_core::redis::DEFAULT_HEARTBEAT_INTERVAL,
-            broadcast_reserve: mq_core::redis::DEFAULT_BROADCAST_RESERVE,
+            poll_interval: REDIS_POLL_INTERVAL,
+            heartbeat_interval: REDIS_HEARTBEAT_INTERVAL,
+            broadcast_reserve: REDIS_BROADCAST_RESERVE,
+            trim_interval: REDIS_TRIM_INTERVAL,
         }
     }
 }
@@ -182,12 +193,14 @@ impl Default for RedisSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
 pub struct ProducerSettings {
-    /// A send that takes longer fails.
+    /// The longest one attempt of a send may take (on Redis also how long a command waits
+    /// for an unreachable server).
     #[serde(with = "humantime_serde")]
     pub send_timeout: Duration,
-    /// Retries of a failed send (with the same message id).
+    /// Retries of a send whose attempt failed or timed out (with the same message id).
     pub retries: u32,
-    /// Default reply timeout of `request`.
+    /// The longest a whole send may take, retries included (RocketMQ's `sendMsgTimeout`); a
+    /// send not done by then fails with [`SendError::RequestTimeout`](crate::SendError::RequestTimeout).
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
 }

@@ -97,7 +97,7 @@ impl Table {
 /// store is still full, the done markers that would expire soonest; a live lease is never
 /// evicted (leases are bounded by the deliveries in flight, so the store may hold that many
 /// beyond `capacity`). Make `capacity` much larger than the messages in flight. Fine for one
-/// process; use [`RedisStore`](super::RedisStore) when several share the work.
+/// process; use the Redis store (`RedisStore`, feature `redis`) when several share the work.
 #[derive(Debug)]
 pub struct MemoryStore {
     capacity: usize,

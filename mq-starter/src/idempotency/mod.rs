@@ -10,6 +10,7 @@
 //! arrives while the lease is held is retried later, never run at the same time.
 
 mod memory;
+#[cfg(feature = "redis")]
 mod redis;
 
 use std::time::Duration;
@@ -17,6 +18,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 pub use self::memory::MemoryStore;
+#[cfg(feature = "redis")]
 pub use self::redis::RedisStore;
 
 /// Names the holder of a lease: what [`IdempotencyStore::acquire`] handed out, asked back by

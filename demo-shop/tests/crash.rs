@@ -446,14 +446,11 @@ async fn three_shops_on_redis_and_postgres_share_the_work_through_a_kill() {
         .map(|i| {
             vec![
                 ("MQ_PROFILES".to_owned(), "redis-broker".to_owned()),
-                ("MQ__MQ__BROKER__REDIS__PREFIX".to_owned(), run.clone()),
+                ("MQ__BROKER__REDIS__PREFIX".to_owned(), run.clone()),
+                ("MQ__IDEMPOTENCY__PREFIX".to_owned(), format!("{run}-idem")),
+                ("MQ__INSTANCE_NAME".to_owned(), format!("shop-{i}")),
                 (
-                    "MQ__MQ__IDEMPOTENCY__PREFIX".to_owned(),
-                    format!("{run}-idem"),
-                ),
-                ("MQ__MQ__INSTANCE_NAME".to_owned(), format!("shop-{i}")),
-                (
-                    "MQ__MQ__BROKER__REDIS__HEARTBEAT_INTERVAL".to_owned(),
+                    "MQ__BROKER__REDIS__HEARTBEAT_INTERVAL".to_owned(),
                     "300ms".to_owned(),
                 ),
                 ("MQ__SHOP__DATABASE__URL".to_owned(), db.url.clone()),

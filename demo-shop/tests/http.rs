@@ -63,8 +63,8 @@ async fn the_shop_runs_on_the_redis_broker() {
         dir.path(),
         &[
             ("MQ_PROFILES", "redis-broker"),
-            ("MQ__MQ__BROKER__REDIS__PREFIX", &run),
-            ("MQ__MQ__IDEMPOTENCY__PREFIX", &format!("{run}-idem")),
+            ("MQ__BROKER__REDIS__PREFIX", &run),
+            ("MQ__IDEMPOTENCY__PREFIX", &format!("{run}-idem")),
             ("MQ__SHOP__DATABASE__URL", &db.url),
         ],
     ))
@@ -166,7 +166,7 @@ async fn repeated_payment_callbacks_with_the_redis_profile() {
         dir.path(),
         &[
             ("MQ_PROFILES", "redis"),
-            ("MQ__MQ__IDEMPOTENCY__PREFIX", &prefix),
+            ("MQ__IDEMPOTENCY__PREFIX", &prefix),
         ],
     ))
     .await;
@@ -546,7 +546,7 @@ async fn a_fresh_database_is_not_silenced_by_old_idempotency_keys() {
     let prefix = format!("demo-shop-test-{}-{}", std::process::id(), uuid_like());
     let env = [
         ("MQ_PROFILES", "redis"),
-        ("MQ__MQ__IDEMPOTENCY__PREFIX", prefix.as_str()),
+        ("MQ__IDEMPOTENCY__PREFIX", prefix.as_str()),
     ];
     for round in 0..2 {
         let dir = tempfile::tempdir().unwrap();

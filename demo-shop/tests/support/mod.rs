@@ -29,10 +29,10 @@ impl Shop {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_demo-shop"));
         cmd.env("MQ_CONFIG_DIR", CONFIG_DIR)
             .env("MQ__SERVER__ADDR", "127.0.0.1:0")
-            .env("MQ__MQ__BROKER__DATA_DIR", data.join("mq"))
+            .env("MQ__BROKER__DATA_DIR", data.join("mq"))
             .env("MQ__SHOP__ORDER__CANCEL_AFTER", "2s")
-            .env("MQ__MQ__BROKER__TRANSACTION__TIMEOUT", "500ms")
-            .env("MQ__MQ__BROKER__TRANSACTION__CHECK_INTERVAL", "500ms")
+            .env("MQ__BROKER__TRANSACTION__TIMEOUT", "500ms")
+            .env("MQ__BROKER__TRANSACTION__CHECK_INTERVAL", "500ms")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());

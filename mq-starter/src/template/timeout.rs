@@ -76,9 +76,10 @@ impl SendPolicy {
     }
 }
 
-/// Whether another attempt may succeed: the connection or the disk failed, not the message.
+/// Whether another attempt may succeed: the backend was unreachable or the disk refused, not
+/// the message (and not a backend that stopped working until it is reopened).
 fn retriable(e: &BrokerError) -> bool {
-    matches!(e, BrokerError::Backend { .. } | BrokerError::Io { .. })
+    e.is_transient()
 }
 
 #[cfg(test)]
@@ -98,10 +99,20 @@ mod tests {
     }
 
     fn backend() -> BrokerError {
-        BrokerError::Backend {
-            backend: "test",
-            message: "connection refused".into(),
-        }
+        BrokerError::backend(
+            "test",
+            mq_core::BackendErrorKind::Unavailable,
+            "connection refused",
+        )
+    }
+
+    #[test]
+    fn only_failures_that_may_pass_are_retried() {
+        assert!(retriable(&backend()));
+        let stopped =
+            BrokerError::backend("test", mq_core::BackendErrorKind::Failed, "writer stopped");
+        assert!(!retriable(&stopped), "a stopped backend stays stopped");
+        assert!(!retriable(&BrokerError::TopicNotFound("t".into())));
     }
 
     /// An attempt that never answers.

@@ -73,6 +73,40 @@ impl fmt::Display for TagFilter {
     }
 }
 
+/// The word list of a unit enum, derived from its `word` at compile time so that each word
+/// is written once: `ALL` (every value), `WORDS` (their words, in that order) and `from_word`.
+macro_rules! words {
+    ($enum:ident, [$($value:ident),+ $(,)?]) => {
+        impl $enum {
+            /// Every value, in the order of `WORDS`.
+            pub const ALL: [$enum; [$($enum::$value),+].len()] = [$($enum::$value),+];
+
+            /// The word of every value, in the order of `ALL`.
+            pub const WORDS: [&'static str; [$($enum::$value),+].len()] = {
+                let mut out = [""; Self::ALL.len()];
+                let mut i = 0;
+                while i < out.len() {
+                    out[i] = Self::ALL[i].word();
+                    i += 1;
+                }
+                out
+            };
+
+            /// The value `word` names, if any (exact, lower-case match).
+            pub const fn from_word(word: &str) -> Option<Self> {
+                let mut i = 0;
+                while i < Self::ALL.len() {
+                    if same(Self::ALL[i].word(), word) {
+                        return Some(Self::ALL[i]);
+                    }
+                    i += 1;
+                }
+                None
+            }
+        }
+    };
+}
+
 /// How a group's members share messages.
 ///
 /// Its words (`clustering`, `broadcasting`) are defined once, by [`MessageModel::word`]; parsing,
@@ -87,21 +121,6 @@ pub enum MessageModel {
 }
 
 impl MessageModel {
-    /// Every model, in the order of [`MessageModel::WORDS`].
-    pub const ALL: [MessageModel; 2] = [MessageModel::Clustering, MessageModel::Broadcasting];
-
-    /// The word of every model, in the order of [`MessageModel::ALL`].
-    pub const WORDS: [&'static str; 2] = {
-        // Derived from `word` at compile time, so the words are written only there.
-        let mut out = [""; Self::ALL.len()];
-        let mut i = 0;
-        while i < out.len() {
-            out[i] = Self::ALL[i].word();
-            i += 1;
-        }
-        out
-    };
-
     /// The word naming this model.
     pub const fn word(self) -> &'static str {
         match self {
@@ -109,19 +128,9 @@ impl MessageModel {
             MessageModel::Broadcasting => "broadcasting",
         }
     }
-
-    /// The model `word` names, if any (exact, lower-case match).
-    pub const fn from_word(word: &str) -> Option<Self> {
-        let mut i = 0;
-        while i < Self::ALL.len() {
-            if same(Self::ALL[i].word(), word) {
-                return Some(Self::ALL[i]);
-            }
-            i += 1;
-        }
-        None
-    }
 }
+
+words!(MessageModel, [Clustering, Broadcasting]);
 
 /// How messages of one queue are processed.
 ///
@@ -137,21 +146,6 @@ pub enum ConsumeMode {
 }
 
 impl ConsumeMode {
-    /// Every mode, in the order of [`ConsumeMode::WORDS`].
-    pub const ALL: [ConsumeMode; 2] = [ConsumeMode::Concurrently, ConsumeMode::Orderly];
-
-    /// The word of every mode, in the order of [`ConsumeMode::ALL`].
-    pub const WORDS: [&'static str; 2] = {
-        // Derived from `word` at compile time, so the words are written only there.
-        let mut out = [""; Self::ALL.len()];
-        let mut i = 0;
-        while i < out.len() {
-            out[i] = Self::ALL[i].word();
-            i += 1;
-        }
-        out
-    };
-
     /// The word naming this mode.
     pub const fn word(self) -> &'static str {
         match self {
@@ -159,19 +153,9 @@ impl ConsumeMode {
             ConsumeMode::Orderly => "orderly",
         }
     }
-
-    /// The mode `word` names, if any (exact, lower-case match).
-    pub const fn from_word(word: &str) -> Option<Self> {
-        let mut i = 0;
-        while i < Self::ALL.len() {
-            if same(Self::ALL[i].word(), word) {
-                return Some(Self::ALL[i]);
-            }
-            i += 1;
-        }
-        None
-    }
 }
+
+words!(ConsumeMode, [Concurrently, Orderly]);
 
 /// Whether a group may consume with `model` and `mode` together: `Err` holds why not.
 ///

@@ -313,18 +313,22 @@ async fn open_broker_of(
         key: "mq.broker.delay-levels".into(),
         message: m,
     })?;
-    let delay = DelayPolicy {
+    // What every backend takes, built once.
+    let mut common = mq_core::BrokerSettings::default();
+    common.default_queues = b.queues;
+    common.max_message_size = b.max_message_size;
+    common.delay = DelayPolicy {
         levels,
         max_delay: b.max_delay,
     };
-    let check = CheckPolicy {
+    common.check = CheckPolicy {
         timeout: b.transaction.timeout,
         interval: b.transaction.check_interval,
         max_checks: b.transaction.check_max,
     };
     match b.kind {
-        BrokerKind::Embedded => open_embedded(config, b, delay, check).await,
-        BrokerKind::Redis => open_redis(config, settings, delay, check).await,
+        BrokerKind::Embedded => open_embedded(config, b, common).await,
+        BrokerKind::Redis => open_redis(config, settings, common).await,
     }
 }
 
@@ -332,8 +336,7 @@ async fn open_broker_of(
 async fn open_embedded(
     _config: Option<&Configuration>,
     b: &BrokerSettings,
-    delay: DelayPolicy,
-    check: CheckPolicy,
+    common: mq_core::BrokerSettings,
 ) -> Result<Arc<dyn Broker>, StartError> {
     use crate::config::FlushMode;
     use mq_core::embedded::{EmbeddedBroker, EmbeddedConfig, FlushPolicy};
@@ -345,11 +348,8 @@ async fn open_embedded(
             },
             FlushMode::Sync => FlushPolicy::Sync,
         })
-        .default_queues(b.queues)
-        .segment_size(b.segment_size)
-        .max_message_size(b.max_message_size)
-        .delay_policy(delay)
-        .check_policy(check);
+        .common(common)
+        .segment_size(b.segment_size);
     config.file_reserved_time = b.file_reserved_time;
     Ok(EmbeddedBroker::open(config).await?)
 }
@@ -358,8 +358,7 @@ async fn open_embedded(
 async fn open_embedded(
     config: Option<&Configuration>,
     _b: &BrokerSettings,
-    _delay: DelayPolicy,
-    _check: CheckPolicy,
+    _common: mq_core::BrokerSettings,
 ) -> Result<Arc<dyn Broker>, StartError> {
     Err(not_compiled(config, "mq.broker.kind", "embedded", "embedded").into())
 }
@@ -368,8 +367,7 @@ async fn open_embedded(
 async fn open_redis(
     _config: Option<&Configuration>,
     settings: &MqSettings,
-    delay: DelayPolicy,
-    check: CheckPolicy,
+    common: mq_core::BrokerSettings,
 ) -> Result<Arc<dyn Broker>, StartError> {
     use mq_core::redis::{RedisBroker, RedisConfig};
 
@@ -377,15 +375,12 @@ async fn open_redis(
     let r = &b.redis;
     let config = RedisConfig::new(&r.url)
         .prefix(&r.prefix)
-        .default_queues(b.queues)
-        .max_message_size(b.max_message_size)
+        .common(common)
         .command_timeout(settings.producer.send_timeout)
         .poll_interval(r.poll_interval)
         .heartbeat_interval(r.heartbeat_interval)
         .broadcast_reserve(r.broadcast_reserve)
-        .trim_interval(r.trim_interval)
-        .delay_policy(delay)
-        .check_policy(check);
+        .trim_interval(r.trim_interval);
     Ok(RedisBroker::connect(config).await?)
 }
 
@@ -393,8 +388,7 @@ async fn open_redis(
 async fn open_redis(
     config: Option<&Configuration>,
     _settings: &MqSettings,
-    _delay: DelayPolicy,
-    _check: CheckPolicy,
+    _common: mq_core::BrokerSettings,
 ) -> Result<Arc<dyn Broker>, StartError> {
     Err(not_compiled(config, "mq.broker.kind", "redis", "redis").into())
 }

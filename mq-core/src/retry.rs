@@ -34,20 +34,19 @@ pub(crate) enum Verdict {
         /// Deliveries made, this one included.
         attempts: u32,
     },
-    /// Delivered again from where it is, after `after`.
-    InPlace {
-        /// 1 for the first retry.
-        retry: u32,
-        /// How long until it is due.
-        after: Duration,
-    },
-    /// A copy goes to the group's retry queue, due after `after`; the original is settled.
-    RetryQueue {
-        /// 1 for the first retry.
-        retry: u32,
-        /// How long until it is due.
-        after: Duration,
-    },
+    /// Delivered again from where it is.
+    InPlace(Retry),
+    /// A copy goes to the group's retry queue; the original is settled.
+    RetryQueue(Retry),
+}
+
+/// A retry the verdict schedules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Retry {
+    /// 1 for the first retry.
+    pub retry: u32,
+    /// How long until it is due.
+    pub after: Duration,
 }
 
 impl FailedDelivery {
@@ -67,9 +66,9 @@ impl FailedDelivery {
         };
         let after = failure.retry_after.unwrap_or(scheduled);
         if in_place {
-            Verdict::InPlace { retry, after }
+            Verdict::InPlace(Retry { retry, after })
         } else {
-            Verdict::RetryQueue { retry, after }
+            Verdict::RetryQueue(Retry { retry, after })
         }
     }
 }
@@ -102,18 +101,18 @@ mod tests {
         let f = failed(0, MessageModel::Clustering, ConsumeMode::Concurrently);
         assert_eq!(
             f.verdict(&options(), &Failure::new("x")),
-            Verdict::RetryQueue {
+            Verdict::RetryQueue(Retry {
                 retry: 1,
                 after: Duration::from_secs(10)
-            }
+            })
         );
         let f = failed(1, MessageModel::Clustering, ConsumeMode::Concurrently);
         assert_eq!(
             f.verdict(&options(), &Failure::new("x")),
-            Verdict::RetryQueue {
+            Verdict::RetryQueue(Retry {
                 retry: 2,
                 after: Duration::from_secs(30)
-            }
+            })
         );
     }
 
@@ -139,10 +138,10 @@ mod tests {
         let f = failed(0, MessageModel::Clustering, ConsumeMode::Orderly);
         assert_eq!(
             f.verdict(&options(), &Failure::new("x")),
-            Verdict::InPlace {
+            Verdict::InPlace(Retry {
                 retry: 1,
                 after: Duration::from_millis(1500)
-            }
+            })
         );
     }
 
@@ -151,10 +150,10 @@ mod tests {
         let f = failed(0, MessageModel::Broadcasting, ConsumeMode::Concurrently);
         assert_eq!(
             f.verdict(&options(), &Failure::new("x")),
-            Verdict::InPlace {
+            Verdict::InPlace(Retry {
                 retry: 1,
                 after: Duration::from_secs(10)
-            }
+            })
         );
     }
 
@@ -164,10 +163,10 @@ mod tests {
         f.shared_source = true;
         assert_eq!(
             f.verdict(&options(), &Failure::new("x")),
-            Verdict::RetryQueue {
+            Verdict::RetryQueue(Retry {
                 retry: 1,
                 after: Duration::from_secs(10)
-            }
+            })
         );
     }
 
@@ -180,7 +179,7 @@ mod tests {
             (MessageModel::Broadcasting, ConsumeMode::Concurrently),
         ] {
             let after = match failed(0, model, mode).verdict(&options(), &why) {
-                Verdict::InPlace { after, .. } | Verdict::RetryQueue { after, .. } => after,
+                Verdict::InPlace(r) | Verdict::RetryQueue(r) => r.after,
                 other => panic!("{other:?}"),
             };
             assert_eq!(after, Duration::from_millis(5), "{model:?} {mode:?}");

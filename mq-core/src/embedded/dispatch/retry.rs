@@ -12,7 +12,7 @@ use crate::embedded::store::Outgoing;
 use crate::embedded::system_topics::ORIGIN_TOPIC;
 use crate::error::{BrokerError, Result};
 use crate::message::{MessageParts, MessageView};
-use crate::retry::{FailedDelivery, Verdict};
+use crate::retry::{FailedDelivery, Retry, Verdict};
 use crate::subscription::{ConsumeMode, MessageModel};
 use crate::system_topics::dlq_topic;
 
@@ -110,26 +110,27 @@ impl Groups {
                 self.settle(group, instance, receipt);
                 Ok(Disposition::DeadLettered)
             }
-            Verdict::InPlace { retry, after } => {
-                self.retry_in_place(group, instance, receipt, retry, after, failure, now_ms);
-                Ok(Disposition::Retry { retry, after })
+            Verdict::InPlace(r) => {
+                self.retry_in_place(group, instance, receipt, r, failure, now_ms);
+                Ok(Disposition::Retry {
+                    retry: r.retry,
+                    after: r.after,
+                })
             }
-            Verdict::RetryQueue { retry, after } => {
-                self.retry_later(group, instance, receipt, retry, after, &failure, now_ms)
+            Verdict::RetryQueue(r) => {
+                self.retry_later(group, instance, receipt, r, &failure, now_ms)
                     .await
             }
         }
     }
 
     /// Puts a delivery back in its slot, due after `after` (orderly, broadcasting).
-    #[allow(clippy::too_many_arguments)]
     fn retry_in_place(
         &self,
         group: &Group,
         instance: &str,
         receipt: &Receipt,
-        retry: u32,
-        after: std::time::Duration,
+        Retry { retry, after }: Retry,
         failure: Failure,
         now_ms: u64,
     ) {
@@ -151,14 +152,12 @@ impl Groups {
 
     /// Concurrent clustering: a copy waits in the schedule for the group's retry queue, and
     /// the queue's progress moves on.
-    #[allow(clippy::too_many_arguments)]
     async fn retry_later(
         &self,
         group: &Group,
         instance: &str,
         receipt: &Receipt,
-        retry: u32,
-        after: std::time::Duration,
+        Retry { retry, after }: Retry,
         failure: &Failure,
         now_ms: u64,
     ) -> Result<Disposition> {

@@ -27,7 +27,7 @@ use tokio_util::task::AbortOnDropHandle;
 
 use crate::broker::{Consumer, ConsumerOptions, Delivery, Disposition, Failure, Receipt};
 use crate::error::{BackendErrorKind, BrokerError, Result};
-use crate::retry::Verdict;
+use crate::retry::{Retry, Verdict};
 use crate::subscription::{ConsumeFrom, ConsumeMode, MessageModel, Subscription};
 use crate::system_topics::retry_topic;
 
@@ -396,7 +396,7 @@ impl Consumer for RedisConsumer {
                 let verdict = self.verdict(i, &flight, &failure);
                 // An in-place retry takes its place at once, so that nothing later of an
                 // orderly queue is handed out while the attempt is being recorded.
-                if let Verdict::InPlace { retry, after } = verdict {
+                if let Verdict::InPlace(Retry { retry, after }) = verdict {
                     self.retry_in_place(&mut st, i, receipt.offset, &flight, retry, after);
                 } else {
                     self.hold_place(&mut st, i, receipt.offset, &flight);
@@ -406,7 +406,7 @@ impl Consumer for RedisConsumer {
         }) else {
             return Ok(Disposition::Stale);
         };
-        let in_place = matches!(verdict, Verdict::InPlace { .. });
+        let in_place = matches!(verdict, Verdict::InPlace(_));
         match self
             .fail(i, receipt, flight.clone(), failure, verdict)
             .await

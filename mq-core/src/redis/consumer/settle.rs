@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::broker::{Disposition, Failure, Receipt};
 use crate::dead_letter;
 use crate::error::Result;
-use crate::retry::{FailedDelivery, Verdict};
+use crate::retry::{FailedDelivery, Retry, Verdict};
 use crate::subscription::MessageModel;
 
 use super::super::dead_letter::bury;
@@ -111,7 +111,7 @@ impl RedisConsumer {
                 self.wake.notify_waiters();
                 return Ok(Disposition::DeadLettered);
             }
-            Verdict::InPlace { retry, after } => {
+            Verdict::InPlace(Retry { retry, after }) => {
                 let _: i64 = self
                     .shared
                     .redis
@@ -127,7 +127,7 @@ impl RedisConsumer {
                 self.wake.notify_waiters();
                 return Ok(Disposition::Retry { retry, after });
             }
-            Verdict::RetryQueue { retry, after } => (retry, after),
+            Verdict::RetryQueue(Retry { retry, after }) => (retry, after),
         };
         // A copy waits in the retry stream's delay set, the original is settled.
         let mut envelope = Envelope::from_view(&flight.view, retry);

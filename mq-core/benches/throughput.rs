@@ -11,7 +11,9 @@
 //! Latency is measured from just before the message is built and sent to the moment the
 //! consumer's handler sees it (the send time travels in the first 8 bytes of the body, as
 //! nanoseconds since a start instant shared by every task). Throughput is the number of
-//! messages handled divided by the time from the first send to the last handler call.
+//! messages handled divided by the time from the first send to the last handler call. Each
+//! run also gives the messages per fsync of the commit log while its messages were written
+//! (`EmbeddedBroker::write_stats`): group commit's batching under `sync`.
 //!
 //! Knobs (environment): `MQ_BENCH_MESSAGES` (messages per run, default 300000),
 //! `MQ_BENCH_SECONDS` (cap per run, default 4), `MQ_BENCH_RUNS` (default 5),
@@ -153,6 +155,8 @@ struct RunResult {
     send: Histogram<u64>,
     /// The rate the senders were asked for (paced runs).
     target_rate: Option<f64>,
+    /// Messages per fsync of the commit log while the measured messages were written.
+    per_sync: f64,
 }
 
 impl RunResult {
@@ -351,6 +355,7 @@ async fn run_once(
     }
 
     let len = settings.body;
+    let writes_before = broker.write_stats();
     let tasks: Vec<_> = match scenario {
         Scenario::Async | Scenario::Sync => {
             let claimed = Arc::new(AtomicU64::new(0));
@@ -419,6 +424,9 @@ async fn run_once(
     let handled = shared.handled.load(Ordering::Acquire);
     let first = shared.first_sent.load(Ordering::Acquire);
     let last = shared.last_handled.load(Ordering::Acquire);
+    let writes = broker.write_stats();
+    let per_sync = (writes.messages - writes_before.messages) as f64
+        / (writes.syncs - writes_before.syncs).max(1) as f64;
     broker.shutdown().await.expect("shutdown");
     drop(broker);
     drop(dir);
@@ -432,6 +440,7 @@ async fn run_once(
         } else {
             None
         },
+        per_sync,
     }
 }
 
@@ -441,7 +450,7 @@ fn us(ns: u64) -> f64 {
 
 fn print_run(scenario: Scenario, senders: usize, i: usize, r: &RunResult) {
     println!(
-        "{:<6} {:>3} senders run {}: {:>8} msgs in {:>6.3} s = {:>8.0} msg/s{}  e2e p50 {:>8.1} us  p99 {:>8.1} us  max {:>9.1} us  send p99 {:>8.1} us",
+        "{:<6} {:>3} senders run {}: {:>8} msgs in {:>6.3} s = {:>8.0} msg/s{}  e2e p50 {:>8.1} us  p99 {:>8.1} us  max {:>9.1} us  send p99 {:>8.1} us  {:.0} msgs/fsync",
         scenario.name(),
         senders,
         i + 1,
@@ -462,6 +471,7 @@ fn print_run(scenario: Scenario, senders: usize, i: usize, r: &RunResult) {
         us(r.e2e.value_at_quantile(0.99)),
         us(r.e2e.max()),
         us(r.send.value_at_quantile(0.99)),
+        r.per_sync,
     );
 }
 
@@ -473,6 +483,7 @@ struct Summary {
     p50: f64,
     p99: f64,
     send_p99: f64,
+    per_sync: f64,
     rate: Option<f64>,
 }
 
@@ -486,6 +497,7 @@ fn summarize(scenario: Scenario, senders: usize, results: &[RunResult]) -> Summa
         p50: med(&|r| us(r.e2e.value_at_quantile(0.50))),
         p99: med(&|r| us(r.e2e.value_at_quantile(0.99))),
         send_p99: med(&|r| us(r.send.value_at_quantile(0.99))),
+        per_sync: med(&|r| r.per_sync),
         rate: results.first().and_then(|r| r.target_rate),
     }
 }
@@ -555,9 +567,9 @@ fn main() {
     println!();
     println!("medians ({:.1} s in all):", began.elapsed().as_secs_f64());
     println!(
-        "| scenario | runs | throughput (msg/s) | e2e p50 (us) | e2e p99 (us) | send p99 (us) |"
+        "| scenario | runs | throughput (msg/s) | e2e p50 (us) | e2e p99 (us) | send p99 (us) | msgs per fsync |"
     );
-    println!("|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|");
     for s in &summaries {
         let name = match (s.scenario, s.rate) {
             (Scenario::Paced, Some(r)) => {
@@ -567,8 +579,8 @@ fn main() {
             (_, _) => format!("async flush, {} senders", s.senders),
         };
         println!(
-            "| {name} | {} | {:.0} | {:.1} | {:.1} | {:.1} |",
-            s.runs, s.throughput, s.p50, s.p99, s.send_p99
+            "| {name} | {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.0} |",
+            s.runs, s.throughput, s.p50, s.p99, s.send_p99, s.per_sync
         );
     }
 }

@@ -15,7 +15,8 @@
 //!
 //! Knobs: `MQ_BENCH_MESSAGES` (default 200000), `MQ_BENCH_RUNS` (default 3),
 //! `MQ_BENCH_SENDERS`, `MQ_BENCH_CONCURRENCY`, `MQ_BENCH_FLUSH`, `MQ_BENCH_DIR` (parent of the
-//! data directories, default the system's temporary directory).
+//! data directories, default the system's temporary directory), `MQ_BENCH_SIDES=app` (or
+//! `raw`: one side only, at full load, to profile it alone).
 //!
 //! Run with `cargo bench -p mq-starter --bench app_path`.
 
@@ -223,6 +224,15 @@ pub async fn raw(dir: &Path, flush: &str, load: Load) -> Figures {
     })
     .await;
     let figures = Figures::of(&recorder, first);
+    if flush == "sync" {
+        let w = broker.write_stats();
+        println!(
+            "  raw sync: {:.0} messages per fsync ({} messages, {} fsyncs)",
+            w.messages_per_sync(),
+            w.messages,
+            w.syncs
+        );
+    }
     drop(recorder);
     reader.await.unwrap();
     broker.shutdown().await.unwrap();
@@ -274,6 +284,17 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// half the raw rate. Returns (raw, app, raw at half, app at half).
 pub async fn run_once(parent: &Path, flush: &str, load: Load, concurrency: usize) -> [Figures; 4] {
     let dir = tempfile::tempdir_in(parent).unwrap();
+    match std::env::var("MQ_BENCH_SIDES").as_deref() {
+        Ok("app") => {
+            let f = app(&dir.path().join("app"), flush, load, concurrency).await;
+            return [f; 4];
+        }
+        Ok("raw") => {
+            let f = raw(&dir.path().join("raw"), flush, load).await;
+            return [f; 4];
+        }
+        _ => {}
+    }
     let raw_full = raw(&dir.path().join("raw"), flush, load).await;
     let app_full = app(&dir.path().join("app"), flush, load, concurrency).await;
     let half = Load {

@@ -37,6 +37,11 @@ impl Series {
         self.acked.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Deliveries acknowledged in one call.
+    pub fn acked_many(&self, n: u64) {
+        self.acked.fetch_add(n, Ordering::Relaxed);
+    }
+
     /// A delivery will be retried.
     pub fn retried(&self) {
         self.retried.fetch_add(1, Ordering::Relaxed);
@@ -49,11 +54,11 @@ impl Series {
 
     /// Records how long a handler ran.
     pub fn observe(&self, took: Duration) {
+        // One bucket per observation (render sums them up): a handler call costs one atomic
+        // add here, not one per bucket.
         let secs = took.as_secs_f64();
-        for (i, bound) in BUCKETS.iter().enumerate() {
-            if secs <= *bound {
-                self.buckets[i].fetch_add(1, Ordering::Relaxed);
-            }
+        if let Some(i) = BUCKETS.iter().position(|bound| secs <= *bound) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
         }
         self.count.fetch_add(1, Ordering::Relaxed);
         self.sum_micros
@@ -178,12 +183,10 @@ impl Metrics {
         );
         for ((topic, group), s) in series.iter() {
             let labels = format!("topic=\"{}\",group=\"{}\"", escape(topic), escape(group));
+            let mut cumulative = 0;
             for (i, bound) in BUCKETS.iter().enumerate() {
-                let _ = writeln!(
-                    out,
-                    "{name}_bucket{{{labels},le=\"{bound}\"}} {}",
-                    s.buckets[i].load(Ordering::Relaxed)
-                );
+                cumulative += s.buckets[i].load(Ordering::Relaxed);
+                let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {cumulative}");
             }
             let count = s.count.load(Ordering::Relaxed);
             let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");

@@ -503,6 +503,89 @@ async fn listeners_can_be_switched_off_by_configuration() {
     app.running.shutdown().await.unwrap();
 }
 
+// --- many deliveries of one fetch, some panicking ----------------------------------------
+
+#[mq_listener(
+    topic = "t-panic",
+    group = "g-panic",
+    concurrency = 64,
+    enabled = "${test.panic:false}"
+)]
+async fn panics_sometimes(State(seen): State<Seen>, msg: MessageView) {
+    let n: usize = String::from_utf8_lossy(&msg.body).parse().unwrap();
+    if n % 7 == 0 && msg.attempt() == 1 {
+        panic!("message {n} makes the handler panic");
+    }
+    // Some handlers finish later than others of the same fetch.
+    tokio::time::sleep(Duration::from_millis((n % 5) as u64)).await;
+    seen.bodies.lock().push(n.to_string());
+    seen.attempts.lock().push(msg.attempt());
+}
+
+/// The deliveries of one fetch run concurrently, share tasks and are acknowledged together:
+/// a handler that panics is a failed delivery, retried, and harms none of the others; every
+/// message completes once, and an acknowledged one does not come again after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_handler_fails_its_delivery_only() {
+    const N: usize = 500;
+    let seen = Seen::default();
+    let (config, dir) = support::config(&["panic"], "");
+    let running = MqApplication::new(config.clone())
+        .unwrap()
+        .with_state(seen.clone())
+        .start()
+        .await
+        .unwrap();
+    let t = running.template();
+    let sends: Vec<_> = (0..N)
+        .map(|n| {
+            let t = t.clone();
+            tokio::spawn(async move { t.send_bytes("t-panic", n.to_string()).await.unwrap() })
+        })
+        .collect();
+    for s in sends {
+        s.await.unwrap();
+    }
+    eventually("every message handled", WAIT, || {
+        seen.bodies.lock().len() >= N
+    })
+    .await;
+    running.shutdown().await.unwrap();
+    let mut bodies: Vec<usize> = seen
+        .bodies
+        .lock()
+        .iter()
+        .map(|b| b.parse().unwrap())
+        .collect();
+    bodies.sort_unstable();
+    assert_eq!(
+        bodies,
+        (0..N).collect::<Vec<_>>(),
+        "each message completed once"
+    );
+    let retried = seen.attempts.lock().iter().filter(|a| **a == 2).count();
+    assert_eq!(
+        retried,
+        N.div_ceil(7),
+        "the panicking ones completed on their retry"
+    );
+
+    let running = MqApplication::new(config)
+        .unwrap()
+        .with_state(seen.clone())
+        .start()
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    running.shutdown().await.unwrap();
+    assert_eq!(
+        seen.bodies.lock().len(),
+        N,
+        "nothing acknowledged came again"
+    );
+    drop(dir);
+}
+
 // --- graceful shutdown ---------------------------------------------------------------------
 
 #[mq_listener(topic = "t-slow", group = "g-slow", enabled = "${test.slow:false}")]

@@ -58,6 +58,7 @@ pub use flush::{FlushPolicy, DEFAULT_FLUSH_INTERVAL};
 #[cfg(feature = "testkit")]
 pub use io::{IoOp, Recorder};
 pub use retention::RetentionReport;
+pub use store::WriteStats;
 pub use transactions::DiscardedTransaction;
 
 use tokio_util::sync::CancellationToken;
@@ -303,6 +304,12 @@ impl EmbeddedBroker {
     /// The data directory.
     pub fn data_dir(&self) -> &Path {
         self.store.data_dir()
+    }
+
+    /// What the commit-log writer has done since open: messages, batches and fsyncs, so
+    /// that operators and benches see how many messages group commit puts into one fsync.
+    pub fn write_stats(&self) -> WriteStats {
+        self.store.write_stats()
     }
 
     /// Delayed messages and retries waiting for their due time.

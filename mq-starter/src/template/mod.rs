@@ -35,6 +35,7 @@ use crate::transaction::ErasedTransactionListener;
 
 pub use builder::MessageBuilder;
 pub use error::SendError;
+pub(crate) use request::ReplyAddress;
 pub use request::{CORRELATION_ID, REPLY_TO, REPLY_TOPIC};
 pub use transaction::TransactionSendResult;
 

@@ -69,19 +69,33 @@ impl MqTemplate {
     }
 
     /// Answers a request (used by the runtime after a reply handler returns).
-    pub(crate) async fn reply(
-        &self,
-        request: &MessageView,
-        body: Vec<u8>,
-    ) -> Result<(), SendError> {
-        let (Some(to), Some(correlation)) = (
+    pub(crate) async fn reply(&self, to: ReplyAddress, body: Vec<u8>) -> Result<(), SendError> {
+        let msg = Message::new(to.topic, body).with_property(CORRELATION_ID, to.correlation);
+        self.send_message(msg, SendOptions::new()).await.map(|_| ())
+    }
+}
+
+/// Where the reply to a request goes: taken from the request before its handler runs, so
+/// that the handler can have the message itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ReplyAddress {
+    topic: String,
+    correlation: String,
+}
+
+impl ReplyAddress {
+    /// The reply address of `request`, if it is a request.
+    pub(crate) fn of(request: &MessageView) -> Option<Self> {
+        match (
             request.properties.get(REPLY_TO),
             request.properties.get(CORRELATION_ID),
-        ) else {
-            return Ok(());
-        };
-        let msg = Message::new(to.clone(), body).with_property(CORRELATION_ID, correlation.clone());
-        self.send_message(msg, SendOptions::new()).await.map(|_| ())
+        ) {
+            (Some(to), Some(correlation)) => Some(ReplyAddress {
+                topic: to.clone(),
+                correlation: correlation.clone(),
+            }),
+            _ => None,
+        }
     }
 }
 

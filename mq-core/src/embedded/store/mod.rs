@@ -2,10 +2,11 @@
 //! the directory lock) and opening it, which runs recovery. Each job on that state has a file
 //! of its own: `topics.rs` the topic table, `append.rs` the senders' side of the writer,
 //! `writer.rs` the single writer thread (group commit), `read.rs` reads for consumers and
-//! `sync.rs` syncing and the checkpoint.
+//! `sync.rs` syncing and the checkpoint, `stats.rs` the counts of the writer's work.
 
 mod append;
 mod read;
+mod stats;
 mod sync;
 mod topics;
 mod writer;
@@ -27,6 +28,8 @@ use super::EmbeddedConfig;
 use crate::error::{BrokerError, Result};
 
 pub(crate) use append::Outgoing;
+use stats::WriteCounters;
+pub use stats::WriteStats;
 pub(crate) use topics::Topic;
 use writer::{Writer, WriterMsg, WriterSlot};
 
@@ -43,6 +46,8 @@ pub(crate) struct Shared {
     dispatched: AtomicU64,
     /// Bumped after every written batch, so that waiting consumers look again.
     appended: watch::Sender<u64>,
+    /// What the writer has done: messages, batches, fsyncs.
+    stats: WriteCounters,
 }
 
 /// Storage shared by the consumers and the background tasks.
@@ -95,6 +100,7 @@ impl MessageStore {
                 commit_log,
                 dispatched: AtomicU64::new(0),
                 appended,
+                stats: WriteCounters::default(),
             }),
             topics: RwLock::new(HashMap::new()),
             topic_lock: Mutex::new(()),
@@ -178,6 +184,11 @@ impl MessageStore {
     /// Releases the directory lock (after [`stop`](Self::stop) and the last write).
     pub fn release(&self) {
         self.lock.lock().take();
+    }
+
+    /// What the writer has done since the store opened.
+    pub fn write_stats(&self) -> WriteStats {
+        self.shared.stats.read()
     }
 
     /// The data directory.

@@ -54,6 +54,7 @@ impl MessageStore {
         }
         if let Some(seg) = self.shared.commit_log.last_segment() {
             sync_segment(&seg)?;
+            self.shared.stats.synced();
         }
         for topic in &topics {
             for cq in &topic.queues {

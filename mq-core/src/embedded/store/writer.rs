@@ -239,6 +239,8 @@ impl Writer {
                 self.shared
                     .dispatched
                     .store(self.write_pos, Ordering::Release);
+                let messages = batch.iter().map(|r| r.messages.len() as u64).sum();
+                self.shared.stats.batch(messages);
                 for (req, result) in batch.drain(..).zip(results) {
                     let _ = req.reply.send(result);
                 }
@@ -273,6 +275,7 @@ impl Writer {
         .map_err(|e| BrokerError::io("write segment", &self.active.path, e))?;
         if sync {
             sync_segment(&self.active)?;
+            self.shared.stats.synced();
         }
         self.write_pos = buf_start + self.buf.len() as u64;
         self.buf.clear();
@@ -281,6 +284,7 @@ impl Writer {
 
     fn roll(&mut self) -> Result<()> {
         sync_segment(&self.active)?;
+        self.shared.stats.synced();
         let base = self.active.base + self.shared.commit_log.segment_size();
         self.active = self.shared.commit_log.roll(base)?;
         self.write_pos = base;

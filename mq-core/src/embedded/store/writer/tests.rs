@@ -23,6 +23,7 @@ fn shared(dir: &Path, flush: FlushPolicy, segment_size: u64) -> Arc<Shared> {
         commit_log: CommitLog::open(&dir.join("commitlog"), segment_size).unwrap(),
         dispatched: AtomicU64::new(0),
         appended: watch::channel(0).0,
+        stats: Default::default(),
     })
 }
 
@@ -119,6 +120,13 @@ fn a_batch_is_one_write_and_under_sync_one_fsync() {
             .filter(|op| matches!(op, IoOp::Sync(p) if *p == log.path))
             .count();
         assert_eq!((writes, fsyncs), (1, syncs), "{flush:?}");
+        // The counts operators read agree with what reached the disk.
+        let stats = shared.stats.read();
+        assert_eq!(
+            (stats.messages, stats.batches, stats.syncs),
+            (4, 1, syncs as u64),
+            "{flush:?}"
+        );
         assert_eq!(
             shared.dispatched.load(Ordering::Acquire),
             log.len().unwrap()

@@ -1,39 +1,45 @@
 //! The delivery loop of one listener on one topic: fetch, run handlers up to the concurrency
 //! limit, settle each message by its outcome, and stop gracefully.
+//!
+//! What one fetch returns runs as a few tasks, not one task per message: each task runs its
+//! deliveries concurrently and acknowledges those that finished together in one call. A task
+//! and an acknowledgement per message cost more than the broker's own work for it (see
+//! BENCHMARKS.md, "Application path"). A handler must therefore not block its thread: one that
+//! does holds up the deliveries sharing its task (`tokio::task::spawn_blocking` is for that).
 
+mod idempotency;
+
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mq_core::{BrokerError, Consumer, Delivery, Disposition, Failure, MessageView};
-use tokio::sync::Semaphore;
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
+use mq_core::{BrokerError, Consumer, Delivery, Disposition, Failure, MessageView, Receipt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::AbortOnDropHandle;
 use tracing::Instrument;
 
+pub(crate) use self::idempotency::Idempotency;
+use self::idempotency::{acquire, complete, keep_lease};
 use crate::context::{AppContext, DeliveryContext};
 use crate::handler::{BoxedHandler, Outcome};
-use crate::idempotency::{IdempotencyStore, Lease, LeaseToken};
+use crate::idempotency::Lease;
 use crate::metrics::Series;
 use crate::registry::IdempotencyKey;
+use crate::template::ReplyAddress;
 
 /// Shortest wait of a duplicate while another delivery holds its key. The wait is a quarter of
 /// the lease at least: if the holder died, its lease must run out before the retries do, or
 /// the message would reach the dead-letter queue without ever being processed.
 const BUSY_RETRY: Duration = Duration::from_secs(1);
-/// Longest pause between two tries of an unreachable idempotency store.
-const STORE_DOWN_PAUSE: Duration = Duration::from_secs(2);
+/// Most units (messages, or batches of a batch listener) one task runs.
+const MAX_PER_TASK: usize = 64;
 
-/// Idempotency settings of a listener.
-pub(crate) struct Idempotency {
-    pub store: Arc<dyn IdempotencyStore>,
-    pub key: IdempotencyKey,
-    /// Prefix of every key, so that applications sharing a store do not collide.
-    pub prefix: String,
-    pub lease: Duration,
-    pub retention: Duration,
-}
+/// The units of one fetch handed to one task, each with the permit it holds until settled.
+type Work = Vec<(Vec<Delivery>, OwnedSemaphorePermit)>;
 
 /// One listener on one topic, resolved and running.
 pub(crate) struct ListenerLoop {
@@ -54,6 +60,12 @@ impl ListenerLoop {
     pub async fn run(self: Arc<Self>, consumer: Box<dyn Consumer>, stop: CancellationToken) {
         let consumer: Arc<dyn Consumer> = Arc::from(consumer);
         let permits = Arc::new(Semaphore::new(self.concurrency.max(1)));
+        // Tasks per fetch: two per worker thread, so that every thread has some to take and
+        // one slow task does not leave a thread idle.
+        let spread = 2 * tokio::runtime::Handle::current()
+            .metrics()
+            .num_workers()
+            .max(1);
         let mut tasks = JoinSet::new();
         'fetch: loop {
             if stop.is_cancelled() {
@@ -80,21 +92,26 @@ impl ListenerLoop {
                 Some(b) => chunks(deliveries, b),
                 None => deliveries.into_iter().map(|d| vec![d]).collect(),
             };
+            let mut work: Work = Vec::with_capacity(units.len());
             for unit in units {
-                let permit = tokio::select! {
-                    _ = stop.cancelled() => break 'fetch,
-                    p = permits.clone().acquire_owned() => match p {
-                        Ok(p) => p,
-                        Err(_) => break 'fetch,
-                    },
+                let permit = match permits.clone().try_acquire_owned() {
+                    Ok(p) => p,
+                    Err(TryAcquireError::Closed) => break 'fetch,
+                    Err(TryAcquireError::NoPermits) => {
+                        // Start what holds a permit before waiting for the next one.
+                        self.start(&mut tasks, &consumer, std::mem::take(&mut work), spread);
+                        tokio::select! {
+                            _ = stop.cancelled() => break 'fetch,
+                            p = permits.clone().acquire_owned() => match p {
+                                Ok(p) => p,
+                                Err(_) => break 'fetch,
+                            },
+                        }
+                    }
                 };
-                let this = self.clone();
-                let consumer = consumer.clone();
-                tasks.spawn(async move {
-                    this.process(&*consumer, unit).await;
-                    drop(permit);
-                });
+                work.push((unit, permit));
             }
+            self.start(&mut tasks, &consumer, work, spread);
             while tasks.try_join_next().is_some() {}
         }
         // Graceful stop: nothing new is fetched; handlers in flight may finish.
@@ -115,6 +132,49 @@ impl ListenerLoop {
         }
     }
 
+    /// Spawns `work` as tasks of at most [`MAX_PER_TASK`] units, about `spread` of them.
+    fn start(
+        self: &Arc<Self>,
+        tasks: &mut JoinSet<()>,
+        consumer: &Arc<dyn Consumer>,
+        mut work: Work,
+        spread: usize,
+    ) {
+        let per_task = work.len().div_ceil(spread).clamp(1, MAX_PER_TASK);
+        while !work.is_empty() {
+            let rest = work.split_off(per_task.min(work.len()));
+            let part = std::mem::replace(&mut work, rest);
+            tasks.spawn(self.clone().run_part(consumer.clone(), part));
+        }
+    }
+
+    /// Runs the units of `work` concurrently; what they leave to acknowledge is acknowledged
+    /// as they finish, together with whatever else finished by then.
+    async fn run_part(self: Arc<Self>, consumer: Arc<dyn Consumer>, work: Work) {
+        let this = &*self;
+        let consumer = &*consumer;
+        let mut running: FuturesUnordered<_> = work
+            .into_iter()
+            .map(|(unit, permit)| async move { (this.process(consumer, unit).await, permit) })
+            .collect();
+        let mut done: Vec<Receipt> = Vec::new();
+        let mut settled: Vec<OwnedSemaphorePermit> = Vec::new();
+        while let Some((receipts, permit)) = running.next().await {
+            done.extend(receipts);
+            settled.push(permit);
+            while let Some(Some((receipts, permit))) = running.next().now_or_never() {
+                done.extend(receipts);
+                settled.push(permit);
+            }
+            if !done.is_empty() {
+                this.ack(consumer, &done).await;
+                done.clear();
+            }
+            // Their permits go back only now: a unit is in flight until it is settled.
+            settled.clear();
+        }
+    }
+
     fn key_of(&self, msg: &MessageView, key: IdempotencyKey) -> String {
         let part = match key {
             IdempotencyKey::Key => msg.key().map(str::to_owned),
@@ -127,8 +187,12 @@ impl ListenerLoop {
         format!("{prefix}:{}:{}:{}", self.group, msg.topic, part)
     }
 
-    async fn process(&self, consumer: &dyn Consumer, unit: Vec<Delivery>) {
-        let Some(first) = unit.first() else { return };
+    /// Runs the handler on one unit (a message, or a batch) and settles it: a failure here;
+    /// a success is returned, for the caller to acknowledge with others.
+    async fn process(&self, consumer: &dyn Consumer, unit: Vec<Delivery>) -> Vec<Receipt> {
+        let Some(first) = unit.first() else {
+            return Vec::new();
+        };
         let span = tracing::info_span!(
             "mq.delivery",
             listener = %self.name,
@@ -139,11 +203,13 @@ impl ListenerLoop {
             batch = unit.len(),
         );
         async {
-            for _ in &unit {
+            let mut receipts = Vec::with_capacity(unit.len());
+            let mut views = Vec::with_capacity(unit.len());
+            for d in unit {
                 self.series.delivered();
+                receipts.push(d.receipt);
+                views.push(d.message);
             }
-            let receipts: Vec<_> = unit.iter().map(|d| d.receipt.clone()).collect();
-            let views: Vec<MessageView> = unit.into_iter().map(|d| d.message).collect();
             let mut key = None;
             if let Some(idem) = &self.idempotency {
                 let k = self.key_of(&views[0], idem.key);
@@ -151,8 +217,7 @@ impl ListenerLoop {
                     Ok(Lease::Acquired(token)) => key = Some((k, token)),
                     Ok(Lease::Done) => {
                         tracing::debug!(key = %k, "duplicate of a processed message; acknowledged");
-                        self.ack(consumer, &receipts).await;
-                        return;
+                        return receipts;
                     }
                     Ok(Lease::Busy) => {
                         self.settle(
@@ -164,32 +229,29 @@ impl ListenerLoop {
                             ),
                         )
                         .await;
-                        return;
+                        return Vec::new();
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "idempotency store still unavailable; the message will be retried");
                         self.settle(consumer, &receipts, Failure::new(e.to_string())).await;
-                        return;
+                        return Vec::new();
                     }
                 }
             }
+            let reply_to = ReplyAddress::of(&views[0]);
             let started = Instant::now();
             let ctx = DeliveryContext {
-                messages: views.clone(),
+                messages: views,
                 app: self.app.clone(),
             };
-            // Its own task, so that a panic is a failed delivery, not a dead loop; aborted if
-            // this delivery is (at shutdown), so that no handler outlives the application.
-            // The handler's own events carry this delivery's span.
-            let mut task = AbortOnDropHandle::new(tokio::spawn(
-                self.handler.call(ctx).instrument(tracing::Span::current()),
-            ));
+            // A panic is a failed delivery, not a dead task. Unwind safety: the handler's
+            // future is dropped after a panic and nothing it touched is used again here.
+            let handler = AssertUnwindSafe(self.handler.call(ctx)).catch_unwind();
             let held = key.as_ref().zip(self.idempotency.as_ref());
             let outcome = tokio::select! {
-                joined = &mut task => match joined {
-                    Ok(o) => o,
-                    Err(e) => Outcome::retry(format!("handler panicked: {e}")),
-                },
+                ran = handler => ran.unwrap_or_else(|panic| {
+                    Outcome::retry(format!("handler panicked: {}", panic_message(&*panic)))
+                }),
                 never = keep_lease(held) => match never {},
             };
             self.series.observe(started.elapsed());
@@ -198,12 +260,12 @@ impl ListenerLoop {
                     if let Some(((k, token), idem)) = key.as_ref().zip(self.idempotency.as_ref()) {
                         complete(idem, k, token).await;
                     }
-                    if let Some(body) = reply {
-                        if let Err(e) = self.app.template.reply(&views[0], body).await {
+                    if let (Some(body), Some(to)) = (reply, reply_to) {
+                        if let Err(e) = self.app.template.reply(to, body).await {
                             tracing::warn!(error = %e, "reply could not be sent");
                         }
                     }
-                    self.ack(consumer, &receipts).await;
+                    receipts
                 }
                 Outcome::Retry { reason, after } => {
                     if let Some(((k, token), idem)) = key.as_ref().zip(self.idempotency.as_ref()) {
@@ -221,6 +283,7 @@ impl ListenerLoop {
                         },
                     )
                     .await;
+                    Vec::new()
                 }
                 Outcome::DeadLetter(reason) => {
                     if let Some(((k, token), idem)) = key.as_ref().zip(self.idempotency.as_ref()) {
@@ -232,6 +295,7 @@ impl ListenerLoop {
                             Err(e) => tracing::error!(error = %e, "dead-lettering failed"),
                         }
                     }
+                    Vec::new()
                 }
             }
         }
@@ -239,23 +303,20 @@ impl ListenerLoop {
         .await
     }
 
-    async fn ack(&self, consumer: &dyn Consumer, receipts: &[mq_core::Receipt]) {
+    async fn ack(&self, consumer: &dyn Consumer, receipts: &[Receipt]) {
         match consumer.ack(receipts).await {
-            Ok(()) => {
-                for _ in receipts {
-                    self.series.acked();
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "ack failed; the message will come again"),
+            Ok(()) => self.series.acked_many(receipts.len() as u64),
+            Err(e) => tracing::warn!(
+                listener = %self.name,
+                topic = %self.topic,
+                messages = receipts.len(),
+                error = %e,
+                "ack failed; the messages will come again"
+            ),
         }
     }
 
-    async fn settle(
-        &self,
-        consumer: &dyn Consumer,
-        receipts: &[mq_core::Receipt],
-        failure: Failure,
-    ) {
+    async fn settle(&self, consumer: &dyn Consumer, receipts: &[Receipt], failure: Failure) {
         for r in receipts {
             match consumer.nack(r, failure.clone()).await {
                 Ok(Disposition::Retry { .. }) => self.series.retried(),
@@ -267,75 +328,13 @@ impl ListenerLoop {
     }
 }
 
-/// Takes the lease of `key`. While the store is unreachable it keeps trying (holding this
-/// delivery's permit, so the listener stops fetching), up to half the consume timeout: an
-/// outage must not use up the message's retries without its handler ever running.
-async fn acquire(
-    idem: &Idempotency,
-    key: &str,
-    consume_timeout: Duration,
-) -> Result<Lease, crate::idempotency::IdempotencyError> {
-    let give_up = Instant::now() + consume_timeout / 2;
-    let mut pause = Duration::from_millis(100);
-    loop {
-        match idem.store.acquire(key, idem.lease).await {
-            Err(e) if Instant::now() + pause < give_up => {
-                tracing::warn!(error = %e, "idempotency store unavailable; waiting for it");
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(STORE_DOWN_PAUSE);
-            }
-            other => return other,
-        }
-    }
-}
-
-/// Renews the lease of a running handler every third of its term, so that a handler slower
-/// than the lease is never run twice at once. Never returns; with no lease it just waits.
-async fn keep_lease(
-    held: Option<(&(String, LeaseToken), &Idempotency)>,
-) -> std::convert::Infallible {
-    let Some(((key, token), idem)) = held else {
-        return std::future::pending().await;
-    };
-    let every = (idem.lease / 3).max(Duration::from_millis(10));
-    loop {
-        tokio::time::sleep(every).await;
-        match idem.store.renew(key, token, idem.lease).await {
-            Ok(true) => {}
-            Ok(false) => {
-                tracing::error!(key, "idempotency lease lost while the handler runs; a duplicate may run at the same time");
-                return std::future::pending().await;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, key, "idempotency lease not renewed; trying again")
-            }
-        }
-    }
-}
-
-/// Marks a key done, retrying while the store is down for as long as the lease still keeps
-/// duplicates away.
-async fn complete(idem: &Idempotency, key: &str, token: &LeaseToken) {
-    let give_up = Instant::now() + idem.lease;
-    let mut wait = Duration::from_millis(100);
-    loop {
-        match idem.store.complete(key, token, idem.retention).await {
-            Ok(true) => return,
-            Ok(false) => {
-                tracing::warn!(key, "key not marked done: another delivery holds it now");
-                return;
-            }
-            Err(e) if Instant::now() + wait < give_up => {
-                tracing::warn!(error = %e, "cannot mark the key done yet; retrying");
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(2));
-            }
-            Err(e) => {
-                tracing::error!(error = %e, key, "key not marked done; a duplicate may run again");
-                return;
-            }
-        }
-    }
+/// The text of a panic's payload (what `panic!` was given, when it was text).
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("a payload that is not text")
 }
 
 fn chunks(deliveries: Vec<Delivery>, size: usize) -> Vec<Vec<Delivery>> {

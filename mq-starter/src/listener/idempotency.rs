@@ -45,13 +45,10 @@ pub(super) async fn acquire(
 }
 
 /// Renews the lease of a running handler every third of its term, so that a handler slower
-/// than the lease is never run twice at once. Never returns; with no lease it just waits.
+/// than the lease is never run twice at once. Never returns.
 pub(super) async fn keep_lease(
-    held: Option<(&(String, LeaseToken), &Idempotency)>,
+    ((key, token), idem): (&(String, LeaseToken), &Idempotency),
 ) -> std::convert::Infallible {
-    let Some(((key, token), idem)) = held else {
-        return std::future::pending().await;
-    };
     let every = (idem.lease / 3).max(Duration::from_millis(10));
     loop {
         tokio::time::sleep(every).await;

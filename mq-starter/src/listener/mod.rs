@@ -213,7 +213,7 @@ impl ListenerLoop {
             let mut key = None;
             if let Some(idem) = &self.idempotency {
                 let k = self.key_of(&views[0], idem.key);
-                match acquire(idem, &k, self.consume_timeout).await {
+                match Box::pin(acquire(idem, &k, self.consume_timeout)).await {
                     Ok(Lease::Acquired(token)) => key = Some((k, token)),
                     Ok(Lease::Done) => {
                         tracing::debug!(key = %k, "duplicate of a processed message; acknowledged");
@@ -247,21 +247,24 @@ impl ListenerLoop {
             // A panic is a failed delivery, not a dead task. Unwind safety: the handler's
             // future is dropped after a panic and nothing it touched is used again here.
             let handler = AssertUnwindSafe(self.handler.call(ctx)).catch_unwind();
-            let held = key.as_ref().zip(self.idempotency.as_ref());
-            let outcome = tokio::select! {
-                ran = handler => ran.unwrap_or_else(|panic| {
-                    Outcome::retry(format!("handler panicked: {}", panic_message(&*panic)))
-                }),
-                never = keep_lease(held) => match never {},
+            let ran = match key.as_ref().zip(self.idempotency.as_ref()) {
+                None => handler.await,
+                Some(held) => tokio::select! {
+                    ran = handler => ran,
+                    never = Box::pin(keep_lease(held)) => match never {},
+                },
             };
+            let outcome = ran.unwrap_or_else(|panic| {
+                Outcome::retry(format!("handler panicked: {}", panic_message(&*panic)))
+            });
             self.series.observe(started.elapsed());
             match outcome {
                 Outcome::Ack(reply) => {
                     if let Some(((k, token), idem)) = key.as_ref().zip(self.idempotency.as_ref()) {
-                        complete(idem, k, token).await;
+                        Box::pin(complete(idem, k, token)).await;
                     }
                     if let (Some(body), Some(to)) = (reply, reply_to) {
-                        if let Err(e) = self.app.template.reply(to, body).await {
+                        if let Err(e) = Box::pin(self.app.template.reply(to, body)).await {
                             tracing::warn!(error = %e, "reply could not be sent");
                         }
                     }

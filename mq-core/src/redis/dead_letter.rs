@@ -16,13 +16,14 @@ use super::keys::{entry_id, offset_of};
 use super::Shared;
 
 /// Decodes a stream entry (`m` = message, `t` = store time) into a view, or says why not.
+/// Takes the entry, so that the body is a slice of the reply's blob rather than a copy.
 pub(crate) fn decode_entry(
-    map: &HashMap<String, Value>,
+    mut map: HashMap<String, Value>,
     queue_id: u32,
     offset: u64,
     extra_attempts: u32,
 ) -> std::result::Result<MessageView, String> {
-    let Some(Value::BulkString(blob)) = map.get("m") else {
+    let Some(Value::BulkString(blob)) = map.remove("m") else {
         return Err("entry has no message field".into());
     };
     let stored = match map.get("t") {
@@ -32,7 +33,7 @@ pub(crate) fn decode_entry(
             .unwrap_or(0),
         _ => 0,
     };
-    Ok(Envelope::decode(blob)?.view(queue_id, offset, stored, extra_attempts))
+    Ok(Envelope::decode_owned(blob)?.view(queue_id, offset, stored, extra_attempts))
 }
 
 /// Writes a delivery to its group's dead-letter stream with why and how often it failed.
@@ -102,7 +103,7 @@ fn dead_letters(group: &str, reply: StreamRangeReply) -> Vec<DeadLetter> {
         .into_iter()
         .filter_map(|entry| {
             let seq = offset_of(&entry.id)?;
-            match decode_entry(&entry.map, 0, seq, 0) {
+            match decode_entry(entry.map, 0, seq, 0) {
                 Ok(view) => Some(DeadLetter::from_stored(seq, group, view)),
                 Err(e) => {
                     tracing::error!(group, seq, error = %e, "unreadable dead letter skipped");

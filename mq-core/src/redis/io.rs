@@ -218,6 +218,10 @@ impl Redis {
     }
 
     /// Runs a Lua script by its hash, loading it first if the server does not know it.
+    ///
+    /// The `EVALSHA` command is built once, here: the crate's `ScriptInvocation` keeps a copy
+    /// of every argument and copies them again into the command on each attempt, which for
+    /// the messages of an `APPEND` was two more copies of every body.
     pub(crate) async fn script<T>(
         &self,
         what: &'static str,
@@ -228,19 +232,27 @@ impl Redis {
     where
         T: FromRedisValue + Send + 'static,
     {
-        let keys = Arc::new(keys);
-        let args = Arc::new(args);
+        let mut cmd = ::redis::cmd("EVALSHA");
+        cmd.arg(script.get_hash()).arg(keys.len());
+        for k in &keys {
+            cmd.arg(k);
+        }
+        for a in &args {
+            cmd.arg(a.as_slice());
+        }
+        drop(args);
+        let cmd = Arc::new(cmd);
         self.run(what, move |mut c| {
-            let (keys, args) = (keys.clone(), args.clone());
+            let cmd = cmd.clone();
             async move {
-                let mut inv = script.prepare_invoke();
-                for k in keys.iter() {
-                    inv.key(k);
+                match cmd.query_async(&mut c).await {
+                    // A restarted or flushed server has forgotten the script.
+                    Err(e) if e.code() == Some("NOSCRIPT") => {
+                        script.prepare_invoke().load_async(&mut c).await?;
+                        cmd.query_async(&mut c).await
+                    }
+                    other => other,
                 }
-                for a in args.iter() {
-                    inv.arg(a.as_slice());
-                }
-                inv.invoke_async(&mut c).await
             }
         })
         .await

@@ -173,8 +173,9 @@ pub(crate) struct Shared {
     /// Consumers' reads and acknowledgements: a connection and I/O thread of their own, so
     /// that they do not queue behind sends.
     reader: Redis,
-    /// Per queue in use: the task that groups concurrent appends.
-    appenders: Mutex<HashMap<(String, u32), appender::Appender>>,
+    /// Per topic and queue in use: the task that groups concurrent appends (by topic first,
+    /// so that a send looks its appender up without allocating a key).
+    appenders: Mutex<HashMap<String, HashMap<u32, appender::Appender>>>,
     keys: Keys,
     clock: Clock,
     config: RedisConfig,
@@ -297,8 +298,12 @@ impl Shared {
 
     /// The signal of `topic`'s local consumers.
     fn signal(&self, topic: &str) -> Arc<Notify> {
-        self.signals
-            .lock()
+        let mut signals = self.signals.lock();
+        // Looked up before inserting: every send passes here, and `entry` wants an owned key.
+        if let Some(s) = signals.get(topic) {
+            return s.clone();
+        }
+        signals
             .entry(topic.to_owned())
             .or_insert_with(|| Arc::new(Notify::new()))
             .clone()
@@ -360,6 +365,10 @@ impl Shared {
         let n = self.ensure_topic(topic).await?;
         selector.pick(topic, n, || {
             let mut topics = self.topics.lock();
+            if let Some(entry) = topics.get_mut(topic) {
+                entry.1 = entry.1.wrapping_add(1);
+                return entry.1;
+            }
             let entry = topics.entry(topic.to_owned()).or_insert((n, 0));
             entry.1 = entry.1.wrapping_add(1);
             entry.1
@@ -381,7 +390,7 @@ impl Shared {
         }
         let appender = {
             let mut appenders = self.appenders.lock();
-            match appenders.get(&(topic.to_owned(), queue)) {
+            match appenders.get(topic).and_then(|queues| queues.get(&queue)) {
                 Some(a) => a.clone(),
                 None => {
                     let a = appender::Appender::start(
@@ -392,7 +401,10 @@ impl Shared {
                             self.keys.counter(topic, queue),
                         ],
                     );
-                    appenders.insert((topic.to_owned(), queue), a.clone());
+                    appenders
+                        .entry(topic.to_owned())
+                        .or_default()
+                        .insert(queue, a.clone());
                     a
                 }
             }

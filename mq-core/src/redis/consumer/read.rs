@@ -45,7 +45,7 @@ impl RedisConsumer {
         };
         let mut skip = Vec::new();
         for (((id, map), offset), extra) in entries.into_iter().zip(offsets).zip(extra) {
-            match decode_entry(&map, source.queue, offset, extra.unwrap_or(0)) {
+            match decode_entry(map, source.queue, offset, extra.unwrap_or(0)) {
                 Ok(view) => {
                     if i != self.retry_source()
                         && !self.subscription.filter.matches(view.tag.as_deref())
@@ -53,12 +53,12 @@ impl RedisConsumer {
                         skip.push(id);
                         continue;
                     }
+                    // The backlog is in offset order: a binary search finds a duplicate and
+                    // the place (a scan per entry cost O(backlog) on every read).
                     let backlog = &mut st.sources[i].backlog;
-                    if backlog.iter().any(|f| f.offset == offset) {
-                        continue;
+                    if let Err(at) = backlog.binary_search_by_key(&offset, |f| f.offset) {
+                        backlog.insert(at, Fetched { offset, view });
                     }
-                    let at = backlog.partition_point(|f| f.offset < offset);
-                    backlog.insert(at, Fetched { offset, view });
                 }
                 Err(e) => {
                     tracing::error!(

@@ -58,6 +58,10 @@ use proc_macro::TokenStream;
 /// `group` and `tag`. Every argument must be an extractor (`Json<T>`, `MessageView`,
 /// `State<T>`, `MqTemplate`, ...).
 ///
+/// Up to `concurrency` deliveries run at once, several of them in one task: the handler must
+/// not block its thread (blocking work belongs in `tokio::task::spawn_blocking`). A handler
+/// that panics fails its delivery, which is retried like an error.
+///
 /// ```
 /// use mq_starter::prelude::*;
 ///

@@ -10,7 +10,8 @@
 //!   the defaults except `concurrency` (`MQ_BENCH_CONCURRENCY`, default 256).
 //!
 //! Each run measures both sides, full speed and then paced at half the raw side's rate, for
-//! each flush policy (`MQ_BENCH_FLUSH=async,sync`). Latency is from just before the send to
+//! each flush policy (`MQ_BENCH_FLUSH=async,sync`; `async:<ms>` sets the fsync interval of
+//! `async`, 500 ms by default). Latency is from just before the send to
 //! the handler (or the raw loop) seeing the message: the send time travels in the body.
 //!
 //! Knobs: `MQ_BENCH_MESSAGES` (default 200000), `MQ_BENCH_RUNS` (default 3),
@@ -177,8 +178,14 @@ where
 fn flush_policy(flush: &str) -> FlushPolicy {
     match flush {
         "sync" => FlushPolicy::Sync,
-        _ => FlushPolicy::Async {
-            interval: Duration::from_millis(500),
+        other => FlushPolicy::Async {
+            // `async` is the default interval; `async:<ms>` another one.
+            interval: Duration::from_millis(
+                other
+                    .strip_prefix("async:")
+                    .and_then(|ms| ms.parse().ok())
+                    .unwrap_or(500),
+            ),
         },
     }
 }
@@ -246,8 +253,13 @@ pub async fn app(dir: &Path, flush: &str, load: Load, concurrency: usize) -> Fig
     std::fs::write(
         config_dir.join("application.yaml"),
         format!(
-            "bench:\n  concurrency: {concurrency}\nmq:\n  broker:\n    data-dir: {}\n    flush: {flush}\n",
-            dir.join("mq").display()
+            "bench:\n  concurrency: {concurrency}\nmq:\n  broker:\n    data-dir: {}\n    flush: {}\n    flush-interval: {}ms\n",
+            dir.join("mq").display(),
+            if flush == "sync" { "sync" } else { "async" },
+            match flush_policy(flush) {
+                FlushPolicy::Async { interval } => interval.as_millis(),
+                FlushPolicy::Sync => 500,
+            }
         ),
     )
     .unwrap();

@@ -10,10 +10,10 @@ mod sync;
 mod topics;
 mod writer;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,9 +26,9 @@ use super::recovery;
 use super::EmbeddedConfig;
 use crate::error::{BrokerError, Result};
 
-pub(crate) use append::Outgoing;
+pub(crate) use append::{Outgoing, Queued};
 pub(crate) use topics::Topic;
-use writer::{Writer, WriterMsg, WriterSlot};
+use writer::{AppendRequest, Writer, WriterMsg, WriterSlot};
 
 /// Room for a record's header, topic, tag, keys and properties beyond the message size limit
 /// (the segment size must exceed the message limit by at least this much).
@@ -52,6 +52,14 @@ pub(crate) struct MessageStore {
     topics: RwLock<HashMap<Arc<str>, Arc<Topic>>>,
     topic_lock: Mutex<()>,
     writer: mpsc::Sender<WriterMsg>,
+    /// Appends handed over by [`MessageStore::defer`] and not yet in the writer's inbox, in
+    /// the order they were made.
+    deferred: Mutex<VecDeque<AppendRequest>>,
+    /// How many appends are deferred and not yet in the inbox. While it is not zero every
+    /// append queues behind them, so that the inbox keeps the order appends were made in.
+    deferred_len: AtomicUsize,
+    /// One drain of `deferred` into the inbox at a time, so that drains keep that order too.
+    drain_turn: tokio::sync::Mutex<()>,
     /// The writer task, and before it starts, its state and inbox.
     writer_task: Mutex<WriterSlot>,
     corruptions: Mutex<Vec<Corruption>>,
@@ -99,6 +107,9 @@ impl MessageStore {
             topics: RwLock::new(HashMap::new()),
             topic_lock: Mutex::new(()),
             writer: tx,
+            deferred: Mutex::new(VecDeque::new()),
+            deferred_len: AtomicUsize::new(0),
+            drain_turn: tokio::sync::Mutex::new(()),
             writer_task: Mutex::new(WriterSlot::Idle(None)),
             corruptions: Mutex::new(Vec::new()),
             log_start: AtomicU64::new(0),

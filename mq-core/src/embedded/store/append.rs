@@ -2,9 +2,11 @@
 //! calls that queue it for the writer thread and wait for its answer, or defer it (appends
 //! made in a row reach the writer together) without breaking the order of appends.
 
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::oneshot;
 
 use super::writer::{AppendRequest, WriterMsg};
@@ -144,30 +146,56 @@ impl MessageStore {
                 .await
                 .map_err(|_| BrokerError::Closed);
         }
-        {
+        let sent = {
             let mut deferred = self.deferred.lock();
             self.deferred_len.fetch_add(1, Ordering::AcqRel);
             deferred.push_back(req);
+            self.move_deferred(&mut deferred)
+        };
+        if !sent {
+            self.drain_deferred().await;
         }
-        self.drain_deferred().await;
         if self.writer.is_closed() {
             return Err(BrokerError::Closed);
         }
         Ok(())
     }
 
-    /// Moves every deferred request to the writer's inbox, in order. A request the closed
-    /// writer refuses is dropped, and its sender sees [`BrokerError::Closed`].
+    /// Moves deferred requests to the inbox, in order, while it has room; returns whether
+    /// none is left. Called under the lock of `deferred`, so that a request is taken and put
+    /// in the inbox in one step and no append can overtake it in between.
+    fn move_deferred(&self, deferred: &mut VecDeque<AppendRequest>) -> bool {
+        while let Some(req) = deferred.pop_front() {
+            // A request the closed writer refuses is dropped: its sender sees `Closed`.
+            if let Err(TrySendError::Full(WriterMsg::Append(req))) =
+                self.writer.try_send(WriterMsg::Append(req))
+            {
+                deferred.push_front(req);
+                return false;
+            }
+            self.deferred_len.fetch_sub(1, Ordering::AcqRel);
+        }
+        true
+    }
+
+    /// Moves every deferred request to the writer's inbox, in order, waiting for room when
+    /// the inbox is full.
     pub(super) async fn drain_deferred(&self) {
-        let _turn = self.drain_turn.lock().await;
         loop {
-            let taken: Vec<AppendRequest> = self.deferred.lock().drain(..).collect();
-            if taken.is_empty() {
+            if self.move_deferred(&mut self.deferred.lock()) {
                 return;
             }
-            for req in taken {
-                // Counted until it is in the inbox, so that no append overtakes it.
-                let _ = self.writer.send(WriterMsg::Append(req)).await;
+            // Full: wait for room, then take the front while holding it.
+            let Ok(permit) = self.writer.reserve().await else {
+                let mut deferred = self.deferred.lock();
+                self.deferred_len
+                    .fetch_sub(deferred.len(), Ordering::AcqRel);
+                deferred.clear();
+                return;
+            };
+            let mut deferred = self.deferred.lock();
+            if let Some(req) = deferred.pop_front() {
+                permit.send(WriterMsg::Append(req));
                 self.deferred_len.fetch_sub(1, Ordering::AcqRel);
             }
         }

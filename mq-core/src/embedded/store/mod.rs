@@ -58,8 +58,6 @@ pub(crate) struct MessageStore {
     /// How many appends are deferred and not yet in the inbox. While it is not zero every
     /// append queues behind them, so that the inbox keeps the order appends were made in.
     deferred_len: AtomicUsize,
-    /// One drain of `deferred` into the inbox at a time, so that drains keep that order too.
-    drain_turn: tokio::sync::Mutex<()>,
     /// The writer task, and before it starts, its state and inbox.
     writer_task: Mutex<WriterSlot>,
     corruptions: Mutex<Vec<Corruption>>,
@@ -109,7 +107,6 @@ impl MessageStore {
             writer: tx,
             deferred: Mutex::new(VecDeque::new()),
             deferred_len: AtomicUsize::new(0),
-            drain_turn: tokio::sync::Mutex::new(()),
             writer_task: Mutex::new(WriterSlot::Idle(None)),
             corruptions: Mutex::new(Vec::new()),
             log_start: AtomicU64::new(0),

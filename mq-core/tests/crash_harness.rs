@@ -11,7 +11,8 @@
 //! Every child drives at once: three topics (4, 4 and 3 queues) with small segments so files
 //! roll often; plain sends; orderly sends (sharding keys) read by an orderly consumer; delayed
 //! sends (0.2-4 s, `Delay::After` and `Delay::At`); messages the clustering group nacks on
-//! their first delivery (a scheduled retry); transactional messages committed or rolled back by
+//! their first delivery (a scheduled retry; a nack returns before its retry copy is written,
+//! and half the batches nack all their failures at once); transactional messages committed or rolled back by
 //! the producer, or left unanswered (some with `TxState::Unknown`) for check-back, whose
 //! checker decides from the body; one clustering and one broadcasting group (fixed instance
 //! name) on every topic. It prints one line per event, flushed at once (`SENDING` before a
@@ -329,6 +330,10 @@ async fn consume(
         last_delivery.store(now, Ordering::Relaxed);
         let mut receipts = Vec::new();
         let mut acked = Vec::new();
+        // Half the batches nack one by one, half all at once (several retry copies on their
+        // way to the log together when a kill comes).
+        let at_once = rng.percent(50);
+        let mut failing: Vec<(String, mq_core::Receipt, Failure)> = Vec::new();
         for d in batch {
             let body = parse_body(&d.message.body);
             let crc = crc32c::crc32c(&d.message.body);
@@ -349,13 +354,30 @@ async fn consume(
                     "harness: first attempt fails",
                     Duration::from_millis(after),
                 );
-                match consumer.nack(&d.receipt, failure).await {
-                    Ok(disposition) => emit!("NACKED {group} {id} {disposition:?}"),
-                    Err(e) => emit!("ERROR nack {group} {id} {e}"),
+                if at_once {
+                    failing.push((id, d.receipt, failure));
+                } else {
+                    match consumer.nack(&d.receipt, failure).await {
+                        Ok(disposition) => emit!("NACKED {group} {id} {disposition:?}"),
+                        Err(e) => emit!("ERROR nack {group} {id} {e}"),
+                    }
                 }
             } else {
                 receipts.push(d.receipt);
                 acked.push(id);
+            }
+        }
+        let answers = join_all(
+            failing
+                .iter()
+                .map(|(_, receipt, failure)| consumer.nack(receipt, failure.clone()))
+                .collect(),
+        )
+        .await;
+        for ((id, _, _), answer) in failing.iter().zip(answers) {
+            match answer {
+                Ok(disposition) => emit!("NACKED {group} {id} {disposition:?}"),
+                Err(e) => emit!("ERROR nack {group} {id} {e}"),
             }
         }
         // A little processing time, so that kills find deliveries in flight.
@@ -373,6 +395,35 @@ async fn consume(
         }
     }
     consumer
+}
+
+/// Runs the futures concurrently; their outputs in order.
+async fn join_all<T>(
+    futures: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + '_>>>,
+) -> Vec<T> {
+    let mut futures: Vec<_> = futures.into_iter().map(Some).collect();
+    let mut out: Vec<Option<T>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (slot, result) in futures.iter_mut().zip(out.iter_mut()) {
+            if let Some(f) = slot {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => {
+                        *result = Some(v);
+                        *slot = None;
+                    }
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().flatten().collect()
 }
 
 fn env(name: &str) -> String {

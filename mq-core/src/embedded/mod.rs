@@ -565,6 +565,8 @@ impl Broker for EmbeddedBroker {
         self.closing.cancel();
         self.groups.close();
         let stopped = self.store.stop().await;
+        // The writer answered every queued retry copy; their slots settle before the save.
+        self.groups.moves_done().await;
         let persisted = self.scheduler.save().and_then(|()| self.groups.persist());
         self.store.release();
         stopped?;

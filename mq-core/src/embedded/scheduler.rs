@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::consume_queue::ConsumeQueue;
 use super::offsets::{OffsetStore, ProgressKey};
-use super::store::{MessageStore, Outgoing};
+use super::store::{MessageStore, Outgoing, Queued};
 use super::system_topics::{DUE, REAL_QID, REAL_TOPIC, SCHEDULER_GROUP, SCHEDULE_TOPIC};
 use crate::broker::SendResult;
 use crate::clock::Clock;
@@ -141,14 +141,40 @@ impl DelayScheduler {
     /// if it is already due.
     pub async fn put(
         &self,
-        mut out: Outgoing,
+        out: Outgoing,
         topic: &str,
         queue: &Arc<ConsumeQueue>,
         due: u64,
     ) -> Result<SendResult> {
+        let message_id = out.parts.id;
+        let (to, out) = self.placed(out, topic, queue, due);
+        let queue_offset = self.store.enqueue(to, vec![out]).await?.stored().await?;
+        // The offset is the schedule's while the message waits, the real queue's if it was due.
+        Ok(SendResult {
+            message_id,
+            queue_id: queue.queue_id,
+            queue_offset,
+        })
+    }
+
+    /// Like [`put`](Self::put), but returns at once (see [`MessageStore::defer`]): every
+    /// append made after this returns is stored after the message.
+    pub fn defer(&self, out: Outgoing, topic: &str, queue: &Arc<ConsumeQueue>, due: u64) -> Queued {
+        let (to, out) = self.placed(out, topic, queue, due);
+        self.store.defer(to, vec![out])
+    }
+
+    /// Where `out` is written, and as what: to `queue` if already due, else to the schedule,
+    /// marked with its destination and due time.
+    fn placed(
+        &self,
+        mut out: Outgoing,
+        topic: &str,
+        queue: &Arc<ConsumeQueue>,
+        due: u64,
+    ) -> (Arc<ConsumeQueue>, Outgoing) {
         if due <= self.clock.now_ms() {
-            let mut r = self.store.append(queue.clone(), vec![out]).await?;
-            return r.pop().ok_or(BrokerError::Closed);
+            return (queue.clone(), out);
         }
         let props = &mut out.parts.properties;
         props.insert(REAL_TOPIC.into(), topic.to_owned());
@@ -158,10 +184,7 @@ impl DelayScheduler {
         // record under the topic it names.
         out.parts.topic = SCHEDULE_TOPIC.into();
         out.index_time = Some(due);
-        let mut r = self.store.append(self.queue.clone(), vec![out]).await?;
-        let mut result = r.pop().ok_or(BrokerError::Closed)?;
-        result.queue_id = queue.queue_id;
-        Ok(result)
+        (self.queue.clone(), out)
     }
 
     /// Reads new schedule entries into the heap.

@@ -23,6 +23,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
 
 use super::offsets::OffsetStore;
 use super::scheduler::DelayScheduler;
@@ -46,6 +47,10 @@ pub(crate) struct Groups {
     groups: Mutex<HashMap<(String, String), Arc<Group>>>,
     next_id: AtomicU64,
     closed: AtomicBool,
+    /// Nacked slots whose retry copies are not yet stored (see `retry.rs`).
+    moves: Mutex<Vec<retry::Move>>,
+    /// The tasks that settle them once stored.
+    settlers: TaskTracker,
 }
 
 impl Groups {
@@ -63,6 +68,8 @@ impl Groups {
             groups: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             closed: AtomicBool::new(false),
+            moves: Mutex::new(Vec::new()),
+            settlers: TaskTracker::new(),
         }
     }
 

@@ -27,6 +27,15 @@ enum Slot {
         due: Instant,
         reconsume: u32,
     },
+    /// Nacked, its retry copy on the way to the log: neither handed out nor timed out again,
+    /// and not settled until the copy is stored, so that a crash before then redelivers the
+    /// original. Keeps the delivery it was, to go back to should the copy not be queued.
+    Moving {
+        member: u64,
+        token: u64,
+        deadline: Instant,
+        reconsume: u32,
+    },
 }
 
 /// What is known of the failures of a message retried in place (orderly, broadcasting).
@@ -44,6 +53,8 @@ pub(super) struct QueueProgress {
     window: VecDeque<Slot>,
     in_flight: usize,
     ready: usize,
+    /// Slots in [`Slot::Moving`].
+    moving: usize,
     failures: BTreeMap<u64, FailureNote>,
 }
 
@@ -54,6 +65,7 @@ impl QueueProgress {
             window: VecDeque::new(),
             in_flight: 0,
             ready: 0,
+            moving: 0,
             failures: BTreeMap::new(),
         }
     }
@@ -117,7 +129,7 @@ impl QueueProgress {
                 }
             }
             let limit = max_in_flight
-                .saturating_sub(self.in_flight + self.ready)
+                .saturating_sub(self.in_flight + self.ready + self.moving)
                 .min(MAX_SPAN.saturating_sub(self.window.len()));
             (room - again.len()).min(limit)
         };
@@ -236,6 +248,97 @@ impl QueueProgress {
         true
     }
 
+    /// Takes delivery `token` of `offset` out of reach while its retry copy is written (see
+    /// [`Slot::Moving`]); returns whether that delivery was still out.
+    pub(super) fn start_move(&mut self, offset: u64, token: u64) -> bool {
+        let Some(slot) = self.slot(offset) else {
+            return false;
+        };
+        let Slot::InFlight {
+            member,
+            token: t,
+            deadline,
+            reconsume,
+        } = *slot
+        else {
+            return false;
+        };
+        if t != token {
+            return false;
+        }
+        *slot = Slot::Moving {
+            member,
+            token,
+            deadline,
+            reconsume,
+        };
+        self.in_flight -= 1;
+        self.moving += 1;
+        true
+    }
+
+    /// Gives a moving slot back to its delivery: the copy was never queued, so the nack
+    /// failed and the delivery is out as before. Returns whether the slot was moving.
+    pub(super) fn abort_move(&mut self, offset: u64, token: u64) -> bool {
+        let Some(slot) = self.slot(offset) else {
+            return false;
+        };
+        let Slot::Moving {
+            member,
+            token: t,
+            deadline,
+            reconsume,
+        } = *slot
+        else {
+            return false;
+        };
+        if t != token {
+            return false;
+        }
+        *slot = Slot::InFlight {
+            member,
+            token,
+            deadline,
+            reconsume,
+        };
+        self.moving -= 1;
+        self.in_flight += 1;
+        true
+    }
+
+    /// Ends the move of `offset`: settled once its copy is stored (`again` is `None`), or,
+    /// when the copy could not be stored, ready again in place at `again`'s (due, reconsume
+    /// count), so the message is not lost. Returns whether the slot was moving.
+    pub(super) fn finish_move(
+        &mut self,
+        offset: u64,
+        token: u64,
+        again: Option<(Instant, u32)>,
+    ) -> bool {
+        let Some(slot) = self.slot(offset) else {
+            return false;
+        };
+        match *slot {
+            Slot::Moving { token: t, .. } if t == token => {}
+            _ => return false,
+        }
+        *slot = match again {
+            Some((due, reconsume)) => Slot::Ready { due, reconsume },
+            None => Slot::Done,
+        };
+        self.moving -= 1;
+        match again {
+            Some(_) => self.ready += 1,
+            None => {
+                if !self.failures.is_empty() {
+                    self.failures.remove(&offset);
+                }
+                self.compact();
+            }
+        }
+        true
+    }
+
     /// Settles `offset`; returns whether it was outstanding.
     pub(super) fn settle(&mut self, offset: u64) -> bool {
         let Some(slot) = self.slot(offset) else {
@@ -246,6 +349,7 @@ impl QueueProgress {
         match was {
             Slot::InFlight { .. } => self.in_flight -= 1,
             Slot::Ready { .. } => self.ready -= 1,
+            Slot::Moving { .. } => self.moving -= 1,
             Slot::Done => return false,
         }
         if !self.failures.is_empty() {
@@ -299,7 +403,7 @@ impl QueueProgress {
             .filter_map(|s| match *s {
                 Slot::InFlight { deadline, .. } => Some(deadline),
                 Slot::Ready { due, .. } => Some(due),
-                Slot::Done => None,
+                Slot::Done | Slot::Moving { .. } => None,
             })
             .min()
     }

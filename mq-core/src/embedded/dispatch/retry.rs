@@ -1,20 +1,33 @@
 //! Failed deliveries: retries (through the schedule to the group's retry queue, or in place
-//! for orderly and broadcasting consumers) and dead letters.
+//! for orderly and broadcasting consumers) and dead letters. A retry through the retry queue
+//! does not wait for its copy to be written: the slot waits instead (see `retry_later`).
+
+use std::sync::Arc;
 
 use tokio::time::Instant;
 
 use super::group::Group;
-use super::progress::FailureNote;
+use super::progress::{FailureNote, QueueProgress};
 use super::Groups;
 use crate::broker::{ConsumerOptions, Disposition, Failure, Receipt};
 use crate::dead_letter::{self, Burial};
-use crate::embedded::store::Outgoing;
+use crate::embedded::store::{Outgoing, Queued};
 use crate::embedded::system_topics::ORIGIN_TOPIC;
 use crate::error::{BrokerError, Result};
 use crate::message::{MessageParts, MessageView};
 use crate::retry::{FailedDelivery, Retry, Verdict};
 use crate::subscription::{ConsumeMode, MessageModel};
 use crate::system_topics::dlq_topic;
+
+/// A nacked slot whose retry copy is on its way to the log.
+#[derive(Debug)]
+pub(super) struct Move {
+    group: Arc<Group>,
+    instance: String,
+    receipt: Receipt,
+    retry: Retry,
+    queued: Queued,
+}
 
 /// What a nack found in the slot of a delivery.
 struct Nacked {
@@ -84,8 +97,8 @@ impl Groups {
     }
 
     pub(super) async fn nack(
-        &self,
-        group: &Group,
+        self: &Arc<Self>,
+        group: &Arc<Group>,
         instance: &str,
         id: u64,
         receipt: &Receipt,
@@ -119,7 +132,6 @@ impl Groups {
             }
             Verdict::RetryQueue(r) => {
                 self.retry_later(group, instance, receipt, r, &failure, now_ms)
-                    .await
             }
         }
     }
@@ -151,19 +163,121 @@ impl Groups {
     }
 
     /// Concurrent clustering: a copy waits in the schedule for the group's retry queue, and
-    /// the queue's progress moves on.
-    async fn retry_later(
+    /// the queue's progress moves on once the copy is stored.
+    ///
+    /// Returns once the copy is deferred (every later append is stored after it), without
+    /// waiting for the write: the slot stays unsettled
+    /// ([`start_move`](super::progress::QueueProgress::start_move)) until the copy is stored,
+    /// so the committed offset cannot pass the original before then and a crash redelivers
+    /// it. Waiting here cost a handler one writer round trip per failed message.
+    fn retry_later(
+        self: &Arc<Self>,
+        group: &Arc<Group>,
+        instance: &str,
+        receipt: &Receipt,
+        retry: Retry,
+        failure: &Failure,
+        now_ms: u64,
+    ) -> Result<Disposition> {
+        if !self.in_window(group, instance, receipt, |p| {
+            p.start_move(receipt.offset, receipt.token)
+        }) {
+            return Ok(Disposition::Stale);
+        }
+        let queued = match self.queue_copy(group, receipt, retry, failure, now_ms) {
+            Ok(Some(queued)) => queued,
+            Ok(None) => {
+                self.in_window(group, instance, receipt, |p| {
+                    p.finish_move(receipt.offset, receipt.token, None)
+                });
+                group.bump();
+                return Ok(Disposition::Stale);
+            }
+            Err(e) => {
+                self.in_window(group, instance, receipt, |p| {
+                    p.abort_move(receipt.offset, receipt.token)
+                });
+                return Err(e);
+            }
+        };
+        let first = {
+            let mut moves = self.moves.lock();
+            moves.push(Move {
+                group: group.clone(),
+                instance: instance.to_owned(),
+                receipt: receipt.clone(),
+                retry,
+                queued,
+            });
+            moves.len() == 1
+        };
+        if first {
+            // One task settles the moves of a whole run of nacks (they are answered by one
+            // writer batch): one wake-up for all, not one task each. Later moves find the list
+            // not empty; this task, or one under way, takes them along.
+            let groups = self.clone();
+            self.settlers
+                .spawn(async move { groups.settle_moves().await });
+        }
+        Ok(Disposition::Retry {
+            retry: retry.retry,
+            after: retry.after,
+        })
+    }
+
+    /// Settles moved slots as the writer answers, until no move is left.
+    async fn settle_moves(&self) {
+        loop {
+            let taken = std::mem::take(&mut *self.moves.lock());
+            if taken.is_empty() {
+                return;
+            }
+            for m in taken {
+                let again = match m.queued.stored().await {
+                    Ok(_) => None,
+                    Err(e) => {
+                        // The slot becomes ready again where it is: the message is not lost.
+                        tracing::error!(error = %e, retry = m.retry.retry, "a retry copy was not stored; retrying in place");
+                        Some((Instant::now() + m.retry.after, m.retry.retry))
+                    }
+                };
+                let settled = self.in_window(&m.group, &m.instance, &m.receipt, |p| {
+                    p.finish_move(m.receipt.offset, m.receipt.token, again)
+                });
+                if settled && m.group.has_waiters() {
+                    m.group.bump();
+                }
+            }
+        }
+    }
+
+    /// Runs `f` on the window of a receipt's queue; false if there is none.
+    fn in_window(
         &self,
         group: &Group,
         instance: &str,
         receipt: &Receipt,
+        f: impl FnOnce(&mut QueueProgress) -> bool,
+    ) -> bool {
+        let mut guard = group.inner.lock();
+        guard
+            .progress_mut(instance)
+            .and_then(|p| p.get_mut(receipt.queue_id as usize))
+            .is_some_and(f)
+    }
+
+    /// Defers the append of the retry copy of a delivery, bound for the schedule; `None` if
+    /// the record is gone.
+    fn queue_copy(
+        &self,
+        group: &Group,
+        receipt: &Receipt,
         Retry { retry, after }: Retry,
         failure: &Failure,
         now_ms: u64,
-    ) -> Result<Disposition> {
+    ) -> Result<Option<Queued>> {
         let Some(mut view) = self.stored(group, receipt)? else {
-            self.settle(group, instance, receipt);
-            return Ok(Disposition::Stale);
+            return Ok(None);
         };
         let origin = view
             .properties
@@ -174,21 +288,24 @@ impl Groups {
         dead_letter::note_retry(&mut view.properties, now_ms, &failure.reason);
         view.topic = group.retry_topic.clone();
         let retry_queue = &group.sources[group.real_queues as usize];
-        self.scheduler
-            .put(
-                Outgoing {
-                    parts: MessageParts::from(view),
-                    reconsume_times: retry,
-                    index_time: None,
-                },
-                &group.retry_topic,
-                retry_queue,
-                // Rounded up: `now_ms` rounds down, and a retry must not come before its back-off.
-                self.clock.due_after(after),
-            )
-            .await?;
-        self.settle(group, instance, receipt);
-        Ok(Disposition::Retry { retry, after })
+        Ok(Some(self.scheduler.defer(
+            Outgoing {
+                parts: MessageParts::from(view),
+                reconsume_times: retry,
+                index_time: None,
+            },
+            &group.retry_topic,
+            retry_queue,
+            // Rounded up: `now_ms` rounds down, and a retry must not come before its back-off.
+            self.clock.due_after(after),
+        )))
+    }
+
+    /// Waits until every retry copy handed to the writer is stored or refused and its slot
+    /// settled accordingly; called once the writer has stopped, before progress is saved.
+    pub(crate) async fn moves_done(&self) {
+        self.settlers.close();
+        self.settlers.wait().await;
     }
 
     pub(super) async fn dead_letter(
@@ -269,7 +386,7 @@ mod tests {
 
     use tokio::time::Instant;
 
-    use crate::broker::{Broker, ConsumerOptions, Failure, SendOptions};
+    use crate::broker::{Broker, ConsumerOptions, Disposition, Failure, SendOptions};
     use crate::delay::{Backoff, Delay};
     use crate::embedded::{EmbeddedBroker, EmbeddedConfig};
     use crate::message::Message;
@@ -342,6 +459,120 @@ mod tests {
             assert_eq!(d.len(), 1, "the retry comes when due");
             assert!(t0.elapsed() >= backoff, "{:?}", t0.elapsed());
         }
+        broker.shutdown().await.unwrap();
+    }
+
+    fn retry_options(backoff: Duration) -> ConsumerOptions {
+        ConsumerOptions::new()
+            .consume_from(ConsumeFrom::First)
+            .instance("m")
+            .backoff(Backoff {
+                steps: vec![backoff],
+            })
+    }
+
+    /// A nack returns before its retry copy is written; a shutdown right after the nacks
+    /// still stores every copy and saves the originals as settled: after the restart every
+    /// message comes back once, as its retry, never as the original again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn nacks_then_a_shutdown_keep_every_retry_and_no_original() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = retry_options(Duration::from_millis(50));
+        let sent: Vec<_> = {
+            let broker = EmbeddedBroker::open(EmbeddedConfig::new(dir.path()))
+                .await
+                .unwrap();
+            let consumer = broker
+                .subscribe(Subscription::new("moved", "g"), opts.clone())
+                .await
+                .unwrap();
+            let mut ids = Vec::new();
+            for i in 0..40 {
+                let r = broker
+                    .send(Message::new("moved", format!("m{i}")), SendOptions::new())
+                    .await
+                    .unwrap();
+                ids.push(r.message_id);
+            }
+            let mut got = Vec::new();
+            while got.len() < 40 {
+                got.extend(consumer.receive(40, Duration::from_secs(5)).await.unwrap());
+            }
+            for d in &got {
+                let disposition = consumer.nack(&d.receipt, Failure::new("no")).await.unwrap();
+                assert!(matches!(disposition, Disposition::Retry { retry: 1, .. }));
+            }
+            broker.shutdown().await.unwrap();
+            ids
+        };
+        let broker = EmbeddedBroker::open(EmbeddedConfig::new(dir.path()))
+            .await
+            .unwrap();
+        let consumer = broker
+            .subscribe(Subscription::new("moved", "g"), opts)
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline {
+            for d in consumer
+                .receive(64, Duration::from_millis(100))
+                .await
+                .unwrap()
+            {
+                assert_eq!(d.message.reconsume_times, 1, "only retries come back");
+                consumer
+                    .ack(std::slice::from_ref(&d.receipt))
+                    .await
+                    .unwrap();
+                got.push(d.message.id);
+            }
+        }
+        got.sort();
+        let mut want = sent;
+        want.sort();
+        assert_eq!(got, want, "each message once");
+        broker.shutdown().await.unwrap();
+    }
+
+    /// A retry copy the store refuses (here: a failure reason too long for a record) is not
+    /// lost with it: the original becomes ready again in place after the back-off, its
+    /// attempt counted, and nothing else is delivered.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refused_retry_copy_retries_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = EmbeddedBroker::open(EmbeddedConfig::new(dir.path()).max_message_size(4096))
+            .await
+            .unwrap();
+        let backoff = Duration::from_millis(100);
+        let consumer = broker
+            .subscribe(Subscription::new("refused", "g"), retry_options(backoff))
+            .await
+            .unwrap();
+        broker
+            .send(Message::new("refused", "x"), SendOptions::new())
+            .await
+            .unwrap();
+        let d = consumer.receive(1, Duration::from_secs(5)).await.unwrap();
+        let t0 = Instant::now();
+        let huge = "r".repeat(100 * 1024);
+        let disposition = consumer
+            .nack(&d[0].receipt, Failure::new(huge))
+            .await
+            .unwrap();
+        assert!(matches!(disposition, Disposition::Retry { retry: 1, .. }));
+        let again = consumer.receive(1, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(again.len(), 1);
+        assert!(t0.elapsed() >= backoff, "{:?}", t0.elapsed());
+        assert_eq!(again[0].message.id, d[0].message.id);
+        assert_eq!(again[0].message.reconsume_times, 1);
+        consumer.ack(&[again[0].receipt.clone()]).await.unwrap();
+        let more = consumer
+            .receive(1, Duration::from_millis(500))
+            .await
+            .unwrap();
+        assert!(more.is_empty(), "{more:?}");
+        assert_eq!(broker.lag("g", "refused").await.unwrap(), Some(0));
         broker.shutdown().await.unwrap();
     }
 }

@@ -11,10 +11,10 @@ mod sync;
 mod topics;
 mod writer;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,11 +27,11 @@ use super::recovery;
 use super::EmbeddedConfig;
 use crate::error::{BrokerError, Result};
 
-pub(crate) use append::Outgoing;
+pub(crate) use append::{Outgoing, Queued};
 use stats::WriteCounters;
 pub use stats::WriteStats;
 pub(crate) use topics::Topic;
-use writer::{Writer, WriterMsg, WriterSlot};
+use writer::{AppendRequest, Writer, WriterMsg, WriterSlot};
 
 /// Room for a record's header, topic, tag, keys and properties beyond the message size limit
 /// (the segment size must exceed the message limit by at least this much).
@@ -57,6 +57,12 @@ pub(crate) struct MessageStore {
     topics: RwLock<HashMap<Arc<str>, Arc<Topic>>>,
     topic_lock: Mutex<()>,
     writer: mpsc::Sender<WriterMsg>,
+    /// Appends handed over by [`MessageStore::defer`] and not yet in the writer's inbox, in
+    /// the order they were made.
+    deferred: Mutex<VecDeque<AppendRequest>>,
+    /// How many appends are deferred and not yet in the inbox. While it is not zero every
+    /// append queues behind them, so that the inbox keeps the order appends were made in.
+    deferred_len: AtomicUsize,
     /// The writer task, and before it starts, its state and inbox.
     writer_task: Mutex<WriterSlot>,
     corruptions: Mutex<Vec<Corruption>>,
@@ -105,6 +111,8 @@ impl MessageStore {
             topics: RwLock::new(HashMap::new()),
             topic_lock: Mutex::new(()),
             writer: tx,
+            deferred: Mutex::new(VecDeque::new()),
+            deferred_len: AtomicUsize::new(0),
             writer_task: Mutex::new(WriterSlot::Idle(None)),
             corruptions: Mutex::new(Vec::new()),
             log_start: AtomicU64::new(0),

@@ -323,8 +323,10 @@ impl MessageStore {
         Ok(())
     }
 
-    /// Stops the writer after it has stored everything queued before, then syncs.
+    /// Stops the writer after it has stored everything queued or deferred before, then syncs.
     pub async fn stop(&self) -> Result<()> {
+        // Deferred appends were made before the stop: they are stored first.
+        self.drain_deferred().await;
         let (tx, rx) = oneshot::channel();
         if self.writer.send(WriterMsg::Stop(tx)).await.is_ok() {
             let _ = rx.await;

@@ -235,3 +235,64 @@ fn skipped_and_passed_offsets_settle_without_a_delivery() {
     assert!(p.settle(3));
     assert_eq!(p.committed(), 8);
 }
+
+#[test]
+fn a_moving_slot_holds_the_committed_offset_until_its_copy_is_stored() {
+    let now = Instant::now();
+    let mut p = handed(0, 3, now);
+    assert!(p.start_move(0, 0));
+    assert!(!p.start_move(0, 0), "already moving");
+    assert!(!p.start_move(1, 7), "a stale token moves nothing");
+    assert_eq!(p.in_flight_reconsume(0, 0), None, "no longer out");
+    assert_eq!(p.moving, 1);
+    // Later ones settle; the front still holds the committed offset.
+    assert!(p.settle(1));
+    assert!(p.settle(2));
+    assert_eq!(p.committed(), 0);
+    // Neither a timeout nor its member leaving hands it out again, nor does a plan.
+    assert!(!p.reclaim(now + secs(60), Some(M1)));
+    assert_eq!(p.plan(now + secs(60), false, ROOM, MAX_IN_FLIGHT).0, vec![]);
+    assert_eq!(
+        p.next_wake(),
+        None,
+        "nothing to wait for: the store's answer wakes it"
+    );
+    // The moving slot counts against the in-flight limit like an outstanding one.
+    assert_eq!(p.plan(now, false, ROOM, 1), (vec![], 0));
+    assert!(!p.finish_move(0, 9, None), "another delivery's answer");
+    assert!(p.finish_move(0, 0, None));
+    assert_eq!((p.committed(), p.moving), (3, 0));
+    assert!(!p.finish_move(0, 0, None), "answered once");
+}
+
+#[test]
+fn a_copy_not_stored_makes_the_slot_ready_again_in_place() {
+    let now = Instant::now();
+    let mut p = handed(0, 2, now);
+    assert!(p.start_move(0, 0));
+    assert!(p.finish_move(0, 0, Some((now + secs(5), 1))));
+    assert_eq!((counts(&p), p.moving), ((1, 1), 0));
+    assert_eq!(p.plan(now + secs(4), false, ROOM, MAX_IN_FLIGHT).0, vec![]);
+    assert_eq!(
+        p.plan(now + secs(5), false, ROOM, MAX_IN_FLIGHT).0,
+        [(0, 1)],
+        "due after the back-off, with the attempt counted"
+    );
+    assert_eq!(p.committed(), 0);
+}
+
+#[test]
+fn a_move_never_queued_gives_the_delivery_back() {
+    let now = Instant::now();
+    let mut p = handed(0, 1, now);
+    assert!(p.start_move(0, 0));
+    assert!(!p.abort_move(0, 5), "another delivery");
+    assert!(p.abort_move(0, 0));
+    assert_eq!((counts(&p), p.moving), ((1, 0), 0));
+    assert_eq!(p.in_flight_reconsume(0, 0), Some(0), "out as before");
+    // An ack of a moving slot settles it: the answer then finds nothing to do.
+    assert!(p.start_move(0, 0));
+    assert!(p.settle(0));
+    assert_eq!((p.committed(), p.moving), (1, 0));
+    assert!(!p.finish_move(0, 0, Some((now, 1))));
+}

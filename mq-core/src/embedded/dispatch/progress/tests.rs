@@ -235,3 +235,17 @@ fn skipped_and_passed_offsets_settle_without_a_delivery() {
     assert!(p.settle(3));
     assert_eq!(p.committed(), 8);
 }
+
+#[test]
+fn a_reset_window_ignores_receipts_from_before_it() {
+    let now = Instant::now();
+    let mut p = QueueProgress::new(0);
+    p.hand_out(1, 5, now, 0);
+    let mut p = QueueProgress::reset(0, 6);
+    assert!(!p.current(5), "a token from before the reset is stale");
+    let offset = p.hand_out(1, 6, now, 0);
+    assert_eq!(offset, 0);
+    assert!(p.current(6));
+    assert!(p.settle(offset));
+    assert_eq!(p.committed(), 1);
+}

@@ -469,7 +469,10 @@ pub trait Broker: Send + Sync + 'static {
     /// Live members continue from there: what the reset re-delivers is delivered again, and
     /// what it skips is not, except deliveries already handed out before the reset, whose
     /// acknowledgements and failures are then ignored (a receipt from before a reset is
-    /// stale). Fails with [`BrokerError::TopicNotFound`] or [`BrokerError::GroupNotFound`]
+    /// stale). The embedded broker applies it at once; on Redis, members in other processes
+    /// see it at their next refresh (one heartbeat interval at most), and until then may hand
+    /// out what they had already read. Retries already queued for the group are kept.
+    /// Fails with [`BrokerError::TopicNotFound`] or [`BrokerError::GroupNotFound`]
     /// (a group that never subscribed to `topic`).
     async fn reset_offset(&self, group: &str, topic: &str, to: ResetTo)
         -> Result<Vec<QueueOffset>>;

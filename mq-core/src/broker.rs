@@ -13,6 +13,7 @@ use crate::dead_letter::DeadLetter;
 use crate::delay::{Backoff, Delay};
 use crate::error::{BrokerError, Result};
 use crate::message::{Message, MessageId, MessageView};
+use crate::stats::{GroupStats, QueueOffset, ResetTo, TopicStats};
 use crate::subscription::{ConsumeFrom, Subscription};
 use crate::transaction::{TransactionChecker, TxState};
 
@@ -444,6 +445,37 @@ pub trait Broker: Send + Sync + 'static {
     async fn lag(&self, _group: &str, _topic: &str) -> Result<Option<u64>> {
         Ok(None)
     }
+
+    /// Every topic's name, sorted: user topics and the retry and dead-letter topics of groups
+    /// (tell them apart with [`topic_kind`](crate::system_topics::topic_kind)); topics a
+    /// backend keeps for itself (delays, half messages) are left out.
+    async fn topics(&self) -> Result<Vec<String>>;
+
+    /// The queues of `topic` with their offsets and message counts. Fails with
+    /// [`BrokerError::TopicNotFound`] if it does not exist.
+    async fn topic_stats(&self, topic: &str) -> Result<TopicStats>;
+
+    /// Every consumer group the broker knows, live or known by its stored progress, sorted.
+    async fn groups(&self) -> Result<Vec<String>>;
+
+    /// The model, live members and progress of `group` on every topic it subscribed to
+    /// (see [`GroupStats`]); its lag agrees with [`lag`](Broker::lag). Fails with
+    /// [`BrokerError::GroupNotFound`] if the group is not known.
+    async fn group_stats(&self, group: &str) -> Result<GroupStats>;
+
+    /// Moves the committed offset of `group` on every queue of `topic` (not its retry topic)
+    /// to `to`, persisted at once, and returns the new offset of each queue.
+    ///
+    /// Live members continue from there: what the reset re-delivers is delivered again, and
+    /// what it skips is not, except deliveries already handed out before the reset, whose
+    /// acknowledgements and failures are then ignored (a receipt from before a reset is
+    /// stale). The embedded broker applies it at once; on Redis, members in other processes
+    /// see it at their next refresh (one heartbeat interval at most), and until then may hand
+    /// out what they had already read. Retries already queued for the group are kept.
+    /// Fails with [`BrokerError::TopicNotFound`] or [`BrokerError::GroupNotFound`]
+    /// (a group that never subscribed to `topic`).
+    async fn reset_offset(&self, group: &str, topic: &str, to: ResetTo)
+        -> Result<Vec<QueueOffset>>;
 
     /// Makes everything stored and every acknowledged progress durable.
     async fn flush(&self) -> Result<()>;

@@ -100,6 +100,15 @@ pub enum BrokerError {
     /// The topic does not exist and automatic creation is off.
     #[error("topic {0:?} does not exist")]
     TopicNotFound(String),
+    /// No consumer group of this name is known to the broker (on this topic, where one is
+    /// given): it never subscribed, or its progress is gone.
+    #[error("consumer group {group:?} is not known{}", on_topic(topic))]
+    GroupNotFound {
+        /// The group.
+        group: String,
+        /// The topic asked about, if any.
+        topic: Option<String>,
+    },
     /// The topic exists but has no queue with this id.
     #[error("topic {topic:?} has no queue {queue_id}")]
     QueueNotFound {
@@ -183,6 +192,13 @@ pub enum BrokerError {
 
 /// An underlying error of any type.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+fn on_topic(topic: &Option<String>) -> String {
+    topic
+        .as_ref()
+        .map(|t| format!(" on topic {t:?}"))
+        .unwrap_or_default()
+}
 
 fn caused_by(source: &Option<BoxError>) -> String {
     source

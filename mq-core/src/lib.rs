@@ -45,6 +45,7 @@ mod rebalance;
 pub mod redis;
 pub(crate) mod retry;
 pub mod settings;
+pub mod stats;
 pub mod subscription;
 pub mod system_topics;
 #[cfg(feature = "testkit")]
@@ -62,5 +63,6 @@ pub use message::{
     Destination, Message, MessageId, MessageParts, MessageView, DEFAULT_MAX_MESSAGE_SIZE,
 };
 pub use settings::BrokerSettings;
+pub use stats::{GroupQueueStats, GroupStats, QueueOffset, QueueStats, ResetTo, TopicStats};
 pub use subscription::{ConsumeFrom, ConsumeMode, MessageModel, Subscription, TagFilter};
 pub use transaction::{CheckPolicy, TransactionChecker, TxState};

@@ -46,6 +46,50 @@ pub fn dlq_group(topic: &str) -> Option<&str> {
     topic.strip_prefix(DLQ_PREFIX)
 }
 
+/// What a topic name is, for tools that show user topics apart from the ones mq keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum TopicKind {
+    /// A topic of the application.
+    User,
+    /// A group's retry topic (`%RETRY%<group>%<topic>`).
+    Retry,
+    /// A group's dead-letter topic (`%DLQ%<group>`).
+    DeadLetter,
+    /// A topic a backend keeps for itself (delays, half messages...); never listed.
+    Internal,
+}
+
+/// The kind of a topic name. User topics cannot contain `%`, so every other name is mq's.
+///
+/// ```
+/// use mq_core::system_topics::{topic_kind, TopicKind};
+/// assert_eq!(topic_kind("order"), TopicKind::User);
+/// assert_eq!(topic_kind("%RETRY%points%order"), TopicKind::Retry);
+/// assert_eq!(topic_kind("%DLQ%points"), TopicKind::DeadLetter);
+/// assert_eq!(topic_kind("%SCHEDULE%"), TopicKind::Internal);
+/// ```
+pub fn topic_kind(topic: &str) -> TopicKind {
+    if topic.starts_with(RETRY_PREFIX) {
+        TopicKind::Retry
+    } else if topic.starts_with(DLQ_PREFIX) {
+        TopicKind::DeadLetter
+    } else if topic.starts_with('%') {
+        TopicKind::Internal
+    } else {
+        TopicKind::User
+    }
+}
+
+/// Whether [`Broker::topics`](crate::Broker::topics) lists a topic: every kind but internal.
+pub(crate) fn listed(topic: &str) -> bool {
+    topic_kind(topic) != TopicKind::Internal
+}
+
+/// Whether a progress name is a group's, not a backend's own reader (those start with `%`).
+pub(crate) fn listed_group(group: &str) -> bool {
+    !group.starts_with('%')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,8 +11,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use mq_starter::config::Configuration;
 use mq_starter::core::{
-    Broker, BrokerError, Consumer, ConsumerOptions, DeadLetter, Message, Prepared, SendOptions,
-    SendResult, Subscription, TransactionChecker, TransactionId, TxState,
+    Broker, BrokerError, Consumer, ConsumerOptions, DeadLetter, GroupStats, Message, Prepared,
+    QueueOffset, ResetTo, SendOptions, SendResult, Subscription, TopicStats, TransactionChecker,
+    TransactionId, TxState,
 };
 use mq_starter::{Metrics, MqTemplate, SendError};
 
@@ -66,6 +67,24 @@ impl Broker for Silent {
     }
     async fn delete_dead_letter(&self, _: &str, _: u64) -> R<bool> {
         Ok(false)
+    }
+    async fn topics(&self) -> R<Vec<String>> {
+        Ok(Vec::new())
+    }
+    async fn topic_stats(&self, topic: &str) -> R<TopicStats> {
+        Err(BrokerError::TopicNotFound(topic.into()))
+    }
+    async fn groups(&self) -> R<Vec<String>> {
+        Ok(Vec::new())
+    }
+    async fn group_stats(&self, group: &str) -> R<GroupStats> {
+        Err(BrokerError::GroupNotFound {
+            group: group.into(),
+            topic: None,
+        })
+    }
+    async fn reset_offset(&self, _: &str, topic: &str, _: ResetTo) -> R<Vec<QueueOffset>> {
+        Err(BrokerError::TopicNotFound(topic.into()))
     }
     async fn flush(&self) -> R<()> {
         Ok(())

@@ -71,7 +71,9 @@ use crate::dead_letter::DeadLetter;
 use crate::error::{BackendErrorKind, BrokerError, Result};
 use crate::message::{validate_topic, Message};
 use crate::settings::BrokerSettings;
+use crate::stats::{GroupStats, QueueOffset, QueueStats, ResetTo, TopicStats};
 use crate::subscription::Subscription;
+use crate::system_topics::listed;
 use crate::transaction::{TransactionChecker, TxState};
 use dead_letter::DeadLetterBook;
 use dispatch::Groups;
@@ -542,6 +544,74 @@ impl Broker for EmbeddedBroker {
 
     async fn lag(&self, group: &str, topic: &str) -> Result<Option<u64>> {
         Ok(self.groups.lag(group, topic))
+    }
+
+    async fn topics(&self) -> Result<Vec<String>> {
+        let mut names: Vec<String> = self
+            .store
+            .topics()
+            .iter()
+            .map(|t| t.name.to_string())
+            .filter(|name| listed(name))
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    async fn topic_stats(&self, topic: &str) -> Result<TopicStats> {
+        let t = self
+            .store
+            .topic(topic)
+            .ok_or_else(|| BrokerError::TopicNotFound(topic.to_owned()))?;
+        let mut queues = Vec::with_capacity(t.queues.len());
+        for cq in &t.queues {
+            let (min, max) = (cq.min_offset(), cq.max_offset());
+            let last = match max.checked_sub(1).filter(|last| *last >= min) {
+                Some(last) => cq.entry(last)?.map(|e| e.store_timestamp),
+                None => None,
+            };
+            queues.push(QueueStats::new(cq.queue_id, min, max, last));
+        }
+        Ok(TopicStats {
+            topic: topic.to_owned(),
+            queues,
+        })
+    }
+
+    async fn groups(&self) -> Result<Vec<String>> {
+        Ok(self.groups.names())
+    }
+
+    async fn group_stats(&self, group: &str) -> Result<GroupStats> {
+        self.groups
+            .stats(group)
+            .ok_or_else(|| BrokerError::GroupNotFound {
+                group: group.to_owned(),
+                topic: None,
+            })
+    }
+
+    async fn reset_offset(
+        &self,
+        group: &str,
+        topic: &str,
+        to: ResetTo,
+    ) -> Result<Vec<QueueOffset>> {
+        self.check_open()?;
+        let offsets = self.groups.reset(group, topic, to)?;
+        // Saved before returning: a restart must not bring the old position back.
+        let groups = self.groups.clone();
+        tokio::task::spawn_blocking(move || groups.persist())
+            .await
+            .map_err(|e| {
+                BrokerError::backend_caused(
+                    "embedded",
+                    BackendErrorKind::Failed,
+                    "saving a reset offset",
+                    e,
+                )
+            })??;
+        Ok(offsets)
     }
 
     async fn flush(&self) -> Result<()> {

@@ -80,6 +80,16 @@ impl OffsetStore {
         }
     }
 
+    /// Every stored offset, in key order.
+    pub fn rows(&self) -> Vec<(ProgressKey, u64)> {
+        self.table
+            .lock()
+            .0
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect()
+    }
+
     /// The lowest offset any clustering group still needs in each (topic, queue).
     ///
     /// Broadcasting progress does not hold retention back: as in RocketMQ, where it lives on

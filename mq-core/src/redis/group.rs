@@ -19,7 +19,7 @@ pub(crate) fn describe(sub: &Subscription) -> String {
 
 impl Shared {
     /// Heartbeats older than this mean the member is gone.
-    fn liveness_ms(&self) -> u64 {
+    pub(crate) fn liveness_ms(&self) -> u64 {
         3 * self.config.heartbeat_interval.as_millis() as u64
     }
 

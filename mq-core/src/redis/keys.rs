@@ -15,6 +15,16 @@ impl Keys {
         }
     }
 
+    /// The prefix every key starts with.
+    pub(crate) fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Counter: offset resets of a group on a topic; members drop what they read before one.
+    pub(crate) fn reset_epoch(&self, group: &str, topic: &str) -> String {
+        format!("{}:group:{{{group}:{topic}}}:reset", self.prefix)
+    }
+
     /// Hash: topic → queue count.
     pub(crate) fn topics(&self) -> String {
         format!("{}:topics", self.prefix)

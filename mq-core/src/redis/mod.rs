@@ -19,6 +19,7 @@
 //! # Ok(()) }
 //! ```
 
+mod admin;
 mod appender;
 mod consumer;
 mod dead_letter;
@@ -50,6 +51,7 @@ use crate::dead_letter::DeadLetter;
 use crate::error::{BackendErrorKind, BrokerError, Result};
 use crate::message::{validate_topic, Message};
 use crate::settings::BrokerSettings;
+use crate::stats::{GroupStats, QueueOffset, ResetTo, TopicStats};
 use crate::subscription::Subscription;
 use crate::transaction::{TransactionChecker, TxState};
 
@@ -568,6 +570,31 @@ impl Broker for RedisBroker {
     async fn lag(&self, group: &str, topic: &str) -> Result<Option<u64>> {
         self.shared.check_open()?;
         retention::lag(&self.shared, group, topic).await.map(Some)
+    }
+
+    async fn topics(&self) -> Result<Vec<String>> {
+        self.shared.topic_names().await
+    }
+
+    async fn topic_stats(&self, topic: &str) -> Result<TopicStats> {
+        self.shared.topic_stats(topic).await
+    }
+
+    async fn groups(&self) -> Result<Vec<String>> {
+        self.shared.group_names().await
+    }
+
+    async fn group_stats(&self, group: &str) -> Result<GroupStats> {
+        self.shared.group_stats(group).await
+    }
+
+    async fn reset_offset(
+        &self,
+        group: &str,
+        topic: &str,
+        to: ResetTo,
+    ) -> Result<Vec<QueueOffset>> {
+        self.shared.reset_offset(group, topic, to).await
     }
 
     async fn flush(&self) -> Result<()> {

@@ -62,7 +62,7 @@ fn next_unread(last_delivered: &str) -> Option<u64> {
 }
 
 /// Per group of a stream: (name, first offset it still needs, entries it has not settled).
-async fn groups(shared: &Shared, stream: &str) -> Result<Vec<(String, u64, u64)>> {
+pub(crate) async fn groups(shared: &Shared, stream: &str) -> Result<Vec<(String, u64, u64)>> {
     let info: Value = match shared
         .redis
         .query(
@@ -191,15 +191,22 @@ pub(crate) async fn trim_all(shared: &Shared) -> Result<TrimReport> {
     Ok(report)
 }
 
-/// Messages of `topic` a group has not settled (the largest over members, broadcasting).
+/// Messages of `topic` a group has not settled, its retry stream included, as on the embedded
+/// broker (the largest over members, broadcasting).
 pub(crate) async fn lag(shared: &Shared, group: &str, topic: &str) -> Result<u64> {
     let Some(queues) = shared.queue_count(topic).await? else {
         return Ok(0);
     };
     let member_prefix = format!("{group}@");
     let mut per_group = std::collections::HashMap::<String, u64>::new();
-    for q in 0..queues {
-        for (name, _, unsettled) in groups(shared, &shared.keys.stream(topic, q)).await? {
+    let retry = shared
+        .keys
+        .stream(&crate::system_topics::retry_topic(group, topic), 0);
+    let streams = (0..queues)
+        .map(|q| shared.keys.stream(topic, q))
+        .chain(std::iter::once(retry));
+    for stream in streams {
+        for (name, _, unsettled) in groups(shared, &stream).await? {
             if name == group || name.starts_with(&member_prefix) {
                 *per_group.entry(name).or_default() += unsettled;
             }

@@ -14,10 +14,12 @@
 // Test support: a failed step is a failed test, so panicking is the point.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+mod admin;
 mod delivery;
 mod scheduling;
 mod transactions;
 
+pub use admin::*;
 pub use delivery::*;
 pub use scheduling::*;
 pub use transactions::*;
@@ -144,6 +146,13 @@ macro_rules! conformance_suite {
             delays_due_while_down_come_in_order,
             fired_delays_do_not_fire_again_after_restart,
             transactions_commit_and_rollback,
+            topic_stats_after_sends,
+            group_stats_after_acks,
+            group_owners_follow_assignment,
+            reset_to_first_redelivers_everything,
+            reset_to_last_skips_backlog,
+            reset_to_timestamp_redelivers_from_it,
+            reset_survives_restart,
         );
         $crate::conformance_suite!(@paused $harness, $guard;
             delayed_messages_arrive_when_due,

@@ -11,6 +11,7 @@
 //! queue moves to another member nothing is delivered twice, and when a member leaves its
 //! unacknowledged messages are handed to the others at once.
 
+mod admin;
 mod consumer;
 mod deliver;
 mod group;
@@ -284,7 +285,9 @@ impl Groups {
                 let p = progress
                     .get_mut(r.queue_id as usize)
                     .ok_or_else(|| BrokerError::UnknownReceipt(format!("{r:?}")))?;
-                freed |= p.settle(r.offset);
+                if p.current(r.token) {
+                    freed |= p.settle(r.offset);
+                }
             }
             freed
         };

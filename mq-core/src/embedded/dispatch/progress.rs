@@ -56,6 +56,8 @@ pub(super) struct QueueProgress {
     /// Slots in [`Slot::Moving`].
     moving: usize,
     failures: BTreeMap<u64, FailureNote>,
+    /// Delivery tokens below this were handed out before an offset reset: stale.
+    floor: u64,
 }
 
 impl QueueProgress {
@@ -67,7 +69,22 @@ impl QueueProgress {
             ready: 0,
             moving: 0,
             failures: BTreeMap::new(),
+            floor: 0,
         }
+    }
+
+    /// An empty window at `base` after an offset reset: deliveries with tokens below `floor`
+    /// were handed out before it, and settling them must not settle the new window's slots.
+    pub(super) fn reset(base: u64, floor: u64) -> Self {
+        QueueProgress {
+            floor,
+            ..QueueProgress::new(base)
+        }
+    }
+
+    /// Whether delivery `token` was handed out after the last reset of this window.
+    pub(super) fn current(&self, token: u64) -> bool {
+        token >= self.floor
     }
 
     /// The committed offset: every offset below it is settled.

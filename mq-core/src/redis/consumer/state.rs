@@ -73,6 +73,8 @@ pub(super) struct State {
     pub(super) next_timeout_scan: Option<Instant>,
     /// The source the next pass starts with, so that no queue is always served last.
     pub(super) rotate: usize,
+    /// The group's offset-reset counter as last seen; `None` before the first refresh.
+    pub(super) reset_epoch: Option<u64>,
 }
 
 /// An orderly queue's place is kept this long at most while its failed delivery is recorded:
@@ -92,6 +94,20 @@ impl State {
                 .collect(),
             ..State::default()
         }
+    }
+
+    /// Forgets what was read, handed out or queued for retry from the first `sources`
+    /// sources (the topic's queues) after the group's offset was reset: the new position is
+    /// read afresh, and receipts from before are stale.
+    pub(super) fn forget_before_reset(&mut self, sources: usize) {
+        for s in self.sources.iter_mut().take(sources) {
+            s.backlog.clear();
+            s.in_flight = 0;
+            // Entries read between the reset and now are pending here: read them back.
+            s.unsure = true;
+        }
+        self.in_flight.retain(|(i, _), _| *i >= sources);
+        self.ready.retain(|r| r.source >= sources);
     }
 
     /// Whether this member has anything of source `i` out, waiting or fetched.

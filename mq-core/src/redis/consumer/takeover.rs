@@ -26,6 +26,25 @@ impl RedisConsumer {
             .heartbeat_and_members(&self.members, self.seen.as_deref(), me)
             .await?;
         let assigned = assign(self.subscription.model, self.queue_count, &live, me);
+        let epoch: Option<u64> = shared
+            .redis
+            .query(
+                "reading the offset-reset counter",
+                ::redis::cmd("GET")
+                    .arg(
+                        shared
+                            .keys
+                            .reset_epoch(&self.subscription.group, &self.subscription.topic),
+                    )
+                    .clone(),
+            )
+            .await?;
+        let epoch = epoch.unwrap_or(0);
+        if st.reset_epoch.is_some_and(|seen| seen != epoch) {
+            tracing::info!(group = %self.subscription.group, topic = %self.subscription.topic, "the group's offset was reset; continuing from the new position");
+            st.forget_before_reset(self.queue_count as usize);
+        }
+        st.reset_epoch = Some(epoch);
         let mut leases = Vec::new();
         for (i, source) in self.sources.iter().enumerate() {
             // An orderly queue stays with this member until what it holds of it is settled,

@@ -296,3 +296,17 @@ fn a_move_never_queued_gives_the_delivery_back() {
     assert_eq!((p.committed(), p.moving), (1, 0));
     assert!(!p.finish_move(0, 0, Some((now, 1))));
 }
+
+#[test]
+fn a_reset_window_ignores_receipts_from_before_it() {
+    let now = Instant::now();
+    let mut p = QueueProgress::new(0);
+    p.hand_out(1, 5, now, 0);
+    let mut p = QueueProgress::reset(0, 6);
+    assert!(!p.current(5), "a token from before the reset is stale");
+    let offset = p.hand_out(1, 6, now, 0);
+    assert_eq!(offset, 0);
+    assert!(p.current(6));
+    assert!(p.settle(offset));
+    assert_eq!(p.committed(), 1);
+}

@@ -329,24 +329,7 @@ impl Admin {
     /// `INFO commandstats`: command -> (calls, usec).
     fn commandstats(&mut self) -> BTreeMap<String, (u64, u64)> {
         let info = self.text(&[b"INFO", b"commandstats"]);
-        let mut out = BTreeMap::new();
-        for line in info.lines() {
-            let Some((name, fields)) = line
-                .strip_prefix("cmdstat_")
-                .and_then(|l| l.split_once(':'))
-            else {
-                continue;
-            };
-            let field = |key: &str| {
-                fields
-                    .split(',')
-                    .find_map(|f| f.strip_prefix(key)?.strip_prefix('='))
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .unwrap_or(0)
-            };
-            out.insert(name.to_owned(), (field("calls"), field("usec")));
-        }
-        out
+        parse_commandstats(&info)
     }
 
     /// CPU seconds the server has used (user + system, all its threads).

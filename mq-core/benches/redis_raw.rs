@@ -36,6 +36,9 @@
 // A benchmark has nothing better to do on failure than abort with the message.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+use common::parse_commandstats;
+
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -258,24 +261,7 @@ impl Server {
 
     async fn commandstats(&mut self) -> BTreeMap<String, (u64, u64)> {
         let info = self.info("commandstats").await;
-        let mut out = BTreeMap::new();
-        for line in info.lines() {
-            let Some((name, fields)) = line
-                .strip_prefix("cmdstat_")
-                .and_then(|l| l.split_once(':'))
-            else {
-                continue;
-            };
-            let field = |key: &str| {
-                fields
-                    .split(',')
-                    .find_map(|f| f.strip_prefix(key)?.strip_prefix('='))
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .unwrap_or(0)
-            };
-            out.insert(name.to_owned(), (field("calls"), field("usec")));
-        }
-        out
+        parse_commandstats(&info)
     }
 
     async fn cpu_seconds(&mut self) -> f64 {

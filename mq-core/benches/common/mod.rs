@@ -55,3 +55,25 @@ pub fn histogram() -> Histogram<u64> {
 pub fn nanos_since(start: Instant) -> u64 {
     start.elapsed().as_nanos() as u64
 }
+
+/// Parses Redis's `INFO commandstats` into command -> (calls, usec).
+pub fn parse_commandstats(info: &str) -> std::collections::BTreeMap<String, (u64, u64)> {
+    let mut out = std::collections::BTreeMap::new();
+    for line in info.lines() {
+        let Some((name, fields)) = line
+            .strip_prefix("cmdstat_")
+            .and_then(|l| l.split_once(':'))
+        else {
+            continue;
+        };
+        let field = |key: &str| {
+            fields
+                .split(',')
+                .find_map(|f| f.strip_prefix(key)?.strip_prefix('='))
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        out.insert(name.to_owned(), (field("calls"), field("usec")));
+    }
+    out
+}

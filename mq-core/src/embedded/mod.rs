@@ -372,6 +372,19 @@ fn spawn_every(
     });
 }
 
+impl EmbeddedBroker {
+    /// Saves every group's progress off the async workers (file I/O and fsync block);
+    /// `doing` names the step in the error.
+    async fn persist_groups(&self, doing: &'static str) -> Result<()> {
+        let groups = self.groups.clone();
+        tokio::task::spawn_blocking(move || groups.persist())
+            .await
+            .map_err(|e| {
+                BrokerError::backend_caused("embedded", BackendErrorKind::Failed, doing, e)
+            })?
+    }
+}
+
 impl Drop for EmbeddedBroker {
     fn drop(&mut self) {
         // Best effort for a broker dropped without `shutdown`: keep the progress made so far.
@@ -528,17 +541,7 @@ impl Broker for EmbeddedBroker {
         let consumer = self.groups.join(subscription, options)?;
         // A new group's start point is saved before it is used: after a crash the group must
         // resume there, not at a `consume-from: last` that has moved past what was sent.
-        let groups = self.groups.clone();
-        tokio::task::spawn_blocking(move || groups.persist())
-            .await
-            .map_err(|e| {
-                BrokerError::backend_caused(
-                    "embedded",
-                    BackendErrorKind::Failed,
-                    "saving the group's start",
-                    e,
-                )
-            })??;
+        self.persist_groups("saving the group's start").await?;
         Ok(Box::new(consumer))
     }
 
@@ -600,17 +603,7 @@ impl Broker for EmbeddedBroker {
         self.check_open()?;
         let offsets = self.groups.reset(group, topic, to)?;
         // Saved before returning: a restart must not bring the old position back.
-        let groups = self.groups.clone();
-        tokio::task::spawn_blocking(move || groups.persist())
-            .await
-            .map_err(|e| {
-                BrokerError::backend_caused(
-                    "embedded",
-                    BackendErrorKind::Failed,
-                    "saving a reset offset",
-                    e,
-                )
-            })??;
+        self.persist_groups("saving a reset offset").await?;
         Ok(offsets)
     }
 

@@ -3,6 +3,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
+use mq_starter::core::TxState;
 use serde::Deserialize;
 use utoipa::ToSchema;
 
@@ -65,7 +66,7 @@ pub struct PaymentNotice {
 /// message whose local transaction records the payment and the transaction log. The ledger
 /// listener posts one entry per bill, however often this is called.
 #[utoipa::path(post, path = "/api/fees/{id}/payment-notify", params(("id" = i64, Path)), request_body = PaymentNotice,
-    responses((status = 200, description = "the bill, paid or being paid", body = Fee), (status = 400, description = "a malformed path, query string or JSON body", body = ErrorBody), (status = 404, description = "no such bill", body = ErrorBody), (status = 413, description = "a body larger than 64 KiB", body = ErrorBody), (status = 422, description = "a field breaks its documented rule", body = ErrorBody), (status = 503, description = "the broker did not take the message", body = ErrorBody)))]
+    responses((status = 200, description = "the bill, paid or being paid", body = Fee), (status = 400, description = "a malformed path, query string or JSON body", body = ErrorBody), (status = 404, description = "no such bill", body = ErrorBody), (status = 413, description = "a body larger than 64 KiB", body = ErrorBody), (status = 422, description = "a field breaks its documented rule", body = ErrorBody), (status = 503, description = "the broker did not take the message, or the payment is not recorded yet: repeat the callback", body = ErrorBody)))]
 pub async fn payment_notify(
     State(s): State<ApiState>,
     PathParam(id): PathParam<i64>,
@@ -81,14 +82,27 @@ pub async fn payment_notify(
         transaction_id: n.transaction_id.clone(),
         amount_cents: fee.amount_cents,
     };
-    s.template
+    let sent = s
+        .template
         .message("fee-paid")
         .key(s.shop.message_key(id))
         .json(&paid)
         .map_err(ApiError::from)?
         .send_in_transaction("fee-paid", paid.clone())
         .await?;
-    Ok(Json(fee_or_404(&s, id).await?))
+    let fee = fee_or_404(&s, id).await?;
+    match sent.state {
+        TxState::Commit => Ok(Json(fee)),
+        _ if fee.status == "PAID" => Ok(Json(fee)),
+        // Not recorded, or not known to be: a 200 would tell the provider to stop repeating a
+        // payment that check-back may still roll back. Repeating it is safe (one entry per
+        // transaction id).
+        _ => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "pending",
+            "the payment is not recorded yet; repeat the callback",
+        )),
+    }
 }
 
 /// The ledger entries of a bill (at most one).

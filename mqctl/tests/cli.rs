@@ -1,0 +1,382 @@
+//! The built `mqctl` binary against a real application (embedded broker in a temporary
+//! directory) serving the admin router on a free port: tables, --json, pause and resume, dead
+//! letters, offset resets, and the errors scripts rely on (401, 404, unreachable) with their
+//! exit codes.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use mq_starter::config::Configuration;
+use mq_starter::prelude::*;
+use mq_starter::Running;
+use serde_json::Value;
+
+const TOKEN: &str = "cli-test-token";
+const TOPIC: &str = "cli-orders";
+const GROUP: &str = "cli-orders-group";
+const LISTENER: &str = "cli_orders";
+const WAIT: Duration = Duration::from_secs(20);
+
+/// Acknowledges everything but a body of `poison`, which it dead-letters at once.
+#[mq_listener(topic = "cli-orders", group = "cli-orders-group", enabled = "${test.cli:false}")]
+async fn cli_orders(msg: MessageView) -> Outcome {
+    if &msg.body[..] == b"poison" {
+        Outcome::dead_letter("cannot handle poison")
+    } else {
+        Outcome::ack()
+    }
+}
+
+/// A running application and the URL of its admin API.
+struct App {
+    running: Running,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+/// What one run of mqctl did.
+#[derive(Debug)]
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn ok(self) -> Self {
+        assert_eq!(self.code, 0, "mqctl failed: {self:?}");
+        self
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("--json printed no JSON ({e}): {:?}", self.stdout))
+    }
+
+    /// The cells of the table line whose first cell is `first`.
+    fn row(&self, first: &str) -> Vec<String> {
+        self.stdout
+            .lines()
+            .map(|l| l.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+            .find(|cells| cells.first().map(String::as_str) == Some(first))
+            .unwrap_or_else(|| panic!("no row {first:?} in\n{}", self.stdout))
+    }
+}
+
+impl App {
+    async fn start() -> App {
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = format!(
+            "mq:\n  broker:\n    data-dir: {}\n  consumer:\n    consume-from: first\n  admin:\n    token: {TOKEN}\n  shutdown-timeout: 5s\ntest:\n  cli: true\n",
+            dir.path().join("mq").display()
+        );
+        std::fs::write(dir.path().join("application.yaml"), yaml).unwrap();
+        let config = Configuration::load_with_env(dir.path(), &[], &[]).unwrap();
+        let running = MqApplication::new(config).unwrap().start().await.unwrap();
+        let router = running.admin_router();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            axum::serve(
+                listener,
+                router.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .await
+        });
+        App {
+            running,
+            url: format!("http://{addr}"),
+            _dir: dir,
+        }
+    }
+
+    /// mqctl with the right token.
+    async fn ctl(&self, args: &[&str]) -> Run {
+        mqctl(&self.url, Some(TOKEN), args).await
+    }
+
+    async fn send(&self, body: &'static str, key: &str) {
+        self.running
+            .template()
+            .message(TOPIC)
+            .key(key)
+            .bytes(body)
+            .send()
+            .await
+            .unwrap();
+    }
+
+    /// Waits until the group has settled everything of the topic.
+    async fn settled(&self) {
+        let broker = self.running.broker();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while broker.lag(GROUP, TOPIC).await.unwrap() != Some(0) {
+            assert!(tokio::time::Instant::now() < deadline, "the group never caught up");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until the group has `n` dead letters.
+    async fn dead_letters(&self, n: u64) {
+        let broker = self.running.broker();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let counts = broker.dead_letter_counts().await.unwrap();
+            if counts.iter().any(|(g, c)| g == GROUP && *c == n) {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "never {n} dead letters: {counts:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn stop(self) {
+        self.running.shutdown().await.unwrap();
+    }
+}
+
+/// Runs the built binary, with the environment it would read cleared first.
+async fn mqctl(url: &str, token: Option<&str>, args: &[&str]) -> Run {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_mqctl"));
+    cmd.env_remove("MQ_ADMIN_TOKEN")
+        .env_remove("MQ_ADMIN_URL")
+        .arg("--url")
+        .arg(url)
+        .args(args);
+    if let Some(token) = token {
+        cmd.env("MQ_ADMIN_TOKEN", token);
+    }
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .unwrap()
+        .unwrap();
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shows_health_topics_groups_lag_and_listeners() {
+    let app = App::start().await;
+    for i in 0..3 {
+        app.send("fine", &format!("order-{i}")).await;
+    }
+    app.settled().await;
+
+    let health = app.ctl(&["health"]).await.ok();
+    assert!(health.stdout.starts_with("status: UP\n"), "{health:?}");
+    assert_eq!(health.row("broker")[1..], ["UP", "embedded", "-"]);
+    assert_eq!(app.ctl(&["health", "--json"]).await.ok().json()["status"], "UP");
+
+    let topics = app.ctl(&["topics"]).await.ok();
+    let row = topics.row(TOPIC);
+    assert_eq!((row[1].as_str(), row[3].as_str()), ("user", "3"), "{topics:?}");
+    let json = app.ctl(&["topics", "--json"]).await.ok().json();
+    let topic = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["topic"] == TOPIC)
+        .unwrap();
+    assert_eq!(topic["messages"], 3);
+
+    let detail = app.ctl(&["topic", TOPIC]).await.ok();
+    assert_eq!(detail.row("messages:"), ["messages:", "3"]);
+    let queues = app.ctl(&["topic", TOPIC, "--json"]).await.ok().json();
+    let stored: u64 = queues["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| q["messages"].as_u64().unwrap())
+        .sum();
+    assert_eq!(stored, 3);
+
+    let groups = app.ctl(&["groups"]).await.ok();
+    let row = groups.row(GROUP);
+    assert_eq!((row[1].as_str(), row[3].as_str()), ("clustering", "0"), "{groups:?}");
+    let group = app.ctl(&["group", GROUP]).await.ok();
+    assert_eq!(group.row("lag:"), ["lag:", "0"]);
+    let committed: u64 = group
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with(&format!("{TOPIC} ")))
+        .map(|l| l.split_whitespace().nth(3).unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(committed, 3, "{group:?}");
+
+    assert_eq!(app.ctl(&["lag"]).await.ok().row(GROUP), [GROUP, "0"]);
+    assert_eq!(
+        app.ctl(&["lag", "--group", GROUP]).await.ok().row(TOPIC),
+        [TOPIC, "-", "0"]
+    );
+    let lag = app.ctl(&["lag", "--group", GROUP, "--json"]).await.ok().json();
+    assert_eq!(lag["group"], GROUP);
+
+    let listeners = app.ctl(&["listeners"]).await.ok();
+    let row = listeners.row(LISTENER);
+    assert_eq!(row[1..5], [TOPIC, GROUP, "clustering", "concurrently"]);
+    assert_eq!(row.last().unwrap(), "running");
+    let json = app.ctl(&["listeners", "--json"]).await.ok().json();
+    assert_eq!(json[0]["name"], LISTENER);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pauses_and_resumes_listeners() {
+    let app = App::start().await;
+    let paused = app.ctl(&["pause", LISTENER]).await.ok();
+    assert_eq!(paused.row(LISTENER).last().unwrap(), "paused", "{paused:?}");
+    let json = app.ctl(&["listeners", "--json"]).await.ok().json();
+    assert_eq!(json[0]["state"], "paused");
+
+    let resumed = app.ctl(&["resume", LISTENER, "--json"]).await.ok().json();
+    assert_eq!(resumed[0]["state"], "running");
+    // Still consuming after the resume.
+    app.send("fine", "after-resume").await;
+    app.settled().await;
+
+    let unknown = app.ctl(&["pause", "no_such_listener"]).await;
+    assert_eq!(unknown.code, 5, "{unknown:?}");
+    assert!(unknown.stderr.starts_with("mqctl: not found: "), "{unknown:?}");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lists_shows_resends_and_deletes_dead_letters() {
+    let app = App::start().await;
+    app.send("poison", "bad-1").await;
+    app.dead_letters(1).await;
+
+    assert_eq!(app.ctl(&["dlq", "list"]).await.ok().row(GROUP), [GROUP, "1"]);
+    let page = app.ctl(&["dlq", "list", GROUP, "--json"]).await.ok().json();
+    assert_eq!(page["next"], Value::Null);
+    let seq = page["items"][0]["seq"].as_u64().unwrap().to_string();
+    let list = app.ctl(&["dlq", "list", GROUP]).await.ok();
+    let row = list.row(&seq);
+    assert_eq!(row[1], TOPIC);
+    assert_eq!(row[3], "bad-1");
+
+    let show = app.ctl(&["dlq", "show", GROUP, &seq]).await.ok();
+    assert!(show.stdout.contains("last error:    cannot handle poison\n"), "{show:?}");
+    assert!(show.stdout.ends_with("body:          poison\n"), "{show:?}");
+    assert_eq!(
+        app.ctl(&["dlq", "show", GROUP, &seq, "--json"]).await.ok().json()["body"],
+        "poison"
+    );
+
+    // The listener dead-letters it again, so each resend adds one.
+    let resent = app.ctl(&["dlq", "resend", GROUP, &seq]).await.ok();
+    assert_eq!(resent.stdout, format!("resent 1 dead letter(s) of {GROUP}\n"));
+    app.dead_letters(2).await;
+    let all = app.ctl(&["dlq", "resend", GROUP, "--all", "--json"]).await.ok().json();
+    assert_eq!(all["resent"], 2);
+    app.dead_letters(4).await;
+
+    let deleted = app.ctl(&["dlq", "delete", GROUP, &seq]).await.ok();
+    assert_eq!(deleted.stdout, format!("deleted 1 dead letter(s) of {GROUP}\n"));
+    let gone = app.ctl(&["dlq", "show", GROUP, &seq]).await;
+    assert_eq!(gone.code, 5, "{gone:?}");
+    let again = app.ctl(&["dlq", "delete", GROUP, &seq]).await;
+    assert_eq!(again.code, 5, "{again:?}");
+
+    let paged = app.ctl(&["dlq", "list", GROUP, "--limit", "1"]).await.ok();
+    assert!(paged.stdout.lines().last().unwrap().starts_with("more: --from "), "{paged:?}");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resets_group_offsets() {
+    let app = App::start().await;
+    for i in 0..4 {
+        app.send("fine", &format!("order-{i}")).await;
+    }
+    app.settled().await;
+    let stats = app.ctl(&["topic", TOPIC, "--json"]).await.ok().json();
+    let max: Vec<(u64, u64)> = stats["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| (q["queue_id"].as_u64().unwrap(), q["max_offset"].as_u64().unwrap()))
+        .collect();
+
+    let last = app
+        .ctl(&["offset", "reset", GROUP, "--topic", TOPIC, "--last", "--json"])
+        .await
+        .ok()
+        .json();
+    let moved: Vec<(u64, u64)> = last
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| (q["queue_id"].as_u64().unwrap(), q["offset"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(moved, max);
+
+    // A time before every message: the first offsets, re-delivering all four.
+    let early = app
+        .ctl(&["offset", "reset", GROUP, "--topic", TOPIC, "--timestamp", "2000-01-01T01:00:00+01:00"])
+        .await
+        .ok();
+    for (queue, _) in &max {
+        assert_eq!(early.row(&queue.to_string())[1], "0", "{early:?}");
+    }
+    app.settled().await;
+    let first = app
+        .ctl(&["offset", "reset", GROUP, "--topic", TOPIC, "--first"])
+        .await
+        .ok();
+    assert_eq!(first.stdout.lines().next().unwrap().split_whitespace().collect::<Vec<_>>(), ["QUEUE", "OFFSET"]);
+
+    let unknown = app
+        .ctl(&["offset", "reset", "no-such-group", "--topic", TOPIC, "--first"])
+        .await;
+    assert_eq!(unknown.code, 5, "{unknown:?}");
+    let usage = app.ctl(&["offset", "reset", GROUP, "--topic", TOPIC]).await;
+    assert_eq!(usage.code, 2, "{usage:?}");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_or_missing_token_is_unauthorized() {
+    let app = App::start().await;
+    for token in [Some("wrong-token"), None] {
+        let run = mqctl(&app.url, token, &["topics"]).await;
+        assert_eq!(run.code, 4, "{run:?}");
+        assert!(
+            run.stderr.starts_with("mqctl: unauthorized: set MQ_ADMIN_TOKEN"),
+            "{run:?}"
+        );
+        assert!(run.stdout.is_empty());
+    }
+    let flag = mqctl(&app.url, None, &["topics", "--token", TOKEN]).await;
+    assert_eq!(flag.code, 0, "{flag:?}");
+    let missing = app.ctl(&["group", "no-such-group"]).await;
+    assert_eq!(missing.code, 5, "{missing:?}");
+    assert!(missing.stderr.starts_with("mqctl: not found: "), "{missing:?}");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_api_is_a_clear_error() {
+    // A port nothing listens on: bound, then released.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    let run = mqctl(&url, Some(TOKEN), &["topics"]).await;
+    assert_eq!(run.code, 3, "{run:?}");
+    assert!(
+        run.stderr
+            .starts_with(&format!("mqctl: cannot reach the admin API at {url}/: ")),
+        "{run:?}"
+    );
+    let bad = mqctl("127.0.0.1:8080", None, &["topics"]).await;
+    assert_eq!(bad.code, 1, "{bad:?}");
+    assert!(bad.stderr.contains("is not an http:// or https:// URL"), "{bad:?}");
+}

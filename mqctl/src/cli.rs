@@ -217,7 +217,16 @@ mod tests {
 
     #[test]
     fn offset_reset_takes_exactly_one_target() {
-        let cli = parse(&["offset", "reset", "g", "--topic", "t", "--timestamp", "1970-01-01T00:00:02Z"]).unwrap();
+        let cli = parse(&[
+            "offset",
+            "reset",
+            "g",
+            "--topic",
+            "t",
+            "--timestamp",
+            "1970-01-01T00:00:02Z",
+        ])
+        .unwrap();
         assert_eq!(
             cli.command,
             Command::Offset(OffsetCommand::Reset {
@@ -232,9 +241,19 @@ mod tests {
         );
         let none = parse(&["offset", "reset", "g", "--topic", "t"]).unwrap_err();
         assert_eq!(none.kind(), ErrorKind::MissingRequiredArgument);
-        let two = parse(&["offset", "reset", "g", "--topic", "t", "--first", "--last"]).unwrap_err();
+        let two =
+            parse(&["offset", "reset", "g", "--topic", "t", "--first", "--last"]).unwrap_err();
         assert_eq!(two.kind(), ErrorKind::ArgumentConflict);
-        let bad = parse(&["offset", "reset", "g", "--topic", "t", "--timestamp", "soon"]).unwrap_err();
+        let bad = parse(&[
+            "offset",
+            "reset",
+            "g",
+            "--topic",
+            "t",
+            "--timestamp",
+            "soon",
+        ])
+        .unwrap_err();
         assert_eq!(bad.kind(), ErrorKind::ValueValidation);
     }
 
@@ -263,7 +282,9 @@ mod tests {
             ErrorKind::MissingRequiredArgument
         );
         assert_eq!(
-            parse(&["dlq", "resend", "g", "7", "--all"]).unwrap_err().kind(),
+            parse(&["dlq", "resend", "g", "7", "--all"])
+                .unwrap_err()
+                .kind(),
             ErrorKind::ArgumentConflict
         );
     }

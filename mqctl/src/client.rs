@@ -96,7 +96,11 @@ impl Client {
     }
 
     /// `POST` to a route, with a JSON body or none.
-    pub fn post(&self, segments: &[&str], body: Option<serde_json::Value>) -> Result<Answer, Error> {
+    pub fn post(
+        &self,
+        segments: &[&str],
+        body: Option<serde_json::Value>,
+    ) -> Result<Answer, Error> {
         self.send(Method::POST, self.url(segments, &[]), body, &[])
     }
 
@@ -148,7 +152,10 @@ pub fn failure(status: StatusCode, body: &str) -> Error {
         Ok(doc) => (doc.error.code, doc.error.message),
         Err(_) => {
             let reason = status.canonical_reason().unwrap_or("no reason");
-            (format!("http_{}", status.as_u16()), format!("{} {reason}", status.as_u16()))
+            (
+                format!("http_{}", status.as_u16()),
+                format!("{} {reason}", status.as_u16()),
+            )
         }
     };
     let status_code = status.as_u16();
@@ -168,11 +175,15 @@ pub fn failure(status: StatusCode, body: &str) -> Error {
     }
 }
 
-/// An error and its sources, outermost first: reqwest's own text ("error sending request")
-/// says little; the cause ("Connection refused") is what the operator needs.
+/// An error's sources, outermost first: reqwest's own text ("error sending request for url
+/// …") repeats the URL and says little; the causes ("Connection refused") are what the
+/// operator needs.
 fn causes(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut source = e.source();
+    let Some(first) = e.source() else {
+        return e.to_string();
+    };
+    let mut parts = vec![first.to_string()];
+    let mut source = first.source();
     while let Some(s) = source {
         let text = s.to_string();
         if !parts.iter().any(|p| p.contains(&text)) {
@@ -199,8 +210,11 @@ mod tests {
             "http://127.0.0.1:8080/mq/api/topics/%25RETRY%25g%25t"
         );
         assert_eq!(
-            c.url(&["messages"], &[("key", "a b&c".into()), ("limit", "5".into())])
-                .as_str(),
+            c.url(
+                &["messages"],
+                &[("key", "a b&c".into()), ("limit", "5".into())]
+            )
+            .as_str(),
             "http://127.0.0.1:8080/mq/api/messages?key=a+b%26c&limit=5"
         );
     }
@@ -236,11 +250,15 @@ mod tests {
             other => panic!("{other:?}"),
         }
         match failure(StatusCode::UNPROCESSABLE_ENTITY, &doc("invalid")) {
-            Error::Rejected { status, code, .. } => assert_eq!((status, code.as_str()), (422, "invalid")),
+            Error::Rejected { status, code, .. } => {
+                assert_eq!((status, code.as_str()), (422, "invalid"))
+            }
             other => panic!("{other:?}"),
         }
         match failure(StatusCode::BAD_GATEWAY, "<html>proxy</html>") {
-            Error::Server { status, message, .. } => {
+            Error::Server {
+                status, message, ..
+            } => {
                 assert_eq!(status, 502);
                 assert_eq!(message, "502 Bad Gateway");
             }

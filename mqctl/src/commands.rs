@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use crate::api::{
     DeadLetter, DeadLetterCount, DeadLetterPage, Deleted, GroupRow, GroupStats, Health,
-    ListenerRow, OffsetReset, QueueOffset, ResetTo, Resent, StoredMessage, TopicRow, TopicStats,
+    ListenerRow, OffsetReset, QueueOffset, Resent, ResetTo, StoredMessage, TopicRow, TopicStats,
 };
 use crate::cli::{Cli, Command, DlqCommand, OffsetCommand, ResetTarget};
 use crate::client::{Answer, Client};
@@ -65,36 +65,34 @@ pub fn run(cli: &Cli) -> Result<Output, Error> {
             Ok(Output { text, code })
         }
         Command::Topics => show(client.get(&["topics"], &[])?, &|a| {
-            Ok(topics_table(&a.json()?))
+            Ok(topics_table(&a.json::<Vec<_>>()?))
         }),
         Command::Topic { name } => show(client.get(&["topics", name], &[])?, &|a| {
             Ok(topic_table(&a.json()?))
         }),
         Command::Groups => show(client.get(&["groups"], &[])?, &|a| {
-            Ok(groups_table(&a.json()?))
+            Ok(groups_table(&a.json::<Vec<_>>()?))
         }),
         Command::Group { name } => show(client.get(&["groups", name], &[])?, &|a| {
             Ok(group_table(&a.json()?))
         }),
         Command::Lag { group: None } => show(client.get(&["groups"], &[])?, &|a| {
-            Ok(lag_table(&a.json()?))
+            Ok(lag_table(&a.json::<Vec<_>>()?))
         }),
         Command::Lag { group: Some(g) } => show(client.get(&["groups", g], &[])?, &|a| {
             Ok(group_lag_table(&a.json()?))
         }),
         Command::Listeners => show(client.get(&["listeners"], &[])?, &|a| {
-            Ok(listeners_table(&a.json()?))
+            Ok(listeners_table(&a.json::<Vec<_>>()?))
         }),
-        Command::Pause { listener } => {
-            show(client.post(&["listeners", listener, "pause"], None)?, &|a| {
-                Ok(listeners_table(&a.json()?))
-            })
-        }
-        Command::Resume { listener } => {
-            show(client.post(&["listeners", listener, "resume"], None)?, &|a| {
-                Ok(listeners_table(&a.json()?))
-            })
-        }
+        Command::Pause { listener } => show(
+            client.post(&["listeners", listener, "pause"], None)?,
+            &|a| Ok(listeners_table(&a.json::<Vec<_>>()?)),
+        ),
+        Command::Resume { listener } => show(
+            client.post(&["listeners", listener, "resume"], None)?,
+            &|a| Ok(listeners_table(&a.json::<Vec<_>>()?)),
+        ),
         Command::Offset(OffsetCommand::Reset { group, topic, to }) => {
             let body = OffsetReset {
                 topic: topic.clone(),
@@ -104,13 +102,14 @@ pub fn run(cli: &Cli) -> Result<Output, Error> {
                 url: cli.url.clone(),
                 cause: e.to_string(),
             })?;
-            show(client.post(&["groups", group, "offset"], Some(body))?, &|a| {
-                Ok(offsets_table(&a.json()?))
-            })
+            show(
+                client.post(&["groups", group, "offset"], Some(body))?,
+                &|a| Ok(offsets_table(&a.json::<Vec<_>>()?)),
+            )
         }
         Command::Dlq(DlqCommand::List { group: None, .. }) => {
             show(client.get(&["dead-letters"], &[])?, &|a| {
-                Ok(dead_letter_counts_table(&a.json()?))
+                Ok(dead_letter_counts_table(&a.json::<Vec<_>>()?))
             })
         }
         Command::Dlq(DlqCommand::List {
@@ -131,7 +130,9 @@ pub fn run(cli: &Cli) -> Result<Output, Error> {
         }
         Command::Dlq(DlqCommand::Resend { group, seq, .. }) => {
             let answer = match seq {
-                Some(seq) => client.post(&["dead-letters", group, &seq.to_string(), "resend"], None)?,
+                Some(seq) => {
+                    client.post(&["dead-letters", group, &seq.to_string(), "resend"], None)?
+                }
                 None => client.post(&["dead-letters", group, "resend"], None)?,
             };
             show(answer, &|a| {
@@ -139,14 +140,15 @@ pub fn run(cli: &Cli) -> Result<Output, Error> {
                 Ok(format!("resent {} dead letter(s) of {group}\n", r.resent))
             })
         }
-        Command::Dlq(DlqCommand::Delete { group, seq }) => {
-            show(client.delete(&["dead-letters", group, &seq.to_string()])?, &|a| {
+        Command::Dlq(DlqCommand::Delete { group, seq }) => show(
+            client.delete(&["dead-letters", group, &seq.to_string()])?,
+            &|a| {
                 let d: Deleted = a.json()?;
                 Ok(format!("deleted {} dead letter(s) of {group}\n", d.deleted))
-            })
-        }
+            },
+        ),
         Command::Message { id } => show(client.get(&["messages", id], &[])?, &|a| {
-            Ok(messages_table(&a.json()?))
+            Ok(messages_table(&a.json::<Vec<_>>()?))
         }),
         Command::Messages { key, topic, limit } => {
             let mut query = vec![("key", key.clone())];
@@ -175,7 +177,7 @@ pub fn run(cli: &Cli) -> Result<Output, Error> {
                         Ok(Output::ok(messages_table(&messages)))
                     }
                 }
-                None => show(answer, &|a| Ok(messages_table(&a.json()?))),
+                None => show(answer, &|a| Ok(messages_table(&a.json::<Vec<_>>()?))),
             }
         }
         Command::Trace { id } => show(client.get(&["messages", id, "trace"], &[])?, &|a| {
@@ -207,14 +209,20 @@ fn pretty(value: &Value) -> String {
 }
 
 fn opt(value: &Option<impl ToString>) -> String {
-    value.as_ref().map_or_else(|| "-".to_owned(), ToString::to_string)
+    value
+        .as_ref()
+        .map_or_else(|| "-".to_owned(), ToString::to_string)
 }
 
 fn list<T: ToString>(items: &[T]) -> String {
     if items.is_empty() {
         "-".to_owned()
     } else {
-        items.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+        items
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
     }
 }
 
@@ -247,22 +255,34 @@ pub fn health_table(health: &Health) -> String {
 pub fn topics_table(topics: &[TopicRow]) -> String {
     let mut t = Table::new(["TOPIC", "KIND", "QUEUES", "MESSAGES"]).right(&[2, 3]);
     for r in topics {
-        t.row([r.topic.clone(), r.kind.clone(), r.queues.to_string(), r.messages.to_string()]);
+        t.row([
+            r.topic.clone(),
+            r.kind.clone(),
+            r.queues.to_string(),
+            r.messages.to_string(),
+        ]);
     }
     t.render()
 }
 
 /// `topic <name>`.
 pub fn topic_table(stats: &TopicStats) -> String {
-    let mut t = Table::new(["QUEUE", "MIN OFFSET", "MAX OFFSET", "MESSAGES", "LAST STORED"])
-        .right(&[0, 1, 2, 3]);
+    let mut t = Table::new([
+        "QUEUE",
+        "MIN OFFSET",
+        "MAX OFFSET",
+        "MESSAGES",
+        "LAST STORED",
+    ])
+    .right(&[0, 1, 2, 3]);
     for q in &stats.queues {
         t.row([
             q.queue_id.to_string(),
             q.min_offset.to_string(),
             q.max_offset.to_string(),
             q.messages.to_string(),
-            q.last_store_ms.map_or_else(|| "-".to_owned(), timestamp::format),
+            q.last_store_ms
+                .map_or_else(|| "-".to_owned(), timestamp::format),
         ]);
     }
     let total: u64 = stats.queues.iter().map(|q| q.messages).sum();
@@ -281,15 +301,28 @@ pub fn topic_table(stats: &TopicStats) -> String {
 pub fn groups_table(groups: &[GroupRow]) -> String {
     let mut t = Table::new(["GROUP", "MODEL", "MEMBERS", "LAG"]).right(&[3]);
     for g in groups {
-        t.row([g.group.clone(), opt(&g.model), list(&g.members), g.lag.to_string()]);
+        t.row([
+            g.group.clone(),
+            opt(&g.model),
+            list(&g.members),
+            g.lag.to_string(),
+        ]);
     }
     t.render()
 }
 
 /// `group <name>`.
 pub fn group_table(stats: &GroupStats) -> String {
-    let mut t = Table::new(["TOPIC", "QUEUE", "INSTANCE", "COMMITTED", "MAX OFFSET", "LAG", "OWNER"])
-        .right(&[1, 3, 4, 5]);
+    let mut t = Table::new([
+        "TOPIC",
+        "QUEUE",
+        "INSTANCE",
+        "COMMITTED",
+        "MAX OFFSET",
+        "LAG",
+        "OWNER",
+    ])
+    .right(&[1, 3, 4, 5]);
     for q in &stats.queues {
         t.row([
             q.topic.clone(),
@@ -339,7 +372,15 @@ pub fn group_lag_table(stats: &GroupStats) -> String {
 /// `listeners`, `pause`, `resume`.
 pub fn listeners_table(rows: &[ListenerRow]) -> String {
     let mut t = Table::new([
-        "NAME", "TOPIC", "GROUP", "MODEL", "MODE", "CONCURRENCY", "BATCH", "IN FLIGHT", "QUEUES",
+        "NAME",
+        "TOPIC",
+        "GROUP",
+        "MODEL",
+        "MODE",
+        "CONCURRENCY",
+        "BATCH",
+        "IN FLIGHT",
+        "QUEUES",
         "STATE",
     ])
     .right(&[5, 6, 7]);
@@ -381,7 +422,14 @@ pub fn dead_letter_counts_table(counts: &[DeadLetterCount]) -> String {
 /// `dlq list <group>`.
 pub fn dead_letters_table(page: &DeadLetterPage) -> String {
     let mut t = Table::new([
-        "SEQ", "TOPIC", "MESSAGE ID", "KEYS", "TAG", "ATTEMPTS", "LAST FAILURE", "LAST ERROR",
+        "SEQ",
+        "TOPIC",
+        "MESSAGE ID",
+        "KEYS",
+        "TAG",
+        "ATTEMPTS",
+        "LAST FAILURE",
+        "LAST ERROR",
     ])
     .right(&[0, 5]);
     for d in &page.items {
@@ -413,11 +461,21 @@ pub fn dead_letter_fields(d: &DeadLetter) -> String {
         ("keys".to_owned(), list(&d.keys)),
         ("tag".to_owned(), opt(&d.tag)),
         ("attempts".to_owned(), d.attempts.to_string()),
-        ("first failure".to_owned(), timestamp::format(d.first_failure_ms)),
-        ("last failure".to_owned(), timestamp::format(d.last_failure_ms)),
+        (
+            "first failure".to_owned(),
+            timestamp::format(d.first_failure_ms),
+        ),
+        (
+            "last failure".to_owned(),
+            timestamp::format(d.last_failure_ms),
+        ),
         ("last error".to_owned(), d.last_error.clone()),
     ];
-    pairs.extend(d.properties.iter().map(|(k, v)| (format!("property {k}"), v.clone())));
+    pairs.extend(
+        d.properties
+            .iter()
+            .map(|(k, v)| (format!("property {k}"), v.clone())),
+    );
     pairs.push(("body".to_owned(), d.body.clone()));
     fields(pairs)
 }
@@ -425,7 +483,15 @@ pub fn dead_letter_fields(d: &DeadLetter) -> String {
 /// `message <id>`, `messages --key`.
 pub fn messages_table(messages: &[StoredMessage]) -> String {
     let mut t = Table::new([
-        "MESSAGE ID", "TOPIC", "QUEUE", "OFFSET", "TAG", "KEYS", "RECONSUMED", "STORED", "BODY",
+        "MESSAGE ID",
+        "TOPIC",
+        "QUEUE",
+        "OFFSET",
+        "TAG",
+        "KEYS",
+        "RECONSUMED",
+        "STORED",
+        "BODY",
     ])
     .right(&[2, 3, 6]);
     for m in messages {
@@ -459,7 +525,11 @@ pub fn value_text(value: &Value) -> String {
             }
             let mut t = Table::new(columns.iter().map(|c| c.to_uppercase()));
             for item in items.iter().filter_map(Value::as_object) {
-                t.row(columns.iter().map(|c| item.get(*c).map_or_else(String::new, |v| scalar(c, v))));
+                t.row(
+                    columns
+                        .iter()
+                        .map(|c| item.get(*c).map_or_else(String::new, |v| scalar(c, v))),
+                );
             }
             t.render()
         }
@@ -492,12 +562,18 @@ fn scalar(key: &str, v: &Value) -> String {
         Value::Null => "-".to_owned(),
         Value::String(s) => s.clone(),
         Value::Number(n) => match n.as_u64() {
-            Some(ms) if (key.ends_with("_ms") || key.ends_with("timestamp")) && ms > 100_000_000_000 => {
+            Some(ms)
+                if (key.ends_with("_ms") || key.ends_with("timestamp")) && ms > 100_000_000_000 =>
+            {
                 timestamp::format(ms)
             }
             _ => n.to_string(),
         },
-        Value::Array(items) => items.iter().map(|i| scalar("", i)).collect::<Vec<_>>().join(","),
+        Value::Array(items) => items
+            .iter()
+            .map(|i| scalar("", i))
+            .collect::<Vec<_>>()
+            .join(","),
         other => other.to_string(),
     }
 }
@@ -555,9 +631,9 @@ mod tests {
         });
         assert_eq!(
             value_text(&trace),
-            "message_id: ab\n\nevents:\nKIND       AT_MS                     GROUP\n\
-             sent       2024-12-04T08:13:20.000Z\n\
-             delivered  2024-12-04T08:13:20.100Z  g\n"
+            "message_id: ab\n\nevents:\nAT_MS                     KIND       GROUP\n\
+             2024-12-04T08:13:20.000Z  sent\n\
+             2024-12-04T08:13:20.100Z  delivered  g\n"
         );
     }
 

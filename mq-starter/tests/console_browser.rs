@@ -11,7 +11,6 @@
 
 mod support;
 
-use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
@@ -155,22 +154,16 @@ async fn serve(router: axum::Router) -> SocketAddr {
 
 /// `GET` an admin API route with the token: the test's own look, beside the browser's.
 async fn api(addr: SocketAddr, path: &str) -> Value {
-    let path = path.to_owned();
-    tokio::task::spawn_blocking(move || {
-        let mut stream = TcpStream::connect(addr).unwrap();
-        write!(
-            stream,
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {TOKEN}\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
-        )
+    let answer = reqwest::Client::new()
+        .get(format!("http://{addr}{path}"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
         .unwrap();
-        let mut answer = String::new();
-        stream.read_to_string(&mut answer).unwrap();
-        let (head, body) = answer.split_once("\r\n\r\n").unwrap();
-        assert!(head.starts_with("HTTP/1.1 200"), "GET {path}: {head}\n{body}");
-        serde_json::from_str(body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
-    })
-    .await
-    .unwrap()
+    let status = answer.status();
+    let body = answer.text().await.unwrap();
+    assert!(status.is_success(), "GET {path}: {status} {body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
 }
 
 /// The browser on the console, and what the steps check against.

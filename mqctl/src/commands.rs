@@ -471,13 +471,15 @@ pub fn dead_letter_fields(d: &DeadLetter) -> String {
         ),
         ("last error".to_owned(), d.last_error.clone()),
     ];
-    pairs.extend(
-        d.properties
-            .iter()
-            .map(|(k, v)| (format!("property {k}"), v.clone())),
-    );
     pairs.push(("body".to_owned(), d.body.clone()));
-    fields(pairs)
+    let mut text = fields(pairs);
+    if !d.properties.is_empty() {
+        text.push_str("properties:\n");
+        for line in fields(&d.properties).lines() {
+            text.push_str(&format!("  {line}\n"));
+        }
+    }
+    text
 }
 
 /// `message <id>`, `messages --key`.

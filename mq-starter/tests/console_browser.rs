@@ -105,7 +105,10 @@ impl Driver {
             if let Ok(Some(status)) = driver.child.try_wait() {
                 panic!("chromedriver exited with {status}");
             }
-            assert!(std::time::Instant::now() < deadline, "chromedriver never listened on {port}");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "chromedriver never listened on {port}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         driver
@@ -215,7 +218,10 @@ impl Page {
     async fn no_error(&self) {
         let error = self.browser.find(Locator::Id("error")).await.unwrap();
         if error.is_displayed().await.unwrap() {
-            panic!("the console shows an error: {}", error.text().await.unwrap());
+            panic!(
+                "the console shows an error: {}",
+                error.text().await.unwrap()
+            );
         }
     }
 
@@ -240,9 +246,12 @@ impl Page {
         let row = |topic: &str, col: &str| {
             format!(r#"tr[data-testid="topic-row"][data-topic="{topic}"] td[data-col="{col}"]"#)
         };
-        self.text_becomes(&row(PAYMENTS, "kind"), "user", false).await;
-        self.text_becomes(&row(PAYMENTS, "messages"), "1", false).await;
-        self.text_becomes(&row(ORDERS, "messages"), "3", false).await;
+        self.text_becomes(&row(PAYMENTS, "kind"), "user", false)
+            .await;
+        self.text_becomes(&row(PAYMENTS, "messages"), "1", false)
+            .await;
+        self.text_becomes(&row(ORDERS, "messages"), "3", false)
+            .await;
         self.no_error().await;
     }
 
@@ -254,7 +263,8 @@ impl Page {
             r#"tr[data-group="{ORDERS_GROUP}"] button[data-testid="group-open"]"#
         ))
         .await;
-        self.text_becomes("#group-detail-name", ORDERS_GROUP, false).await;
+        self.text_becomes("#group-detail-name", ORDERS_GROUP, false)
+            .await;
         let cells = self
             .browser
             .find_all(Locator::Css(&format!(
@@ -272,15 +282,18 @@ impl Page {
 
     async fn listeners(&self) {
         self.click("#nav-listeners").await;
-        let row = |name: &str, col: &str| {
-            format!(r#"tr[data-listener="{name}"] td[data-col="{col}"]"#)
-        };
-        self.text_becomes(&row("console_orders", "in_flight"), "3", true).await;
-        self.text_becomes(&row("console_payments", "state"), "running", false).await;
+        let row =
+            |name: &str, col: &str| format!(r#"tr[data-listener="{name}"] td[data-col="{col}"]"#);
+        self.text_becomes(&row("console_orders", "in_flight"), "3", true)
+            .await;
+        self.text_becomes(&row("console_payments", "state"), "running", false)
+            .await;
         self.click(r#"tr[data-listener="console_payments"] button[data-testid="listener-pause"]"#)
             .await;
-        self.text_becomes(&row("console_payments", "state"), "paused", false).await;
-        self.text_becomes("#status", "Paused console_payments", false).await;
+        self.text_becomes(&row("console_payments", "state"), "paused", false)
+            .await;
+        self.text_becomes("#status", "Paused console_payments", false)
+            .await;
         let listeners = api(self.addr, "/mq/api/listeners").await;
         let payments = listeners
             .as_array()
@@ -291,16 +304,21 @@ impl Page {
         assert_eq!(payments["state"], "paused");
         self.click(r#"tr[data-listener="console_payments"] button[data-testid="listener-resume"]"#)
             .await;
-        self.text_becomes(&row("console_payments", "state"), "running", false).await;
+        self.text_becomes(&row("console_payments", "state"), "running", false)
+            .await;
         self.no_error().await;
     }
 
     async fn dead_letters(&self) {
         self.click("#nav-dead-letters").await;
-        let group_row = format!(r#"tr[data-testid="dlq-group-row"][data-group="{PAYMENTS_GROUP}"]"#);
-        self.text_becomes(&format!(r#"{group_row} td[data-col="count"]"#), "1", true).await;
-        self.click(&format!(r#"{group_row} button[data-testid="dlq-open"]"#)).await;
-        self.text_becomes("#dlq-group-name", PAYMENTS_GROUP, false).await;
+        let group_row =
+            format!(r#"tr[data-testid="dlq-group-row"][data-group="{PAYMENTS_GROUP}"]"#);
+        self.text_becomes(&format!(r#"{group_row} td[data-col="count"]"#), "1", true)
+            .await;
+        self.click(&format!(r#"{group_row} button[data-testid="dlq-open"]"#))
+            .await;
+        self.text_becomes("#dlq-group-name", PAYMENTS_GROUP, false)
+            .await;
         let row = self
             .browser
             .wait()
@@ -310,13 +328,20 @@ impl Page {
             .unwrap();
         let seq = row.attr("data-seq").await.unwrap().unwrap();
         let row_css = format!(r#"tr[data-testid="dlq-row"][data-seq="{seq}"]"#);
-        self.text_becomes(&format!(r#"{row_css} td[data-col="last_error"]"#), "payment provider down", false)
+        self.text_becomes(
+            &format!(r#"{row_css} td[data-col="last_error"]"#),
+            "payment provider down",
+            false,
+        )
+        .await;
+        self.click(&format!(r#"{row_css} button[data-testid="dlq-show"]"#))
             .await;
-        self.click(&format!(r#"{row_css} button[data-testid="dlq-show"]"#)).await;
-        self.text_becomes(r#"#dlq-item tr[data-key="topic"] td"#, PAYMENTS, false).await;
+        self.text_becomes(r#"#dlq-item tr[data-key="topic"] td"#, PAYMENTS, false)
+            .await;
 
         self.shared.healed.store(true, Ordering::SeqCst);
-        self.click(&format!(r#"{row_css} button[data-testid="dlq-resend"]"#)).await;
+        self.click(&format!(r#"{row_css} button[data-testid="dlq-resend"]"#))
+            .await;
         self.text_becomes(
             "#status",
             &format!("Resent 1 dead letter (seq {seq}) of {PAYMENTS_GROUP}"),
@@ -328,7 +353,10 @@ impl Page {
         // Delivered again, and settled: the group has no lag left on the topic.
         let deadline = tokio::time::Instant::now() + WAIT;
         while self.shared.paid.load(Ordering::SeqCst) == 0 {
-            assert!(tokio::time::Instant::now() < deadline, "the resent payment never came");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the resent payment never came"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         loop {
@@ -343,10 +371,34 @@ impl Page {
             if payments["lag"] == 0 {
                 break;
             }
-            assert!(tokio::time::Instant::now() < deadline, "lag stays: {payments}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "lag stays: {payments}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         assert_eq!(self.shared.paid.load(Ordering::SeqCst), 1);
+        // Through the API: it left the dead-letter queue, went to the group's retry topic, and
+        // the group settled it there.
+        let page = api(self.addr, &format!("/mq/api/dead-letters/{PAYMENTS_GROUP}")).await;
+        assert_eq!(page["items"], json!([]), "{page}");
+        let stats = api(self.addr, &format!("/mq/api/groups/{PAYMENTS_GROUP}")).await;
+        let retry = format!("%RETRY%{PAYMENTS_GROUP}%{PAYMENTS}");
+        let committed: u64 = stats["queues"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|q| q["topic"] == retry.as_str())
+            .map(|q| q["committed"].as_u64().unwrap())
+            .sum();
+        assert_eq!(committed, 1, "{stats}");
+        // The page says so too.
+        self.text_becomes(
+            r#"#dlq-items-table tr[data-testid="empty"] td"#,
+            "none",
+            false,
+        )
+        .await;
     }
 }
 
@@ -379,7 +431,10 @@ async fn the_console_shows_the_broker_and_resends_dead_letters() {
     let template = app.running.template();
     template.send_bytes(PAYMENTS, "pay order 1").await.unwrap();
     for i in 0..3 {
-        template.send_bytes(ORDERS, format!("order {i}")).await.unwrap();
+        template
+            .send_bytes(ORDERS, format!("order {i}"))
+            .await
+            .unwrap();
     }
     let broker = app.running.broker();
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -390,7 +445,10 @@ async fn the_console_shows_the_broker_and_resends_dead_letters() {
         .iter()
         .any(|(g, n)| g == PAYMENTS_GROUP && *n == 1)
     {
-        assert!(tokio::time::Instant::now() < deadline, "the payment was never dead-lettered");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the payment was never dead-lettered"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 

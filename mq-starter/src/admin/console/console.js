@@ -316,6 +316,8 @@
       }));
     });
     $("dlq-detail").hidden = group === undefined;
+    // A shown dead letter may have been resent or deleted since: show it again on demand.
+    $("dlq-item").hidden = true;
     if (group === undefined) return;
     $("dlq-group-name").textContent = group;
     const page = await api("GET", path("dead-letters", group) + "?from=" + dlqFrom + "&limit=" + DLQ_PAGE);
@@ -345,7 +347,6 @@
             return;
           }
           const r = await api("DELETE", path("dead-letters", group, d.seq));
-          $("dlq-item").hidden = true;
           await deadLettersView(group);
           showStatus("Deleted " + r.deleted + " dead letter (seq " + d.seq + ") of " + group);
         }),

@@ -6,12 +6,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use mq_starter::config::Configuration;
 use mq_starter::prelude::*;
 use mq_starter::Running;
 use serde_json::Value;
+use tokio::sync::watch;
 
 const TOKEN: &str = "cli-test-token";
 const TOPIC: &str = "cli-orders";
@@ -33,9 +35,25 @@ async fn cli_orders(msg: MessageView) -> Outcome {
     }
 }
 
+/// Holds back `cli-slow` deliveries until set: they stay unsettled, and count as lag.
+#[derive(Clone)]
+struct Gate(Arc<watch::Sender<bool>>);
+
+#[mq_listener(
+    topic = "cli-slow",
+    group = "cli-slow-group",
+    enabled = "${test.cli:false}"
+)]
+async fn cli_slow(State(gate): State<Gate>) {
+    let mut open = gate.0.subscribe();
+    // A dropped gate (the test ended) lets the delivery finish too.
+    let _ = open.wait_for(|open| *open).await;
+}
+
 /// A running application and the URL of its admin API.
 struct App {
     running: Running,
+    gate: Gate,
     url: String,
     _dir: tempfile::TempDir,
 }
@@ -89,7 +107,13 @@ impl App {
         );
         std::fs::write(dir.path().join("application.yaml"), yaml).unwrap();
         let config = Configuration::load_with_env(dir.path(), &[], &[]).unwrap();
-        let running = MqApplication::new(config).unwrap().start().await.unwrap();
+        let gate = Gate(Arc::new(watch::channel(false).0));
+        let running = MqApplication::new(config)
+            .unwrap()
+            .with_state(gate.clone())
+            .start()
+            .await
+            .unwrap();
         let router = running.admin_router();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -102,6 +126,7 @@ impl App {
         });
         App {
             running,
+            gate,
             url: format!("http://{addr}"),
             _dir: dir,
         }
@@ -176,6 +201,7 @@ impl App {
     }
 
     async fn stop(self) {
+        self.gate.0.send_replace(true);
         self.running.shutdown().await.unwrap();
     }
 }
@@ -274,12 +300,48 @@ async fn shows_health_topics_groups_lag_and_listeners() {
         .json();
     assert_eq!(lag["group"], GROUP);
 
+    // Two held-back deliveries: lag the group has not settled.
+    for i in 0..2 {
+        app.running
+            .template()
+            .send_bytes("cli-slow", format!("slow {i}"))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        app.ctl(&["lag"]).await.ok().row("cli-slow-group"),
+        ["cli-slow-group", "2"]
+    );
+    assert_eq!(
+        app.ctl(&["lag", "--group", "cli-slow-group"])
+            .await
+            .ok()
+            .row("cli-slow"),
+        ["cli-slow", "-", "2"]
+    );
+    let slow = app.ctl(&["group", "cli-slow-group"]).await.ok();
+    assert_eq!(slow.field("lag"), "2", "{slow:?}");
+    assert_eq!(
+        app.ctl(&["groups"]).await.ok().row("cli-slow-group")[3],
+        "2"
+    );
+
     let listeners = app.ctl(&["listeners"]).await.ok();
     let row = listeners.row(LISTENER);
     assert_eq!(row[1..5], [TOPIC, GROUP, "clustering", "concurrently"]);
     assert_eq!(row.last().unwrap(), "running");
     let json = app.ctl(&["listeners", "--json"]).await.ok().json();
     assert_eq!(json[0]["name"], LISTENER);
+    // The held-back deliveries are in flight, once the listener has fetched them.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let slow = app.ctl(&["listeners"]).await.ok().row("cli_slow");
+        if slow[7] == "2" {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{slow:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     app.stop().await;
 }
 

@@ -398,6 +398,9 @@ async fn topics_groups_and_an_offset_reset_that_redelivers() {
     assert_eq!(get(&base, "/mq/api/topics/t-admin-ok").await, stats);
     let retry = get(&base, "/mq/api/topics/%25RETRY%25g-admin-ok%25t-admin-ok").await;
     assert_eq!(retry["topic"], "%RETRY%g-admin-ok%t-admin-ok");
+    // Clients that leave the `%` of mq's names unescaped are understood too.
+    let unescaped = get(&base, "/mq/api/topics/%25RETRY%g-admin-ok%t-admin-ok").await;
+    assert_eq!(unescaped, retry);
     let stats = serde_json::to_value(broker.group_stats("g-admin-ok").await.unwrap()).unwrap();
     assert_eq!(get(&base, "/mq/api/groups/g-admin-ok").await, stats);
 
@@ -488,6 +491,7 @@ async fn topics_groups_and_an_offset_reset_that_redelivers() {
         json!({"topic": "t-admin-ok", "to": {"timestamp_ms": -1}}),
         json!({"topic": "t-admin-ok", "to": "first", "extra": 1}),
         json!({"topic": "%RETRY%g-admin-ok%t-admin-ok", "to": "first"}),
+        json!({"topic": "t-admin-ok", "to": {"timestamp_ms": 9_223_372_036_854_775_808u64}}),
     ] {
         assert_error(
             &post(&base, reset, bad).await,
@@ -646,6 +650,8 @@ async fn dead_letters_are_paged_shown_resent_and_deleted() {
         "/mq/api/dead-letters/g-admin-dlq?from=-1",
         "/mq/api/dead-letters/g-admin-dlq?limit=many",
         "/mq/api/dead-letters/g-admin-dlq/abc",
+        "/mq/api/dead-letters/g-admin-dlq/9223372036854775808",
+        "/mq/api/dead-letters/g-admin-dlq?from=9223372036854775808",
         "/mq/api/dead-letters/bad%25group",
     ] {
         assert_error(

@@ -9,7 +9,7 @@ use mq_core::DeadLetter;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::error::{check_group, AdminError, AdminErrorBody, PathParam, QueryParam};
+use super::error::{check_group, check_int64, AdminError, AdminErrorBody, PathParam, QueryParam};
 use super::AdminState;
 
 /// Most dead letters one page holds.
@@ -156,6 +156,7 @@ pub async fn page(
     QueryParam(q): QueryParam<PageQuery>,
 ) -> Result<Json<DeadLetterPage>, AdminError> {
     check_group(&group)?;
+    check_int64("from", q.from)?;
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
     if !(1..=MAX_LIMIT).contains(&limit) {
         return Err(AdminError::bad_request(format!(
@@ -194,6 +195,7 @@ pub async fn show(
     PathParam(Position { group, seq }): PathParam<Position>,
 ) -> Result<Json<DeadLetterView>, AdminError> {
     check_group(&group)?;
+    check_int64("seq", seq)?;
     // The page from `seq` starts with it if it is there, else with a later one.
     match s.broker.dead_letters(&group, seq, 1).await?.pop() {
         Some(d) if d.seq == seq => Ok(Json(d.into())),
@@ -220,6 +222,7 @@ pub async fn resend(
     PathParam(Position { group, seq }): PathParam<Position>,
 ) -> Result<Json<Resent>, AdminError> {
     check_group(&group)?;
+    check_int64("seq", seq)?;
     if s.broker.resend_dead_letter(&group, seq).await? {
         tracing::info!(%group, seq, "dead letter resent through the admin API");
         Ok(Json(Resent { resent: 1 }))
@@ -267,6 +270,7 @@ pub async fn delete(
     PathParam(Position { group, seq }): PathParam<Position>,
 ) -> Result<Json<Deleted>, AdminError> {
     check_group(&group)?;
+    check_int64("seq", seq)?;
     if s.broker.delete_dead_letter(&group, seq).await? {
         tracing::info!(%group, seq, "dead letter deleted through the admin API");
         Ok(Json(Deleted { deleted: 1 }))

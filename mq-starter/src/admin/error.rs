@@ -176,3 +176,16 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for QueryParam<T> 
 pub fn check_group(group: &str) -> Result<(), AdminError> {
     mq_core::message::validate_group(group).map_err(|e| AdminError::bad_request(e.to_string()))
 }
+
+/// Checks a position or time from a path or query against the OpenAPI document, which
+/// declares integers as `int64`: what lies above `i64::MAX` is a 400.
+pub fn check_int64(what: &str, n: u64) -> Result<u64, AdminError> {
+    if i64::try_from(n).is_ok() {
+        Ok(n)
+    } else {
+        Err(AdminError::bad_request(format!(
+            "{what} must be at most {}, not {n}",
+            i64::MAX
+        )))
+    }
+}

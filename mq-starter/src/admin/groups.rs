@@ -229,7 +229,16 @@ pub async fn reset_offset(
     let to = match req.to {
         ResetTarget::Edge(ResetEdge::First) => ResetTo::First,
         ResetTarget::Edge(ResetEdge::Last) => ResetTo::Last,
-        ResetTarget::At(ResetAt { timestamp_ms }) => ResetTo::Timestamp(timestamp_ms),
+        ResetTarget::At(ResetAt { timestamp_ms }) => {
+            // The document says int64; a larger time is no time the body may hold.
+            if i64::try_from(timestamp_ms).is_err() {
+                return Err(AdminError::new(
+                    ErrorCode::Invalid,
+                    format!("timestamp_ms must be at most {}", i64::MAX),
+                ));
+            }
+            ResetTo::Timestamp(timestamp_ms)
+        }
     };
     let offsets = s.broker.reset_offset(&group, &req.topic, to).await?;
     tracing::info!(%group, topic = %req.topic, ?to, "offset reset through the admin API");

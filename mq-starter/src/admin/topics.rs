@@ -2,6 +2,7 @@
 //! and the retry and dead-letter topics of groups) and their queues.
 
 use axum::extract::State;
+use axum::http::Uri;
 use axum::Json;
 use mq_core::stats::{QueueStats, TopicStats};
 use mq_core::system_topics::{topic_kind, TopicKind};
@@ -9,7 +10,7 @@ use mq_core::BrokerError;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::error::{AdminError, AdminErrorBody, PathParam};
+use super::error::{AdminError, AdminErrorBody};
 use super::AdminState;
 
 /// What a topic is.
@@ -133,23 +134,73 @@ pub async fn list(State(s): State<AdminState>) -> Result<Json<Vec<TopicRow>>, Ad
     ))]
 pub async fn get(
     State(s): State<AdminState>,
-    PathParam(topic): PathParam<String>,
+    uri: Uri,
 ) -> Result<Json<TopicStatsView>, AdminError> {
+    // The route's last segment, as sent: `Path` would fail on `%` escapes that are no UTF-8.
+    let topic = decode_name(uri.path().rsplit('/').next().unwrap_or_default());
     check_topic(&topic)?;
     Ok(Json(s.broker.topic_stats(&topic).await?.into()))
 }
 
+/// Decodes a topic name from a path segment. mq's own topic names hold `%` (`%RETRY%g%t`),
+/// which clients do not always escape: an escape that decodes to a character of a name
+/// (`%25`, `%7C`, a letter...) is decoded, and any other `%` is the character itself, since no
+/// name holds what such an escape would give (`%fee-ledger` is `%`, then `fee-ledger`).
+fn decode_name(raw: &str) -> String {
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'%')
+            .then(|| bytes.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|hex| std::str::from_utf8(hex).ok())
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+            .filter(|b| name_byte(*b));
+        match escaped {
+            Some(b) => {
+                out.push(b);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn name_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'%' | b'|' | b'_' | b'-')
+}
+
 /// A topic name [`TOPIC_PATTERN`] accepts.
 fn check_topic(topic: &str) -> Result<(), AdminError> {
-    let fits = (1..=255).contains(&topic.len())
-        && topic
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'%' | b'|' | b'_' | b'-'));
+    let fits = (1..=255).contains(&topic.len()) && topic.bytes().all(name_byte);
     if fits {
         Ok(())
     } else {
         Err(AdminError::bad_request(format!(
             "{topic:?} is not a topic name (1 to 255 of A-Z a-z 0-9 % | _ -; pattern {TOPIC_PATTERN})"
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decode_name;
+
+    #[test]
+    fn names_decode_from_escaped_and_unescaped_percent_signs() {
+        assert_eq!(decode_name("order"), "order");
+        assert_eq!(decode_name("%25RETRY%25g%25t"), "%RETRY%g%t");
+        assert_eq!(
+            decode_name("%25RETRY%fee-ledger%fee-paid"),
+            "%RETRY%fee-ledger%fee-paid"
+        );
+        assert_eq!(decode_name("%RETRY%g%t"), "%RETRY%g%t");
+        assert_eq!(decode_name("a%7Cb%41"), "a|bA");
+        assert_eq!(decode_name("a%2Fb%"), "a%2Fb%");
     }
 }

@@ -406,6 +406,11 @@ async fn lists_shows_resends_and_deletes_dead_letters() {
         format!("resent 1 dead letter(s) of {GROUP}\n")
     );
     let second = app.dead_lettered_again(&seq).await;
+    // The resend went through the group's retry topic, a name with `%` in it.
+    let retry = format!("%RETRY%{GROUP}%{TOPIC}");
+    let stats = app.ctl(&["topic", &retry]).await.ok();
+    assert_eq!(stats.field("topic"), retry, "{stats:?}");
+    assert_eq!(stats.field("messages"), "1", "{stats:?}");
     let gone = app.ctl(&["dlq", "show", GROUP, &seq]).await;
     assert_eq!(gone.code, 5, "{gone:?}");
     assert!(gone.stderr.starts_with("mqctl: not found: "), "{gone:?}");

@@ -99,10 +99,16 @@ impl Run {
 }
 
 impl App {
+    /// An application whose admin API wants [`TOKEN`].
     async fn start() -> App {
+        App::start_with(&format!("  admin:\n    token: {TOKEN}\n")).await
+    }
+
+    /// An application with `admin` as its `mq.admin` settings.
+    async fn start_with(admin: &str) -> App {
         let dir = tempfile::tempdir().unwrap();
         let yaml = format!(
-            "mq:\n  broker:\n    data-dir: {}\n  consumer:\n    consume-from: first\n  admin:\n    token: {TOKEN}\n  shutdown-timeout: 5s\ntest:\n  cli: true\n",
+            "mq:\n  broker:\n    data-dir: {}\n  consumer:\n    consume-from: first\n{admin}  shutdown-timeout: 5s\ntest:\n  cli: true\n",
             dir.path().join("mq").display()
         );
         std::fs::write(dir.path().join("application.yaml"), yaml).unwrap();
@@ -556,6 +562,21 @@ async fn a_wrong_or_missing_token_is_unauthorized() {
         missing.stderr.starts_with("mqctl: not found: "),
         "{missing:?}"
     );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_configured_token_loopback_needs_none() {
+    let app = App::start_with("").await;
+    let groups = mqctl(&app.url, None, &["groups", "--json"])
+        .await
+        .ok()
+        .json();
+    assert!(topics
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|g| g["group"] == GROUP));
     app.stop().await;
 }
 

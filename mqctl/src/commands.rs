@@ -155,9 +155,13 @@ pub fn run(cli: &Cli) -> Result<Output, Error> {
             if let Some(limit) = limit {
                 query.push(("limit", limit.to_string()));
             }
+            if let Some(topic) = topic {
+                query.push(("topic", topic.clone()));
+            }
             let answer = client.get(&["messages"], &query)?;
             match topic {
-                // The API looks up by key only; the topic is picked here.
+                // The API's specification names `key` and `limit` only: an API that ignores
+                // `topic` answers every topic's copies, so they are picked here as well.
                 Some(topic) => {
                     let all: Vec<Value> = answer.json()?;
                     let picked: Vec<Value> = all

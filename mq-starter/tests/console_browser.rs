@@ -30,6 +30,8 @@ const WAIT: Duration = Duration::from_secs(20);
 
 const PAYMENTS: &str = "console-payments";
 const PAYMENTS_GROUP: &str = "console-payments-group";
+const PAYMENT_KEY: &str = "<b>pay-1</b>";
+const PAYMENT_BODY: &str = "<img src=x onerror=\"document.title='injected'\">";
 const ORDERS: &str = "console-orders";
 const ORDERS_GROUP: &str = "console-orders-group";
 
@@ -338,6 +340,19 @@ impl Page {
             .await;
         self.text_becomes(r#"#dlq-item tr[data-key="topic"] td"#, PAYMENTS, false)
             .await;
+        self.text_becomes(
+            &format!(r#"{row_css} td[data-col="keys"]"#),
+            PAYMENT_KEY,
+            false,
+        )
+        .await;
+        self.text_becomes(r#"#dlq-item tr[data-key="body"] td"#, PAYMENT_BODY, false)
+            .await;
+        assert_eq!(
+            self.browser.title().await.unwrap(),
+            "mq console",
+            "markup ran"
+        );
 
         self.shared.healed.store(true, Ordering::SeqCst);
         self.click(&format!(r#"{row_css} button[data-testid="dlq-resend"]"#))
@@ -429,7 +444,14 @@ async fn the_console_shows_the_broker_and_resends_dead_letters() {
     let addr = serve(app.running.admin_router()).await;
 
     let template = app.running.template();
-    template.send_bytes(PAYMENTS, "pay order 1").await.unwrap();
+    // Markup in a key and a body must reach the page as text.
+    template
+        .message(PAYMENTS)
+        .key(PAYMENT_KEY)
+        .bytes(PAYMENT_BODY)
+        .send()
+        .await
+        .unwrap();
     for i in 0..3 {
         template
             .send_bytes(ORDERS, format!("order {i}"))

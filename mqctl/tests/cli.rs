@@ -566,13 +566,33 @@ async fn a_wrong_or_missing_token_is_unauthorized() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_says_which_component_is_down() {
+    let app = App::start().await;
+    app.running.broker().shutdown().await.unwrap();
+    let down = app.ctl(&["health"]).await;
+    assert_eq!(down.code, 7, "{down:?}");
+    assert!(down.stdout.starts_with("status: DOWN\n"), "{down:?}");
+    let broker = down.row("broker");
+    assert_eq!(broker[1..3], ["DOWN", "embedded"], "{down:?}");
+    assert!(
+        broker.len() > 3 && broker[3] != "-",
+        "no error shown: {down:?}"
+    );
+    let json = app.ctl(&["health", "--json"]).await;
+    assert_eq!(json.code, 7, "{json:?}");
+    assert_eq!(json.json()["components"]["broker"]["status"], "DOWN");
+    // The broker is closed already; what the application says of it is not this test's.
+    let _ = app.running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_configured_token_loopback_needs_none() {
     let app = App::start_with("").await;
     let groups = mqctl(&app.url, None, &["groups", "--json"])
         .await
         .ok()
         .json();
-    assert!(topics
+    assert!(groups
         .as_array()
         .unwrap()
         .iter()

@@ -212,7 +212,7 @@ async fn a_configured_token_is_required_and_the_console_is_not_protected() {
     }
     let (status, body) = call(&base, Method::GET, "/mq/api/health", None, Some("s3cret")).await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    // The scheme without the word Bearer is no token.
+    // The scheme without the word Bearer is no token; the answer names the scheme.
     let resp = http()
         .get(format!("{base}/mq/api/health"))
         .header("authorization", "s3cret")
@@ -220,6 +220,7 @@ async fn a_configured_token_is_required_and_the_console_is_not_protected() {
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(resp.headers()["www-authenticate"], "Bearer");
     let got = call(&base, Method::GET, "/mq/api/nope", None, Some("s3cret")).await;
     assert_error(&got, StatusCode::NOT_FOUND, "not_found");
 

@@ -527,6 +527,14 @@ async fn topics_groups_and_an_offset_reset_that_redelivers() {
     )
     .await;
     assert_eq!(status, StatusCode::OK);
+    // An integer written as JSON Schema allows it.
+    let (status, body) = post(
+        &base,
+        "/mq/api/groups/g-admin-ok/offset",
+        json!({"topic": "t-admin-ok", "to": {"timestamp_ms": 4_000_000_000_000.0}}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
 
     // What is not there, and what cannot be.
     for (path, status, code) in [
@@ -569,6 +577,7 @@ async fn topics_groups_and_an_offset_reset_that_redelivers() {
         json!({"topic": "t-admin-ok", "to": "middle"}),
         json!({"to": "first"}),
         json!({"topic": "t-admin-ok", "to": {"timestamp_ms": -1}}),
+        json!({"topic": "t-admin-ok", "to": {"timestamp_ms": 1.5}}),
         json!({"topic": "t-admin-ok", "to": "first", "extra": 1}),
         json!({"topic": "%RETRY%g-admin-ok%t-admin-ok", "to": "first"}),
         json!({"topic": "t-admin-ok", "to": {"timestamp_ms": 9_223_372_036_854_775_808u64}}),

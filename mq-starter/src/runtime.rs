@@ -17,7 +17,7 @@ use crate::config::{
 };
 use crate::context::{AppContext, States};
 use crate::idempotency::{IdempotencyError, IdempotencyStore, MemoryStore};
-use crate::listener::{Idempotency, ListenerControl, ListenerLoop};
+use crate::listener::{Idempotency, ListenerControl, ListenerInfo, ListenerLoop};
 use crate::metrics::Metrics;
 use crate::registry::{self, ListenerRegistration};
 use crate::template::MqTemplate;
@@ -252,13 +252,15 @@ impl MqApplication {
                 );
                 let consumer: Arc<dyn Consumer> = Arc::from(consumer);
                 let control = Arc::new(ListenerControl::new(
-                    reg.name,
-                    topic,
-                    &resolved.group,
-                    resolved.model,
-                    resolved.mode,
-                    resolved.concurrency,
-                    resolved.batch,
+                    ListenerInfo {
+                        name: reg.name.into(),
+                        topic: topic.clone(),
+                        group: resolved.group.clone(),
+                        model: resolved.model,
+                        mode: resolved.mode,
+                        concurrency: resolved.concurrency,
+                        batch: resolved.batch,
+                    },
                     consumer.clone(),
                 ));
                 controls.push(control.clone());

@@ -48,6 +48,22 @@ async fn admin_fails(State(runs): State<Runs>, msg: MessageView) -> Result<(), S
     Err(format!("always fails ({})", msg.key().unwrap_or("-")))
 }
 
+/// Holds each delivery until the test lets one through.
+#[derive(Clone)]
+struct Gate(Arc<tokio::sync::Semaphore>);
+
+#[mq_listener(
+    topic = "t-admin-slow",
+    group = "g-admin-slow",
+    concurrency = 2,
+    enabled = "${test.slow:false}"
+)]
+async fn admin_slow(State(gate): State<Gate>, State(runs): State<Runs>) -> Result<(), String> {
+    gate.0.acquire().await.map_err(|e| e.to_string())?.forget();
+    runs.ok.fetch_add(1, Ordering::SeqCst);
+    Ok(())
+}
+
 /// Never enabled: it makes the application open its idempotency store, which health shows.
 #[mq_listener(
     topic = "t-admin-idem",
@@ -358,6 +374,69 @@ async fn a_paused_listener_lets_lag_pile_up_and_drains_it_when_resumed() {
     let _ = app.running.shutdown().await;
 }
 
+/// A delivery in flight when the listener is paused finishes; nothing after it is fetched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_in_flight_finishes_after_the_pause() {
+    let runs = Runs::default();
+    let gate = Gate(Arc::new(tokio::sync::Semaphore::new(0)));
+    let app = start(&["slow"], "", |a| {
+        a.with_state(runs.clone()).with_state(gate.clone())
+    })
+    .await;
+    let base = serve(&app.running).await;
+    let template = app.running.template();
+    template
+        .send("t-admin-slow", &json!({"n": 0}))
+        .await
+        .unwrap();
+    eventually_get(&base, "/mq/api/listeners", "one in flight", |l| {
+        l[0]["in_flight"] == 1
+    })
+    .await;
+
+    let (status, paused) = post(&base, "/mq/api/listeners/admin_slow/pause", json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{paused}");
+    assert_eq!(paused[0]["state"], "paused");
+    assert_eq!(
+        paused[0]["in_flight"], 1,
+        "pausing does not cut a delivery short"
+    );
+    for n in 1..=2 {
+        template
+            .send("t-admin-slow", &json!({"n": n}))
+            .await
+            .unwrap();
+    }
+    gate.0.add_permits(3);
+    eventually_get(
+        &base,
+        "/mq/api/groups",
+        "the first settled, the others waiting",
+        |g| {
+            runs.ok.load(Ordering::SeqCst) == 1
+                && group_row(g, "g-admin-slow").is_some_and(|r| r["lag"] == 2)
+        },
+    )
+    .await;
+    eventually_get(&base, "/mq/api/listeners", "nothing in flight", |l| {
+        l[0]["in_flight"] == 0
+    })
+    .await;
+    assert_eq!(
+        runs.ok.load(Ordering::SeqCst),
+        1,
+        "paused: the later two were not fetched"
+    );
+
+    post(&base, "/mq/api/listeners/admin_slow/resume", json!({})).await;
+    eventually_get(&base, "/mq/api/groups", "the rest handled", |g| {
+        runs.ok.load(Ordering::SeqCst) == 3
+            && group_row(g, "g-admin-slow").is_some_and(|r| r["lag"] == 0)
+    })
+    .await;
+    app.running.shutdown().await.unwrap();
+}
+
 // --- topics, groups, offsets -----------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -448,6 +527,14 @@ async fn topics_groups_and_an_offset_reset_that_redelivers() {
     )
     .await;
     assert_eq!(status, StatusCode::OK);
+    // An integer written as JSON Schema allows it.
+    let (status, body) = post(
+        &base,
+        "/mq/api/groups/g-admin-ok/offset",
+        json!({"topic": "t-admin-ok", "to": {"timestamp_ms": 4_000_000_000_000.0}}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
 
     // What is not there, and what cannot be.
     for (path, status, code) in [
@@ -490,6 +577,7 @@ async fn topics_groups_and_an_offset_reset_that_redelivers() {
         json!({"topic": "t-admin-ok", "to": "middle"}),
         json!({"to": "first"}),
         json!({"topic": "t-admin-ok", "to": {"timestamp_ms": -1}}),
+        json!({"topic": "t-admin-ok", "to": {"timestamp_ms": 1.5}}),
         json!({"topic": "t-admin-ok", "to": "first", "extra": 1}),
         json!({"topic": "%RETRY%g-admin-ok%t-admin-ok", "to": "first"}),
         json!({"topic": "t-admin-ok", "to": {"timestamp_ms": 9_223_372_036_854_775_808u64}}),

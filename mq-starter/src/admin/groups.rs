@@ -161,8 +161,47 @@ pub enum ResetEdge {
 #[serde(deny_unknown_fields)]
 pub struct ResetAt {
     /// The first message stored at or after this time (ms since the Unix epoch), per queue.
-    #[schema(minimum = 0)]
+    #[schema(minimum = 0, value_type = i64)]
+    #[serde(deserialize_with = "json_integer")]
     pub timestamp_ms: u64,
+}
+
+/// A JSON integer as JSON Schema counts them (`2`, and `2.0`, which serde's `u64` refuses) in
+/// `0..=i64::MAX`, the `int64` the document declares.
+fn json_integer<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    struct Integer;
+
+    impl serde::de::Visitor<'_> for Integer {
+        type Value = u64;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an integer from 0 to 2^63 - 1")
+        }
+
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<u64, E> {
+            u64::try_from(v).map_err(|_| E::custom(format!("{v} is negative")))
+        }
+
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<u64, E> {
+            match i64::try_from(v) {
+                Ok(_) => Ok(v),
+                Err(_) => Err(E::custom(format!("{v} is above 2^63 - 1"))),
+            }
+        }
+
+        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<u64, E> {
+            // Exactly representable integers only: 0 <= v < 2^63.
+            if v.fract() == 0.0 && (0.0..9_223_372_036_854_775_808.0).contains(&v) {
+                Ok(v as u64)
+            } else {
+                Err(E::custom(format!(
+                    "{v} is not an integer from 0 to 2^63 - 1"
+                )))
+            }
+        }
+    }
+
+    d.deserialize_any(Integer)
 }
 
 /// `"first"`, `"last"` or `{"timestamp_ms": N}`.
@@ -229,16 +268,7 @@ pub async fn reset_offset(
     let to = match req.to {
         ResetTarget::Edge(ResetEdge::First) => ResetTo::First,
         ResetTarget::Edge(ResetEdge::Last) => ResetTo::Last,
-        ResetTarget::At(ResetAt { timestamp_ms }) => {
-            // The document says int64; a larger time is no time the body may hold.
-            if i64::try_from(timestamp_ms).is_err() {
-                return Err(AdminError::new(
-                    ErrorCode::Invalid,
-                    format!("timestamp_ms must be at most {}", i64::MAX),
-                ));
-            }
-            ResetTo::Timestamp(timestamp_ms)
-        }
+        ResetTarget::At(ResetAt { timestamp_ms }) => ResetTo::Timestamp(timestamp_ms),
     };
     let offsets = s.broker.reset_offset(&group, &req.topic, to).await?;
     tracing::info!(%group, topic = %req.topic, ?to, "offset reset through the admin API");

@@ -54,14 +54,15 @@ async fn row(c: &ListenerControl) -> ListenerRow {
     // A consumer that has left (the application is stopping) holds no queue.
     let mut assignment = c.consumer.assignment().await.unwrap_or_default();
     assignment.sort_unstable();
+    let info = &c.info;
     ListenerRow {
-        name: c.name.clone(),
-        topic: c.topic.clone(),
-        group: c.group.clone(),
-        model: c.model,
-        mode: c.mode,
-        concurrency: c.concurrency,
-        batch: c.batch,
+        name: info.name.clone(),
+        topic: info.topic.clone(),
+        group: info.group.clone(),
+        model: info.model,
+        mode: info.mode,
+        concurrency: info.concurrency,
+        batch: info.batch,
         in_flight: c.in_flight(),
         assignment,
         state: if c.is_paused() {
@@ -83,7 +84,7 @@ async fn rows<'a>(controls: impl Iterator<Item = &'a Arc<ListenerControl>>) -> V
 
 /// The controls of listener `name`; 404 if it runs on no topic.
 fn named<'a>(s: &'a AdminState, name: &str) -> Result<Vec<&'a Arc<ListenerControl>>, AdminError> {
-    let found: Vec<_> = s.listeners.iter().filter(|c| c.name == name).collect();
+    let found: Vec<_> = s.listeners.iter().filter(|c| c.info.name == name).collect();
     if found.is_empty() {
         return Err(AdminError::not_found(format!(
             "no listener {name:?} runs in this application"

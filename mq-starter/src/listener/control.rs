@@ -18,15 +18,21 @@ use tokio_util::sync::CancellationToken;
 /// way ends within its wait (500 ms) unless every permit is held by a slow handler.
 const PARK_WAIT: Duration = Duration::from_secs(2);
 
-/// One (listener, topic) as it runs.
-pub(crate) struct ListenerControl {
+/// What a running (listener, topic) is.
+pub(crate) struct ListenerInfo {
     pub name: String,
     pub topic: String,
     pub group: String,
     pub model: MessageModel,
     pub mode: ConsumeMode,
+    /// Deliveries (or batches) handled at once, at most; at least 1.
     pub concurrency: usize,
     pub batch: Option<usize>,
+}
+
+/// One (listener, topic) as it runs.
+pub(crate) struct ListenerControl {
+    pub info: ListenerInfo,
     /// The loop's permits: one per delivery (or batch) in flight.
     pub permits: Arc<Semaphore>,
     pub consumer: Arc<dyn Consumer>,
@@ -37,27 +43,11 @@ pub(crate) struct ListenerControl {
 }
 
 impl ListenerControl {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        name: &str,
-        topic: &str,
-        group: &str,
-        model: MessageModel,
-        mode: ConsumeMode,
-        concurrency: usize,
-        batch: Option<usize>,
-        consumer: Arc<dyn Consumer>,
-    ) -> Self {
-        let concurrency = concurrency.max(1);
+    pub fn new(mut info: ListenerInfo, consumer: Arc<dyn Consumer>) -> Self {
+        info.concurrency = info.concurrency.max(1);
         ListenerControl {
-            name: name.into(),
-            topic: topic.into(),
-            group: group.into(),
-            model,
-            mode,
-            concurrency,
-            batch,
-            permits: Arc::new(Semaphore::new(concurrency)),
+            permits: Arc::new(Semaphore::new(info.concurrency)),
+            info,
             consumer,
             paused: watch::Sender::new(false),
             parked: watch::Sender::new(false),
@@ -66,7 +56,8 @@ impl ListenerControl {
 
     /// Deliveries (or batches) being handled now.
     pub fn in_flight(&self) -> usize {
-        self.concurrency
+        self.info
+            .concurrency
             .saturating_sub(self.permits.available_permits())
     }
 
@@ -97,7 +88,7 @@ impl ListenerControl {
         }
         let mut switch = self.paused.subscribe();
         self.parked.send_replace(true);
-        tracing::info!(listener = %self.name, topic = %self.topic, "listener paused");
+        tracing::info!(listener = %self.info.name, topic = %self.info.topic, "listener paused");
         let go_on = tokio::select! {
             _ = stop.cancelled() => false,
             // The sender lives as long as this control: an error cannot happen while the loop
@@ -106,7 +97,7 @@ impl ListenerControl {
         };
         self.parked.send_replace(false);
         if go_on {
-            tracing::info!(listener = %self.name, topic = %self.topic, "listener resumed");
+            tracing::info!(listener = %self.info.name, topic = %self.info.topic, "listener resumed");
         }
         go_on
     }

@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-pub(crate) use self::control::ListenerControl;
+pub(crate) use self::control::{ListenerControl, ListenerInfo};
 pub(crate) use self::idempotency::Idempotency;
 use self::idempotency::{acquire, complete, keep_lease};
 use crate::context::{AppContext, DeliveryContext};

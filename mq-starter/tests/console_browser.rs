@@ -176,6 +176,7 @@ struct Page {
     browser: Client,
     addr: SocketAddr,
     shared: Shared,
+    template: MqTemplate,
 }
 
 impl Page {
@@ -415,6 +416,76 @@ impl Page {
         )
         .await;
     }
+
+    /// Two more dead letters: one deleted (a second click confirms), the other resent with
+    /// "Resend all".
+    async fn delete_and_resend_all(&self) {
+        self.shared.healed.store(false, Ordering::SeqCst);
+        for key in ["pay-2", "pay-3"] {
+            self.template
+                .message(PAYMENTS)
+                .key(key)
+                .bytes("pay again")
+                .send()
+                .await
+                .unwrap();
+        }
+        let rows = r#"#dlq-items-table tr[data-testid="dlq-row"]"#;
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let seqs = loop {
+            let mut seqs = Vec::new();
+            for row in self.browser.find_all(Locator::Css(rows)).await.unwrap() {
+                if let Ok(Some(seq)) = row.attr("data-seq").await {
+                    seqs.push(seq);
+                }
+            }
+            if seqs.len() == 2 {
+                break seqs;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "rows {seqs:?}");
+            self.click("#refresh").await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+
+        let delete = format!(
+            r#"tr[data-seq="{}"] button[data-testid="dlq-delete"]"#,
+            seqs[0]
+        );
+        self.click(&delete).await;
+        self.text_becomes(&delete, "Really delete?", false).await;
+        self.click(&delete).await;
+        self.text_becomes(
+            "#status",
+            &format!(
+                "Deleted 1 dead letter (seq {}) of {PAYMENTS_GROUP}",
+                seqs[0]
+            ),
+            false,
+        )
+        .await;
+
+        self.shared.healed.store(true, Ordering::SeqCst);
+        self.click("#dlq-resend-all").await;
+        self.text_becomes(
+            "#status",
+            &format!("Resent 1 dead letter(s) of {PAYMENTS_GROUP}"),
+            false,
+        )
+        .await;
+        self.no_error().await;
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while self.shared.paid.load(Ordering::SeqCst) < 2 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the resent payment never came"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let page = api(self.addr, &format!("/mq/api/dead-letters/{PAYMENTS_GROUP}")).await;
+        assert_eq!(page["items"], json!([]), "{page}");
+        // The deleted one is gone for good: only the resent one was paid.
+        assert_eq!(self.shared.paid.load(Ordering::SeqCst), 2);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -479,6 +550,7 @@ async fn the_console_shows_the_broker_and_resends_dead_letters() {
         browser: driver.browser().await,
         addr,
         shared: shared.clone(),
+        template: app.running.template(),
     };
     let steps = AssertUnwindSafe(async {
         page.sign_in().await;
@@ -486,6 +558,7 @@ async fn the_console_shows_the_broker_and_resends_dead_letters() {
         page.groups().await;
         page.listeners().await;
         page.dead_letters().await;
+        page.delete_and_resend_all().await;
     })
     .catch_unwind()
     .await;

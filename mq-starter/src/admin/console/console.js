@@ -369,7 +369,7 @@
       const group = $("dlq-group-name").textContent;
       const r = await api("POST", path("dead-letters", group, "resend"));
       await deadLettersView(group);
-      showStatus("Resent " + r.resent + " dead letters of " + group);
+      showStatus("Resent " + r.resent + " dead letter(s) of " + group);
     }),
   );
   $("dlq-next").addEventListener("click", () =>

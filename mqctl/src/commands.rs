@@ -185,7 +185,7 @@ pub fn run(cli: &Cli) -> Result<Output, Error> {
             }
         }
         Command::Trace { id } => show(client.get(&["messages", id, "trace"], &[])?, &|a| {
-            Ok(value_text(&a.json()?))
+            Ok(trace_text(&a.json()?))
         }),
     }
 }
@@ -516,7 +516,79 @@ pub fn messages_table(messages: &[StoredMessage]) -> String {
     t.render()
 }
 
-/// Any JSON document (the trace): an array of objects as a table, an object's plain members as
+/// The members of a trace event that have columns of their own in [`trace_text`].
+const TRACE_COLUMNS: [&str; 10] = [
+    "message_id",
+    "at_ms",
+    "kind",
+    "topic",
+    "queue_id",
+    "queue_offset",
+    "group",
+    "attempt",
+    "outcome",
+    "copy",
+];
+
+/// `trace`: one row per event, oldest first (`{"message_id","events":[..]}`, mq_core's
+/// `Trace`); members without a column of their own go to DETAIL as `key=value`, so that an
+/// event kind this build does not know still shows everything. Anything else is shown as by
+/// [`value_text`].
+pub fn trace_text(trace: &Value) -> String {
+    let Some(events) = trace.get("events").and_then(Value::as_array) else {
+        return value_text(trace);
+    };
+    let cell = |e: &Value, k: &str| e.get(k).map_or_else(|| "-".to_owned(), |v| scalar(k, v));
+    let mut t = Table::new([
+        "TIME", "EVENT", "TOPIC", "QUEUE", "OFFSET", "GROUP", "ATTEMPT", "OUTCOME", "DETAIL",
+    ])
+    .right(&[3, 4, 6]);
+    for e in events {
+        // A delivery's outcome, or which copy a store made.
+        let outcome = match (e.get("outcome"), e.get("copy")) {
+            (Some(Value::Object(o)), _) => {
+                let kind = o.get("type").map_or_else(String::new, |v| scalar("", v));
+                let rest: Vec<String> = o
+                    .iter()
+                    .filter(|(k, _)| k.as_str() != "type")
+                    .map(|(k, v)| format!("{k}={}", scalar(k, v)))
+                    .collect();
+                if rest.is_empty() {
+                    kind
+                } else {
+                    format!("{kind} ({})", rest.join(", "))
+                }
+            }
+            (Some(other), _) => scalar("outcome", other),
+            (None, Some(copy)) => scalar("copy", copy),
+            (None, None) => "-".to_owned(),
+        };
+        let detail: Vec<String> = e
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(k, _)| !TRACE_COLUMNS.contains(&k.as_str()))
+            .map(|(k, v)| format!("{k}={}", scalar(k, v)))
+            .collect();
+        t.row([
+            cell(e, "at_ms"),
+            cell(e, "kind"),
+            cell(e, "topic"),
+            cell(e, "queue_id"),
+            cell(e, "queue_offset"),
+            cell(e, "group"),
+            cell(e, "attempt"),
+            outcome,
+            detail.join(" "),
+        ]);
+    }
+    let id = trace
+        .get("message_id")
+        .map_or_else(|| "-".to_owned(), |v| scalar("", v));
+    format!("{}\n{}", fields([("message", id)]), t.render())
+}
+
+/// Any JSON document: an array of objects as a table, an object's plain members as
 /// `key: value` lines and its arrays and objects below, under their name.
 pub fn value_text(value: &Value) -> String {
     match value {
@@ -641,6 +713,61 @@ mod tests {
              2024-12-04T08:13:20.000Z  sent\n\
              2024-12-04T08:13:20.100Z  delivered  g\n"
         );
+    }
+
+    #[test]
+    fn a_trace_is_one_row_per_event() {
+        let trace = json!({"message_id": "01A2", "events": [
+            {"message_id": "01A2", "at_ms": 1_733_300_000_000_u64, "kind": "stored", "topic": "order",
+             "copy": "original", "queue_id": 0, "queue_offset": 41, "reconsume_times": 0,
+             "born_ms": 1_733_300_000_000_u64},
+            {"message_id": "01A2", "at_ms": 1_733_300_000_001_u64, "kind": "delivered", "group": "points",
+             "topic": "order", "queue_id": 0, "queue_offset": 41, "instance": "i@1", "attempt": 1,
+             "outcome": {"type": "retried", "retry": 1, "after_ms": 10000},
+             "error": "inventory locked", "duration_ms": 3},
+            {"message_id": "01A2", "at_ms": 1_733_300_000_002_u64, "kind": "resent", "group": "points"}
+        ]});
+        let text = trace_text(&trace);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "message: 01A2");
+        assert_eq!(lines[1], "");
+        let cells = |l: &str| l.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
+        assert_eq!(
+            cells(lines[2]),
+            [
+                "TIME", "EVENT", "TOPIC", "QUEUE", "OFFSET", "GROUP", "ATTEMPT", "OUTCOME",
+                "DETAIL"
+            ]
+        );
+        assert_eq!(
+            cells(lines[3]),
+            [
+                "2024-12-04T08:13:20.000Z",
+                "stored",
+                "order",
+                "0",
+                "41",
+                "-",
+                "-",
+                "original",
+                "born_ms=2024-12-04T08:13:20.000Z",
+                "reconsume_times=0"
+            ]
+        );
+        assert!(
+            lines[4].contains("retried (after_ms=10000, retry=1)")
+                && lines[4].ends_with("duration_ms=3 error=inventory locked instance=i@1"),
+            "{text}"
+        );
+        assert_eq!(
+            cells(lines[5])[1..],
+            ["resent", "-", "-", "-", "points", "-", "-"]
+        );
+    }
+
+    #[test]
+    fn a_document_without_events_is_shown_whole() {
+        assert_eq!(trace_text(&json!({"note": "n"})), "note: n\n");
     }
 
     #[test]

@@ -403,11 +403,53 @@
     });
   }
 
+  // Members of a trace event with columns of their own; the rest goes to "detail".
+  const TRACE_COLUMNS = ["message_id", "at_ms", "kind", "topic", "queue_id", "queue_offset", "group", "attempt", "outcome", "copy"];
+
+  /** A trace (`{"message_id","events":[..]}`) as one row per event; anything else as is. */
+  function renderTrace(trace) {
+    if (!trace || !Array.isArray(trace.events)) return renderValue(trace);
+    const table = document.createElement("table");
+    table.id = "trace-table";
+    const head = table.createTHead().insertRow();
+    ["Time", "Event", "Topic", "Queue", "Offset", "Group", "Attempt", "Outcome", "Detail"].forEach((h) => {
+      const th = document.createElement("th");
+      th.textContent = h;
+      head.appendChild(th);
+    });
+    const body = table.createTBody();
+    trace.events.forEach((e) => {
+      const tr = body.insertRow();
+      tr.dataset.testid = "trace-row";
+      tr.dataset.kind = e.kind;
+      let outcome = e.copy;
+      if (isObject(e.outcome)) {
+        const rest = Object.entries(e.outcome).filter(([k]) => k !== "type").map(([k, v]) => k + "=" + text(v));
+        outcome = e.outcome.type + (rest.length ? " (" + rest.join(", ") + ")" : "");
+      } else if (e.outcome !== undefined) {
+        outcome = e.outcome;
+      }
+      const detail = Object.entries(e)
+        .filter(([k]) => !TRACE_COLUMNS.includes(k))
+        .map(([k, v]) => k + "=" + (typeof v === "number" && k.endsWith("_ms") && v > 1e11 ? time(v) : text(v)));
+      cell(tr, "at_ms", time(e.at_ms));
+      cell(tr, "kind", e.kind);
+      cell(tr, "topic", e.topic);
+      cell(tr, "queue_id", e.queue_id, "num");
+      cell(tr, "queue_offset", e.queue_offset, "num");
+      cell(tr, "group", e.group);
+      cell(tr, "attempt", e.attempt, "num");
+      cell(tr, "outcome", outcome);
+      cell(tr, "detail", detail.join(" "));
+    });
+    return table;
+  }
+
   async function showTrace(id) {
     $("trace").hidden = true;
     const trace = await api("GET", path("messages", id, "trace"));
     $("trace-id").textContent = id;
-    $("trace-body").replaceChildren(renderValue(trace));
+    $("trace-body").replaceChildren(renderTrace(trace));
     $("trace").hidden = false;
   }
 

@@ -1,8 +1,12 @@
 //! The web console (`/mq/`) in a real browser: headless Chromium over WebDriver (Debian's
 //! `chromium` and `chromium-driver`), against an application on the embedded broker serving
 //! `running.admin_router()` on a free port. The test signs in with the token, reads the topics,
-//! groups (with lag) and listeners views, pauses and resumes a listener, and resends a dead
-//! letter, checking through the API that it was delivered again.
+//! groups (with lag) and listeners views, pauses and resumes a listener, resends and deletes
+//! dead letters, checking through the API that they were delivered again or removed. Each view
+//! is one step (a method of `Page`) run in order on one page; the message search (by id and by
+//! key, with the trace: `#search-by-key`, `#search-input`, `#search-submit`, rows
+//! `message-row`, `#trace-id`) becomes one more step once the router serves
+//! `/mq/api/messages`.
 //!
 //! Without chromedriver the test says so loudly and skips, unless `MQ_REQUIRE_BROWSER=1` (as in
 //! CI), where it fails. `MQ_CHROMEDRIVER` and `MQ_CHROMIUM` point at other binaries.

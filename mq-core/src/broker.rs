@@ -15,6 +15,7 @@ use crate::error::{BrokerError, Result};
 use crate::message::{Message, MessageId, MessageView};
 use crate::stats::{GroupStats, QueueOffset, ResetTo, TopicStats};
 use crate::subscription::{ConsumeFrom, Subscription};
+use crate::trace::TraceEvent;
 use crate::transaction::{TransactionChecker, TxState};
 
 /// RocketMQ's default number of queues of an auto-created topic.
@@ -476,6 +477,16 @@ pub trait Broker: Send + Sync + 'static {
     /// (a group that never subscribed to `topic`).
     async fn reset_offset(&self, group: &str, topic: &str, to: ResetTo)
         -> Result<Vec<QueueOffset>>;
+
+    /// Stores trace events (see [`crate::trace`]) as one record of
+    /// [`TRACE_TOPIC`](crate::system_topics::TRACE_TOPIC) whose keys are the distinct message
+    /// ids of the events, so that [`trace::trace`](crate::trace::trace) finds them by id. Does
+    /// nothing for no events. Once it returns the record is readable; it is kept as the
+    /// backend keeps records of a topic no group consumes. Trace is diagnostic: it may be
+    /// stored with less care than messages (on the embedded broker it shares the writer with
+    /// sends, and what `flush: async` has not synced may be lost in a crash), never at their
+    /// expense.
+    async fn record_trace(&self, events: Vec<TraceEvent>) -> Result<()>;
 
     /// Makes everything stored and every acknowledged progress durable.
     async fn flush(&self) -> Result<()>;

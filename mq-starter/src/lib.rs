@@ -37,6 +37,7 @@ pub mod metrics;
 pub mod registry;
 mod runtime;
 pub mod template;
+pub mod trace;
 pub mod transaction;
 
 pub use mq_core as core;

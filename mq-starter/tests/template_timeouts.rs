@@ -86,6 +86,9 @@ impl Broker for Silent {
     async fn reset_offset(&self, _: &str, topic: &str, _: ResetTo) -> R<Vec<QueueOffset>> {
         Err(BrokerError::TopicNotFound(topic.into()))
     }
+    async fn record_trace(&self, _: Vec<mq_core::trace::TraceEvent>) -> R<()> {
+        Ok(())
+    }
     async fn flush(&self) -> R<()> {
         Ok(())
     }

@@ -45,6 +45,7 @@ mod retention;
 mod scheduler;
 mod store;
 pub(crate) mod system_topics;
+mod trace;
 mod transactions;
 
 use std::path::{Path, PathBuf};
@@ -605,6 +606,11 @@ impl Broker for EmbeddedBroker {
         // Saved before returning: a restart must not bring the old position back.
         self.persist_groups("saving a reset offset").await?;
         Ok(offsets)
+    }
+
+    async fn record_trace(&self, events: Vec<crate::trace::TraceEvent>) -> Result<()> {
+        self.check_open()?;
+        trace::record(&self.store, &events).await
     }
 
     async fn flush(&self) -> Result<()> {

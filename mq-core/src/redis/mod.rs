@@ -30,6 +30,7 @@ mod keys;
 mod retention;
 mod scheduler;
 mod scripts;
+mod trace;
 mod transactions;
 
 use std::collections::HashMap;
@@ -195,6 +196,8 @@ pub(crate) struct Shared {
     checkers: Mutex<HashMap<String, Arc<dyn TransactionChecker>>>,
     /// Live members of this broker (members key, instance): they leave at shutdown.
     members: Mutex<Vec<(String, String)>>,
+    /// Where this broker's trace appends were, for trimming `%TRACE%` (`trace.rs`).
+    trace_marks: trace::Marks,
     closed: AtomicBool,
 }
 
@@ -254,6 +257,7 @@ impl RedisBroker {
             checker_wake: Notify::new(),
             checkers: Mutex::new(HashMap::new()),
             members: Mutex::new(Vec::new()),
+            trace_marks: trace::Marks::default(),
             closed: AtomicBool::new(false),
         });
         let tasks = vec![
@@ -595,6 +599,11 @@ impl Broker for RedisBroker {
         to: ResetTo,
     ) -> Result<Vec<QueueOffset>> {
         self.shared.reset_offset(group, topic, to).await
+    }
+
+    async fn record_trace(&self, events: Vec<crate::trace::TraceEvent>) -> Result<()> {
+        self.shared.check_open()?;
+        trace::record(&self.shared, &events).await
     }
 
     async fn flush(&self) -> Result<()> {

@@ -17,11 +17,13 @@
 mod admin;
 mod delivery;
 mod scheduling;
+mod trace;
 mod transactions;
 
 pub use admin::*;
 pub use delivery::*;
 pub use scheduling::*;
+pub use trace::*;
 pub use transactions::*;
 
 use std::sync::Arc;
@@ -153,6 +155,9 @@ macro_rules! conformance_suite {
             reset_to_last_skips_backlog,
             reset_to_timestamp_redelivers_from_it,
             reset_survives_restart,
+            trace_of_a_message_retried_twice_then_acked,
+            trace_of_a_dead_letter_resent,
+            trace_records_hold_many_messages,
         );
         $crate::conformance_suite!(@paused $harness, $guard;
             delayed_messages_arrive_when_due,

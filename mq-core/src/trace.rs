@@ -1,0 +1,509 @@
+//! Message trace: what happened to one message, from its send to its last delivery.
+//!
+//! As in RocketMQ's message trace, the broker does not watch deliveries itself: clients (the
+//! listeners of `mq-starter`) collect a [`TraceEvent`] per settled delivery and per resent dead
+//! letter, and store them in batches through [`Broker::record_trace`] as ordinary records of
+//! the system topic [`TRACE_TOPIC`] (`%TRACE%`, RocketMQ's `RMQ_SYS_TRACE_TOPIC`), keyed by the
+//! ids of the messages they describe. [`trace`] answers "what happened to this message?" on
+//! every backend the same way: the stored copies of the message (`Broker::messages_by_id`: the
+//! original gives when it was sent, its queue and offset; then its retry copies and its
+//! dead-letter copy) and the events of the trace records found by its id as key
+//! (`Broker::messages_by_key` restricted to `%TRACE%`), in time order.
+//!
+//! A trace record's body is compact JSON, `{"v":1,"events":[…]}`, each event as [`TraceEvent`]
+//! serializes. A record that does not decode, or of another version, is reported with a
+//! warning and skipped, never read as data; so is a single event that does not decode.
+//!
+//! Trace is diagnostic: trace records are kept as long as the backend keeps records of a topic
+//! no group consumes (embedded: until retention deletes their commit-log segment; Redis: see
+//! the backend's `record_trace`), and a crash may lose the last events a process had not yet
+//! stored, never a message.
+
+use serde::{Deserialize, Serialize};
+
+use crate::broker::Broker;
+use crate::error::{BackendErrorKind, BrokerError, Result};
+use crate::message::{now_millis, MessageId, MessageParts, MessageView};
+use crate::system_topics::{topic_kind, TopicKind, TRACE_TOPIC};
+
+/// The version of the trace record format this build writes and reads.
+pub const TRACE_FORMAT_VERSION: u32 = 1;
+
+/// Longest error text an event keeps, in bytes: a handler's error can be long (a whole
+/// response body), and a trace is for finding out what happened, not for storing payloads.
+pub const MAX_ERROR_LEN: usize = 512;
+
+/// Most trace records [`trace`] reads for one message (each holds one or more of its events).
+pub const MAX_TRACE_RECORDS: usize = 1000;
+
+/// One thing that happened to a message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceEvent {
+    /// The message it happened to.
+    pub message_id: MessageId,
+    /// When (ms since the Unix epoch): for a delivery, when it started.
+    pub at_ms: u64,
+    /// What happened.
+    #[serde(flatten)]
+    pub kind: TraceKind,
+}
+
+/// What happened to a message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum TraceKind {
+    /// A copy of the message was stored: the original when sent, a retry copy when its retry
+    /// fell due (or a dead letter was resent), the dead-letter copy. [`trace`] builds these
+    /// from the stored copies; a recorded one is skipped.
+    Stored {
+        /// The topic of the copy (`%RETRY%…` and `%DLQ%…` for the group's copies).
+        topic: String,
+        /// What kind of copy it is.
+        copy: CopyKind,
+        /// Its queue.
+        queue_id: u32,
+        /// Its offset in that queue.
+        queue_offset: u64,
+        /// Deliveries that had failed before this copy was stored.
+        reconsume_times: u32,
+        /// When the producer built the message (ms since the Unix epoch).
+        born_ms: u64,
+    },
+    /// A delivery to a listener was settled.
+    Delivered {
+        /// The consumer group.
+        group: String,
+        /// The topic the message was sent to.
+        topic: String,
+        /// The queue of the delivered copy (a retry copy's queue for a retry).
+        queue_id: u32,
+        /// The offset of the delivered copy in that queue.
+        queue_offset: u64,
+        /// The member that received it (`Consumer::instance`).
+        instance: String,
+        /// Which delivery this was, starting at 1.
+        attempt: u32,
+        /// How it was settled.
+        outcome: DeliveryOutcome,
+        /// Why it failed, when it did (at most [`MAX_ERROR_LEN`] bytes).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+        /// How long the handler ran, in milliseconds (0 if it did not run).
+        duration_ms: u64,
+    },
+    /// A dead letter of `group` was sent again. It keeps its message id on every backend, so
+    /// its next deliveries appear in the same trace.
+    Resent {
+        /// The group whose dead-letter queue held it.
+        group: String,
+        /// Its position in that dead-letter queue.
+        seq: u64,
+    },
+}
+
+/// What a stored copy of a message is, by the topic it is stored in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CopyKind {
+    /// The message as sent, on its own topic.
+    Original,
+    /// A copy on a group's retry topic: a retry due, or a resent dead letter.
+    Retry,
+    /// The copy in a group's dead-letter queue.
+    DeadLetter,
+    /// A copy a backend keeps for itself (a retry or delayed message waiting for its time).
+    Internal,
+}
+
+impl CopyKind {
+    /// The kind of a copy stored in `topic`.
+    pub fn of(topic: &str) -> Self {
+        match topic_kind(topic) {
+            TopicKind::User => CopyKind::Original,
+            TopicKind::Retry => CopyKind::Retry,
+            TopicKind::DeadLetter => CopyKind::DeadLetter,
+            TopicKind::Internal => CopyKind::Internal,
+        }
+    }
+}
+
+/// How a delivery was settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum DeliveryOutcome {
+    /// The handler succeeded and the delivery was acknowledged.
+    Acked,
+    /// An idempotent listener had processed the key already: acknowledged without running.
+    Duplicate,
+    /// The delivery failed and the message will come again.
+    Retried {
+        /// 1 for the first retry.
+        retry: u32,
+        /// The delay before it, in milliseconds.
+        after_ms: u64,
+    },
+    /// The message went to the group's dead-letter queue.
+    DeadLettered,
+    /// The receipt was stale (the message had been redelivered or settled): nothing changed.
+    Stale,
+    /// Settling it failed (the broker refused the ack, nack or dead letter); the message will
+    /// come again.
+    Failed,
+}
+
+/// Cuts an error text to at most [`MAX_ERROR_LEN`] bytes, on a character boundary.
+pub fn clip_error(mut text: String) -> String {
+    if text.len() > MAX_ERROR_LEN {
+        let mut end = MAX_ERROR_LEN;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
+}
+
+/// The body of one trace record as written.
+#[derive(Serialize)]
+struct RecordOut<'a> {
+    v: u32,
+    events: &'a [TraceEvent],
+}
+
+/// The body of one trace record as read: events one by one, so that one bad event does not
+/// cost the others.
+#[derive(Deserialize)]
+struct RecordIn {
+    v: u32,
+    events: Vec<serde_json::Value>,
+}
+
+/// Why a trace record could not be read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TraceDecodeError {
+    /// The body is not a trace record.
+    #[error("not a trace record: {0}")]
+    Malformed(#[source] serde_json::Error),
+    /// A record of a format version this build does not read.
+    #[error("trace record of version {0}, this build reads version {TRACE_FORMAT_VERSION}")]
+    UnknownVersion(u32),
+}
+
+/// The body of a trace record holding `events`.
+pub fn encode_record(events: &[TraceEvent]) -> Result<Vec<u8>> {
+    serde_json::to_vec(&RecordOut {
+        v: TRACE_FORMAT_VERSION,
+        events,
+    })
+    .map_err(|e| {
+        BrokerError::backend_caused(
+            "trace",
+            BackendErrorKind::Malformed,
+            "encoding trace events",
+            e,
+        )
+    })
+}
+
+/// The events of a trace record's body. An event that does not decode (a kind this build does
+/// not know, a damaged field) is reported with a warning and left out.
+pub fn decode_record(body: &[u8]) -> std::result::Result<Vec<TraceEvent>, TraceDecodeError> {
+    let record: RecordIn = serde_json::from_slice(body).map_err(TraceDecodeError::Malformed)?;
+    if record.v != TRACE_FORMAT_VERSION {
+        return Err(TraceDecodeError::UnknownVersion(record.v));
+    }
+    Ok(record
+        .events
+        .into_iter()
+        .filter_map(|value| match serde_json::from_value::<TraceEvent>(value) {
+            Ok(event) => Some(event),
+            Err(e) => {
+                tracing::warn!(error = %e, "trace event that does not decode skipped");
+                None
+            }
+        })
+        .collect())
+}
+
+/// The stored message that holds `events`: a record of [`TRACE_TOPIC`] whose keys are the
+/// distinct message ids of the events, in first-seen order. `None` for no events. Backends
+/// store it through their internal path (user topics cannot start with `%`).
+pub(crate) fn trace_record(events: &[TraceEvent]) -> Result<Option<MessageParts>> {
+    if events.is_empty() {
+        return Ok(None);
+    }
+    let mut keys: Vec<String> = Vec::new();
+    let mut seen = std::collections::HashSet::with_capacity(events.len());
+    for e in events {
+        if seen.insert(e.message_id) {
+            keys.push(e.message_id.to_string());
+        }
+    }
+    Ok(Some(MessageParts {
+        id: MessageId::new(),
+        topic: TRACE_TOPIC.to_owned(),
+        tag: None,
+        keys,
+        properties: Default::default(),
+        body: encode_record(events)?.into(),
+        born_timestamp: now_millis(),
+    }))
+}
+
+/// Everything known of one message: its stored copies and its recorded events, in time order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Trace {
+    /// The message.
+    pub message_id: MessageId,
+    /// What happened to it, oldest first; a copy stored in the same millisecond as an event
+    /// comes before it.
+    pub events: Vec<TraceEvent>,
+}
+
+impl Trace {
+    /// The original copy's `Stored` event (when it was sent, its queue and offset), if the
+    /// broker still keeps it.
+    pub fn sent(&self) -> Option<&TraceEvent> {
+        self.events.iter().find(|e| {
+            matches!(
+                e.kind,
+                TraceKind::Stored {
+                    copy: CopyKind::Original,
+                    ..
+                }
+            )
+        })
+    }
+
+    /// The deliveries, oldest first.
+    pub fn deliveries(&self) -> impl Iterator<Item = &TraceEvent> {
+        self.events
+            .iter()
+            .filter(|e| matches!(e.kind, TraceKind::Delivered { .. }))
+    }
+
+    /// Whether nothing at all is known of the message.
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+}
+
+/// The `Stored` event of a stored copy.
+fn stored(view: &MessageView) -> TraceEvent {
+    TraceEvent {
+        message_id: view.id,
+        at_ms: view.store_timestamp,
+        kind: TraceKind::Stored {
+            topic: view.topic.clone(),
+            copy: CopyKind::of(&view.topic),
+            queue_id: view.queue_id,
+            queue_offset: view.queue_offset,
+            reconsume_times: view.reconsume_times,
+            born_ms: view.born_timestamp,
+        },
+    }
+}
+
+/// Puts the stored copies and recorded events of message `id` in one time line.
+pub fn assemble(id: MessageId, copies: &[MessageView], records: &[MessageView]) -> Trace {
+    let mut events: Vec<TraceEvent> = copies.iter().filter(|c| c.id == id).map(stored).collect();
+    for record in records {
+        match decode_record(&record.body) {
+            Ok(decoded) => events.extend(decoded.into_iter().filter(|e| {
+                if e.message_id != id {
+                    return false;
+                }
+                if matches!(e.kind, TraceKind::Stored { .. }) {
+                    tracing::warn!(record = %record.id, "recorded Stored event skipped: copies come from the broker");
+                    return false;
+                }
+                true
+            })),
+            Err(e) => tracing::warn!(
+                record = %record.id,
+                topic = %record.topic,
+                queue_id = record.queue_id,
+                queue_offset = record.queue_offset,
+                error = %e,
+                "trace record that does not decode skipped"
+            ),
+        }
+    }
+    // Stable: copies (pushed first) stay before events of the same millisecond, and events of
+    // one record keep the order they were recorded in.
+    events.sort_by_key(|e| (e.at_ms, !matches!(e.kind, TraceKind::Stored { .. })));
+    Trace {
+        message_id: id,
+        events,
+    }
+}
+
+/// The trace of message `id`, the same on every backend: its stored copies, then the events of
+/// the trace records whose key is its id, in time order. An unknown id has an empty trace.
+pub async fn trace(broker: &dyn Broker, id: MessageId) -> Result<Trace> {
+    let copies = broker.messages_by_id(id).await?;
+    let records = broker
+        .messages_by_key(&id.to_string(), Some(TRACE_TOPIC), MAX_TRACE_RECORDS)
+        .await?;
+    Ok(assemble(id, &copies, &records))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn delivered(id: MessageId, at_ms: u64, outcome: DeliveryOutcome) -> TraceEvent {
+        TraceEvent {
+            message_id: id,
+            at_ms,
+            kind: TraceKind::Delivered {
+                group: "g".into(),
+                topic: "order".into(),
+                queue_id: 1,
+                queue_offset: 7,
+                instance: "i@1".into(),
+                attempt: 1,
+                outcome,
+                error: None,
+                duration_ms: 3,
+            },
+        }
+    }
+
+    fn view(id: MessageId, topic: &str, store: u64, body: Vec<u8>) -> MessageView {
+        MessageView {
+            id,
+            topic: topic.into(),
+            tag: None,
+            keys: vec![],
+            properties: Default::default(),
+            body: body.into(),
+            queue_id: 0,
+            queue_offset: 0,
+            born_timestamp: store,
+            store_timestamp: store,
+            reconsume_times: 0,
+        }
+    }
+
+    #[test]
+    fn a_record_reads_back_as_written_and_is_keyed_by_distinct_ids() {
+        let (a, b) = (MessageId::new(), MessageId::new());
+        let events = vec![
+            delivered(a, 10, DeliveryOutcome::Retried { retry: 1, after_ms: 100 }),
+            delivered(b, 11, DeliveryOutcome::Acked),
+            delivered(a, 12, DeliveryOutcome::Acked),
+        ];
+        let parts = trace_record(&events).unwrap().unwrap();
+        assert_eq!(parts.topic, TRACE_TOPIC);
+        assert_eq!(parts.keys, vec![a.to_string(), b.to_string()]);
+        assert_eq!(decode_record(&parts.body).unwrap(), events);
+        assert!(trace_record(&[]).unwrap().is_none());
+    }
+
+    #[test]
+    fn the_json_names_its_kinds() {
+        let id = MessageId::new();
+        let text = String::from_utf8(encode_record(&[delivered(
+            id,
+            5,
+            DeliveryOutcome::Retried { retry: 2, after_ms: 30 },
+        )])
+        .unwrap())
+        .unwrap();
+        assert!(text.starts_with(r#"{"v":1,"events":[{"message_id":""#), "{text}");
+        assert!(text.contains(r#""kind":"delivered""#), "{text}");
+        assert!(
+            text.contains(r#""outcome":{"type":"retried","retry":2,"after_ms":30}"#),
+            "{text}"
+        );
+        assert!(!text.contains("error"), "no error, no field: {text}");
+    }
+
+    #[test]
+    fn bad_records_and_events_are_skipped_not_read() {
+        let id = MessageId::new();
+        let good = encode_record(&[delivered(id, 20, DeliveryOutcome::Acked)]).unwrap();
+        let future = br#"{"v":2,"events":[]}"#.to_vec();
+        let garbage = b"\x00\x01 not json".to_vec();
+        let mixed = format!(
+            r#"{{"v":1,"events":[{{"message_id":"{id}","at_ms":30,"kind":"teleported"}},{{"message_id":"{id}","at_ms":31,"kind":"resent","group":"g","seq":4}}]}}"#
+        )
+        .into_bytes();
+        assert!(matches!(
+            decode_record(&future),
+            Err(TraceDecodeError::UnknownVersion(2))
+        ));
+        assert!(matches!(
+            decode_record(&garbage),
+            Err(TraceDecodeError::Malformed(_))
+        ));
+        let records = [
+            view(MessageId::new(), TRACE_TOPIC, 1, garbage),
+            view(MessageId::new(), TRACE_TOPIC, 2, future),
+            view(MessageId::new(), TRACE_TOPIC, 3, mixed),
+            view(MessageId::new(), TRACE_TOPIC, 4, good),
+        ];
+        let t = assemble(id, &[], &records);
+        let kinds: Vec<u64> = t.events.iter().map(|e| e.at_ms).collect();
+        assert_eq!(kinds, vec![20, 31]);
+    }
+
+    #[test]
+    fn copies_and_events_form_one_time_line() {
+        let id = MessageId::new();
+        let other = MessageId::new();
+        let copies = [
+            view(id, "%DLQ%g", 50, vec![]),
+            view(id, "order", 10, vec![]),
+            view(id, "%RETRY%g%order", 30, vec![]),
+        ];
+        let record = encode_record(&[
+            delivered(id, 10, DeliveryOutcome::Retried { retry: 1, after_ms: 20 }),
+            delivered(other, 11, DeliveryOutcome::Acked),
+            delivered(id, 30, DeliveryOutcome::DeadLettered),
+        ])
+        .unwrap();
+        let t = assemble(id, &copies, &[view(MessageId::new(), TRACE_TOPIC, 60, record)]);
+        let line: Vec<(u64, &str)> = t
+            .events
+            .iter()
+            .map(|e| {
+                let what = match &e.kind {
+                    TraceKind::Stored { copy: CopyKind::Original, .. } => "sent",
+                    TraceKind::Stored { copy: CopyKind::Retry, .. } => "retry copy",
+                    TraceKind::Stored { copy: CopyKind::DeadLetter, .. } => "dead letter",
+                    TraceKind::Delivered { .. } => "delivered",
+                    _ => "other",
+                };
+                (e.at_ms, what)
+            })
+            .collect();
+        assert_eq!(
+            line,
+            vec![
+                (10, "sent"),
+                (10, "delivered"),
+                (30, "retry copy"),
+                (30, "delivered"),
+                (50, "dead letter"),
+            ]
+        );
+        assert_eq!(t.sent().map(|e| e.at_ms), Some(10));
+        assert_eq!(t.deliveries().count(), 2);
+    }
+
+    #[test]
+    fn long_errors_are_clipped_on_a_character_boundary() {
+        let text = "é".repeat(MAX_ERROR_LEN);
+        let clipped = clip_error(text);
+        assert!(clipped.len() <= MAX_ERROR_LEN);
+        assert!(clipped.chars().all(|c| c == 'é'));
+        assert_eq!(clip_error("short".into()), "short");
+    }
+}

@@ -71,6 +71,11 @@ async fn acks(msg: MessageView) {
     called("drain", msg.id);
 }
 
+/// Whether the fault test's handler fails the first delivery of `id` (one in ten).
+fn fails_first(id: MessageId) -> bool {
+    id.as_u128().is_multiple_of(10)
+}
+
 #[mq_listener(
     topic = "t-fault",
     group = "g-fault",
@@ -79,7 +84,7 @@ async fn acks(msg: MessageView) {
 )]
 async fn mostly_acks(msg: MessageView) -> Outcome {
     // One in ten fails its first delivery, so that retries run while tracing is in trouble.
-    if called("fault", msg.id) == 1 && msg.id.as_u128() % 10 == 0 {
+    if called("fault", msg.id) == 1 && fails_first(msg.id) {
         return Outcome::retry("first delivery fails");
     }
     Outcome::ack()
@@ -475,14 +480,14 @@ async fn a_failing_trace_store_costs_no_message() {
                 .unwrap()
                 .message_id,
         );
-        if rng.next() % 200 == 0 {
+        if rng.next().is_multiple_of(200) {
             // Bursts and pauses, so that the recorder both fills its queue and empties it.
             tokio::time::sleep(Duration::from_millis(rng.next() % 150)).await;
         }
     }
     let metrics = running.metrics();
     let series = metrics.series("t-fault", "g-fault");
-    let expected_calls = || N as u64 + sent.iter().filter(|id| id.as_u128() % 10 == 0).count() as u64;
+    let expected_calls = || N as u64 + sent.iter().filter(|id| fails_first(**id)).count() as u64;
     // Deliveries finish while the trace store may still be stalled: nothing waits for it.
     eventually("every message handled and acknowledged", Duration::from_secs(60), || {
         series.acked_count() == N as u64 && calls("fault") == expected_calls()

@@ -45,10 +45,10 @@ impl Marks {
         {
             marks.push_back((now_ms, offset));
         }
-        let cut_before = now_ms.saturating_sub(retention.as_millis() as u64);
+        let retention_ms = retention.as_millis() as u64;
         let mut cut = None;
         while let Some(&(at, o)) = marks.front() {
-            if at > cut_before {
+            if at.saturating_add(retention_ms) > now_ms {
                 break;
             }
             cut = Some(o);

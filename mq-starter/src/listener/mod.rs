@@ -66,6 +66,17 @@ struct Note<'a> {
     duration: Duration,
 }
 
+impl<'a> Note<'a> {
+    /// For a unit settled without running the handler.
+    fn untimed(seen: &'a [Seen]) -> Self {
+        Note {
+            seen,
+            started: Instant::now(),
+            duration: Duration::ZERO,
+        }
+    }
+}
+
 /// One listener on one topic, resolved and running.
 pub(crate) struct ListenerLoop {
     pub name: String,
@@ -257,11 +268,6 @@ impl ListenerLoop {
                 Some(_) => unit.iter().map(|d| Seen::of(&d.message)).collect(),
                 None => Vec::new(),
             };
-            let untimed = |seen: &[Seen]| Note {
-                seen,
-                started: Instant::now(),
-                duration: Duration::ZERO,
-            };
             for d in unit {
                 self.series.delivered();
                 receipts.push(d.receipt);
@@ -290,14 +296,14 @@ impl ListenerLoop {
                                 "another delivery holds the key",
                                 (idem.lease / 4).max(BUSY_RETRY),
                             ),
-                            untimed(&seen),
+                            Note::untimed(&seen),
                         )
                         .await;
                         return ToAck { receipts: Vec::new(), traced: None };
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "idempotency store still unavailable; the message will be retried");
-                        self.settle(consumer, &receipts, Failure::new(e.to_string()), untimed(&seen))
+                        self.settle(consumer, &receipts, Failure::new(e.to_string()), Note::untimed(&seen))
                             .await;
                         return ToAck { receipts: Vec::new(), traced: None };
                     }

@@ -16,11 +16,13 @@
 
 mod admin;
 mod delivery;
+mod lookup;
 mod scheduling;
 mod transactions;
 
 pub use admin::*;
 pub use delivery::*;
+pub use lookup::*;
 pub use scheduling::*;
 pub use transactions::*;
 
@@ -153,6 +155,11 @@ macro_rules! conformance_suite {
             reset_to_last_skips_backlog,
             reset_to_timestamp_redelivers_from_it,
             reset_survives_restart,
+            lookup_by_id_after_send,
+            lookup_by_id_finds_retry_and_dead_letter_copies,
+            lookup_by_key_with_several_keys,
+            lookup_by_key_topic_filter_and_limit,
+            lookup_after_restart,
         );
         $crate::conformance_suite!(@paused $harness, $guard;
             delayed_messages_arrive_when_due,

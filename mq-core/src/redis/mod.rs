@@ -27,6 +27,7 @@ mod envelope;
 mod group;
 mod io;
 mod keys;
+mod lookup;
 mod retention;
 mod scheduler;
 mod scripts;
@@ -50,7 +51,7 @@ use crate::broker::{
 use crate::clock::Clock;
 use crate::dead_letter::DeadLetter;
 use crate::error::{BackendErrorKind, BrokerError, Result};
-use crate::message::{validate_topic, Message};
+use crate::message::{validate_topic, Message, MessageId, MessageView};
 use crate::settings::BrokerSettings;
 use crate::stats::{GroupStats, QueueOffset, ResetTo, TopicStats};
 use crate::subscription::Subscription;
@@ -389,6 +390,7 @@ impl Shared {
             let keys = [
                 self.keys.stream(topic, queue),
                 self.keys.counter(topic, queue),
+                self.keys.lookup(topic, queue),
             ];
             let offsets = appender::append_now(&self.redis, &self.clock, &keys, blobs).await?;
             self.signal(topic).notify_waiters();
@@ -405,6 +407,7 @@ impl Shared {
                         [
                             self.keys.stream(topic, queue),
                             self.keys.counter(topic, queue),
+                            self.keys.lookup(topic, queue),
                         ],
                     );
                     appenders
@@ -604,6 +607,27 @@ impl Broker for RedisBroker {
     async fn record_trace(&self, events: Vec<crate::trace::TraceEvent>) -> Result<()> {
         self.shared.check_open()?;
         trace::record(&self.shared, &events).await
+    }
+
+    async fn messages_by_id(&self, id: MessageId) -> Result<Vec<MessageView>> {
+        self.shared.check_open()?;
+        let topics = self.shared.lookup_topics(None).await?;
+        self.shared
+            .lookup(lookup::Wanted::Id(id), topics, usize::MAX)
+            .await
+    }
+
+    async fn messages_by_key(
+        &self,
+        key: &str,
+        topic: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<MessageView>> {
+        self.shared.check_open()?;
+        let topics = self.shared.lookup_topics(topic).await?;
+        self.shared
+            .lookup(lookup::Wanted::Key(key), topics, limit)
+            .await
     }
 
     async fn flush(&self) -> Result<()> {

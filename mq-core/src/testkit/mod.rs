@@ -16,12 +16,14 @@
 
 mod admin;
 mod delivery;
+mod lookup;
 mod scheduling;
 mod trace;
 mod transactions;
 
 pub use admin::*;
 pub use delivery::*;
+pub use lookup::*;
 pub use scheduling::*;
 pub use trace::*;
 pub use transactions::*;
@@ -158,6 +160,11 @@ macro_rules! conformance_suite {
             trace_of_a_message_retried_twice_then_acked,
             trace_of_a_dead_letter_resent,
             trace_records_hold_many_messages,
+            lookup_by_id_after_send,
+            lookup_by_id_finds_retry_and_dead_letter_copies,
+            lookup_by_key_with_several_keys,
+            lookup_by_key_topic_filter_and_limit,
+            lookup_after_restart,
         );
         $crate::conformance_suite!(@paused $harness, $guard;
             delayed_messages_arrive_when_due,

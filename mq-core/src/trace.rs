@@ -258,8 +258,8 @@ pub(crate) fn trace_record(events: &[TraceEvent]) -> Result<Option<MessageParts>
 pub struct Trace {
     /// The message.
     pub message_id: MessageId,
-    /// What happened to it, oldest first; a copy stored in the same millisecond as an event
-    /// comes before it.
+    /// What happened to it, oldest first; within one millisecond, in the order one causes the
+    /// next (the send, a delivery, the retry copy it made, the next delivery...).
     pub events: Vec<TraceEvent>,
 }
 
@@ -307,6 +307,26 @@ fn stored(view: &MessageView) -> TraceEvent {
     }
 }
 
+/// Where a step comes among those of the same millisecond: in the order one causes the next.
+/// The send; delivery `a`; the retry copy it made (reconsume count `a`), delivered as `a + 1`;
+/// the dead-letter copy the last delivery made; a resend, then the copy it made.
+fn step(kind: &TraceKind) -> u64 {
+    match kind {
+        TraceKind::Stored {
+            copy,
+            reconsume_times,
+            ..
+        } => match copy {
+            CopyKind::Original => 0,
+            CopyKind::Retry if *reconsume_times == 0 => u64::MAX,
+            CopyKind::Retry | CopyKind::Internal => 2 * u64::from(*reconsume_times),
+            CopyKind::DeadLetter => 2 * u64::from(*reconsume_times) + 2,
+        },
+        TraceKind::Delivered { attempt, .. } => (2 * u64::from(*attempt)).saturating_sub(1),
+        TraceKind::Resent { .. } => u64::MAX - 1,
+    }
+}
+
 /// Puts the stored copies and recorded events of message `id` in one time line.
 pub fn assemble(id: MessageId, copies: &[MessageView], records: &[MessageView]) -> Trace {
     let mut events: Vec<TraceEvent> = copies.iter().filter(|c| c.id == id).map(stored).collect();
@@ -332,9 +352,8 @@ pub fn assemble(id: MessageId, copies: &[MessageView], records: &[MessageView]) 
             ),
         }
     }
-    // Stable: copies (pushed first) stay before events of the same millisecond, and events of
-    // one record keep the order they were recorded in.
-    events.sort_by_key(|e| (e.at_ms, !matches!(e.kind, TraceKind::Stored { .. })));
+    // Stable, so that the events of one record keep the order they were recorded in.
+    events.sort_by_key(|e| (e.at_ms, step(&e.kind)));
     Trace {
         message_id: id,
         events,
@@ -455,18 +474,26 @@ mod tests {
     }
 
     #[test]
-    fn copies_and_events_form_one_time_line() {
+    fn copies_and_events_form_one_time_line_in_causal_order_within_a_millisecond() {
         let id = MessageId::new();
         let other = MessageId::new();
+        let retried = |mut v: MessageView| {
+            v.reconsume_times = 1;
+            v
+        };
         let copies = [
-            view(id, "%DLQ%g", 50, vec![]),
+            retried(view(id, "%DLQ%g", 30, vec![])),
             view(id, "order", 10, vec![]),
-            view(id, "%RETRY%g%order", 30, vec![]),
+            retried(view(id, "%RETRY%g%order", 30, vec![])),
         ];
+        let mut second = delivered(id, 30, DeliveryOutcome::DeadLettered);
+        if let TraceKind::Delivered { attempt, .. } = &mut second.kind {
+            *attempt = 2;
+        }
         let record = encode_record(&[
             delivered(id, 10, DeliveryOutcome::Retried { retry: 1, after_ms: 20 }),
             delivered(other, 11, DeliveryOutcome::Acked),
-            delivered(id, 30, DeliveryOutcome::DeadLettered),
+            second,
         ])
         .unwrap();
         let t = assemble(id, &copies, &[view(MessageId::new(), TRACE_TOPIC, 60, record)]);
@@ -491,7 +518,7 @@ mod tests {
                 (10, "delivered"),
                 (30, "retry copy"),
                 (30, "delivered"),
-                (50, "dead letter"),
+                (30, "dead letter"),
             ]
         );
         assert_eq!(t.sent().map(|e| e.at_ms), Some(10));

@@ -308,22 +308,26 @@ fn stored(view: &MessageView) -> TraceEvent {
 }
 
 /// Where a step comes among those of the same millisecond: in the order one causes the next.
-/// The send; delivery `a`; the retry copy it made (reconsume count `a`), delivered as `a + 1`;
-/// the dead-letter copy the last delivery made; a resend, then the copy it made.
+/// The send; a resend of its dead letter and the copy it made (delivered again from attempt
+/// 1); delivery `a`; the retry copy it made (reconsume count `a`), delivered as `a + 1`; the
+/// dead-letter copy the last delivery made.
 fn step(kind: &TraceKind) -> u64 {
     match kind {
         TraceKind::Stored {
             copy,
             reconsume_times,
             ..
-        } => match copy {
-            CopyKind::Original => 0,
-            CopyKind::Retry if *reconsume_times == 0 => u64::MAX,
-            CopyKind::Retry | CopyKind::Internal => 2 * u64::from(*reconsume_times),
-            CopyKind::DeadLetter => 2 * u64::from(*reconsume_times) + 2,
-        },
-        TraceKind::Delivered { attempt, .. } => (2 * u64::from(*attempt)).saturating_sub(1),
-        TraceKind::Resent { .. } => u64::MAX - 1,
+        } => {
+            let r = u64::from(*reconsume_times);
+            match copy {
+                CopyKind::Original => 0,
+                CopyKind::Retry | CopyKind::Internal if r == 0 => 2,
+                CopyKind::Retry | CopyKind::Internal => 2 * r + 2,
+                CopyKind::DeadLetter => 2 * r + 4,
+            }
+        }
+        TraceKind::Resent { .. } => 1,
+        TraceKind::Delivered { attempt, .. } => 2 * u64::from(*attempt) + 1,
     }
 }
 

@@ -88,11 +88,13 @@ pub async fn resend_dead_letter(
             .map(|d| d.message.id),
         None => None,
     };
+    // When the resend began: its copy may be delivered before this call returns.
+    let at_ms = mq_core::message::now_millis();
     let resent = broker.resend_dead_letter(group, seq).await?;
     if let (true, Some(recorder), Some(message_id)) = (resent, recorder, id) {
         recorder.record(TraceEvent {
             message_id,
-            at_ms: mq_core::message::now_millis(),
+            at_ms,
             kind: TraceKind::Resent {
                 group: group.to_owned(),
                 seq,
@@ -121,11 +123,12 @@ pub async fn resend_all_dead_letters(
         };
         from = last.seq + 1;
         for dead in &page {
+            let at_ms = mq_core::message::now_millis();
             if broker.resend_dead_letter(group, dead.seq).await? {
                 resent += 1;
                 recorder.record(TraceEvent {
                     message_id: dead.message.id,
-                    at_ms: mq_core::message::now_millis(),
+                    at_ms,
                     kind: TraceKind::Resent {
                         group: group.to_owned(),
                         seq: dead.seq,

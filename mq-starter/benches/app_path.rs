@@ -354,7 +354,11 @@ pub async fn run_trace_pair(
         ..load
     };
     let mut got = [raw_full; 5];
-    let order = if on_first { [true, false] } else { [false, true] };
+    let order = if on_first {
+        [true, false]
+    } else {
+        [false, true]
+    };
     for (i, (l, speed)) in [("full", load), ("half", half)].into_iter().enumerate() {
         for trace in order {
             let name = format!("app-{l}-{}", if trace { "on" } else { "off" });
@@ -367,11 +371,24 @@ pub async fn run_trace_pair(
 
 /// `MQ_BENCH_TRACE=both`: the trace's cost, run by run and as medians.
 #[allow(dead_code)]
-fn main_trace_pairs(rt: &tokio::runtime::Runtime, parent: &Path, flushes: &str, load: Load, concurrency: usize, runs: usize) {
+fn main_trace_pairs(
+    rt: &tokio::runtime::Runtime,
+    parent: &Path,
+    flushes: &str,
+    load: Load,
+    concurrency: usize,
+    runs: usize,
+) {
     for flush in flushes.split(',') {
         let mut all: Vec<[Figures; 5]> = Vec::new();
         for run in 1..=runs {
-            let f = rt.block_on(run_trace_pair(parent, flush, load, concurrency, run % 2 == 0));
+            let f = rt.block_on(run_trace_pair(
+                parent,
+                flush,
+                load,
+                concurrency,
+                run % 2 == 0,
+            ));
             println!(
                 "{flush} run {run}: raw {:.0} msg/s | trace off {:.0} msg/s p50 {:.2} ms p99 {:.2} ms | trace on {:.0} msg/s p50 {:.2} ms p99 {:.2} ms | on/off {:.3} | half load ({:.0} msg/s): off p99 {:.2} ms, on p99 {:.2} ms",
                 f[0].rate, f[1].rate, f[1].p50_ms, f[1].p99_ms, f[2].rate, f[2].p50_ms, f[2].p99_ms,

@@ -58,7 +58,11 @@ async fn fails_once(msg: MessageView) -> Outcome {
     Outcome::ack()
 }
 
-#[mq_listener(topic = "t-poison", group = "g-poison", enabled = "${test.poison:false}")]
+#[mq_listener(
+    topic = "t-poison",
+    group = "g-poison",
+    enabled = "${test.poison:false}"
+)]
 async fn poison_until_resent(msg: MessageView) -> Outcome {
     if called("poison", msg.id) == 1 {
         return Outcome::dead_letter("cannot parse the order");
@@ -125,7 +129,10 @@ async fn a_failed_then_acked_delivery_is_traced() {
         .send()
         .await
         .unwrap();
-    let t = trace_until(&app.running, sent.message_id, |t| t.deliveries().count() == 2).await;
+    let t = trace_until(&app.running, sent.message_id, |t| {
+        t.deliveries().count() == 2
+    })
+    .await;
 
     let sent_event = t.sent().expect("the send");
     let TraceKind::Stored {
@@ -136,7 +143,10 @@ async fn a_failed_then_acked_delivery_is_traced() {
     else {
         panic!("{sent_event:?}")
     };
-    assert_eq!((*queue_id, *queue_offset), (sent.queue_id, sent.queue_offset));
+    assert_eq!(
+        (*queue_id, *queue_offset),
+        (sent.queue_id, sent.queue_offset)
+    );
 
     let deliveries: Vec<&TraceEvent> = t.deliveries().collect();
     let me = format!("{}-", std::process::id());
@@ -153,7 +163,10 @@ async fn a_failed_then_acked_delivery_is_traced() {
         } => {
             assert_eq!((group.as_str(), topic.as_str()), ("g-flaky", "t-flaky"));
             assert_eq!(*attempt, 1);
-            assert_eq!(*queue_offset, sent.queue_offset, "the original was delivered");
+            assert_eq!(
+                *queue_offset, sent.queue_offset,
+                "the original was delivered"
+            );
             assert!(
                 matches!(outcome, DeliveryOutcome::Retried { retry: 1, .. }),
                 "{outcome:?}"
@@ -216,11 +229,14 @@ async fn a_resent_dead_letter_is_traced() {
     let dead = broker.dead_letters("g-poison", 0, 10).await.unwrap();
     assert_eq!(dead.len(), 1);
     let recorder = running.trace_recorder();
-    assert!(
-        mq_starter::trace::resend_dead_letter(&*broker, recorder.as_ref(), "g-poison", dead[0].seq)
-            .await
-            .unwrap()
-    );
+    assert!(mq_starter::trace::resend_dead_letter(
+        &*broker,
+        recorder.as_ref(),
+        "g-poison",
+        dead[0].seq
+    )
+    .await
+    .unwrap());
     let t = trace_until(running, id, |t| {
         t.deliveries()
             .any(|e| outcome(e) == Some(DeliveryOutcome::Acked))
@@ -240,9 +256,14 @@ async fn a_resent_dead_letter_is_traced() {
         .unwrap();
     assert!(resent < acked, "{t:#?}");
     assert!(
-        !mq_starter::trace::resend_dead_letter(&*broker, recorder.as_ref(), "g-poison", dead[0].seq)
-            .await
-            .unwrap(),
+        !mq_starter::trace::resend_dead_letter(
+            &*broker,
+            recorder.as_ref(),
+            "g-poison",
+            dead[0].seq
+        )
+        .await
+        .unwrap(),
         "a dead letter is resent once"
     );
     app.running.shutdown().await.unwrap();
@@ -259,7 +280,9 @@ async fn shutdown_stores_the_queued_events() {
     let data = app.dir.path().join("mq");
     // At once: the recorder's last batch is still waiting for its 100 ms.
     app.running.shutdown().await.unwrap();
-    let broker = EmbeddedBroker::open(EmbeddedConfig::new(&data)).await.unwrap();
+    let broker = EmbeddedBroker::open(EmbeddedConfig::new(&data))
+        .await
+        .unwrap();
     for id in ids {
         let t = mq_starter::core::trace::trace(&*broker, id).await.unwrap();
         assert_eq!(
@@ -489,9 +512,11 @@ async fn a_failing_trace_store_costs_no_message() {
     let series = metrics.series("t-fault", "g-fault");
     let expected_calls = || N as u64 + sent.iter().filter(|id| fails_first(**id)).count() as u64;
     // Deliveries finish while the trace store may still be stalled: nothing waits for it.
-    eventually("every message handled and acknowledged", Duration::from_secs(60), || {
-        series.acked_count() == N as u64 && calls("fault") == expected_calls()
-    })
+    eventually(
+        "every message handled and acknowledged",
+        Duration::from_secs(60),
+        || series.acked_count() == N as u64 && calls("fault") == expected_calls(),
+    )
     .await;
     let handled: HashSet<MessageId> = CALLS
         .lock()
@@ -500,7 +525,10 @@ async fn a_failing_trace_store_costs_no_message() {
         .filter(|(t, _)| *t == "fault")
         .map(|(_, id)| *id)
         .collect();
-    assert_eq!(handled, sent, "seed {seed}: every message reached the handler");
+    assert_eq!(
+        handled, sent,
+        "seed {seed}: every message reached the handler"
+    );
     faulty.release();
     running.shutdown().await.unwrap();
 
@@ -528,6 +556,9 @@ async fn a_failing_trace_store_costs_no_message() {
             .deliveries()
             .count() as u64;
     }
-    assert_eq!(found, recorded, "seed {seed}: the stored events are in the traces");
+    assert_eq!(
+        found, recorded,
+        "seed {seed}: the stored events are in the traces"
+    );
     broker.shutdown().await.unwrap();
 }

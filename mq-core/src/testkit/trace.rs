@@ -80,7 +80,10 @@ pub async fn trace_of_a_message_retried_twice_then_acked(h: &dyn Harness) {
         .await
         .expect("subscribe");
     let sent = broker
-        .send(Message::new(&topic, "order 42").with_key("order-42"), SendOptions::new())
+        .send(
+            Message::new(&topic, "order 42").with_key("order-42"),
+            SendOptions::new(),
+        )
         .await
         .expect("send");
     let id = sent.message_id;
@@ -111,7 +114,13 @@ pub async fn trace_of_a_message_retried_twice_then_acked(h: &dyn Harness) {
     let d = drain(&*consumer, 1, WAIT, true).await;
     assert_eq!(d.len(), 1, "third delivery");
     assert_eq!(d[0].message.id, id);
-    events.push(delivered(&d[0], &group, now_millis(), DeliveryOutcome::Acked, None));
+    events.push(delivered(
+        &d[0],
+        &group,
+        now_millis(),
+        DeliveryOutcome::Acked,
+        None,
+    ));
     // Two records, the second shared with another message.
     let other = TraceEvent {
         message_id: MessageId::new(),
@@ -125,7 +134,10 @@ pub async fn trace_of_a_message_retried_twice_then_acked(h: &dyn Harness) {
         .record_trace(vec![events[1].clone(), other, events[2].clone()])
         .await
         .expect("record");
-    broker.record_trace(Vec::new()).await.expect("nothing to record");
+    broker
+        .record_trace(Vec::new())
+        .await
+        .expect("nothing to record");
 
     let check = |t: &Trace| {
         assert_eq!(t.message_id, id);
@@ -138,7 +150,10 @@ pub async fn trace_of_a_message_retried_twice_then_acked(h: &dyn Harness) {
                 ..
             } => {
                 assert_eq!(t_topic, &topic);
-                assert_eq!((*queue_id, *queue_offset), (sent.queue_id, sent.queue_offset));
+                assert_eq!(
+                    (*queue_id, *queue_offset),
+                    (sent.queue_id, sent.queue_offset)
+                );
             }
             other => panic!("sent is a stored copy, not {other:?}"),
         }
@@ -165,20 +180,37 @@ pub async fn trace_of_a_message_retried_twice_then_acked(h: &dyn Harness) {
         let second_copy = t
             .events
             .iter()
-            .position(|e| matches!(e.kind, TraceKind::Stored { copy: CopyKind::Retry, reconsume_times: 2, .. }))
+            .position(|e| {
+                matches!(
+                    e.kind,
+                    TraceKind::Stored {
+                        copy: CopyKind::Retry,
+                        reconsume_times: 2,
+                        ..
+                    }
+                )
+            })
             .expect("second retry copy");
         let acked = t
             .events
             .iter()
             .position(|e| e == &events[2])
             .expect("acked delivery");
-        assert!(second_copy < acked, "the copy is stored before it is delivered: {t:?}");
+        assert!(
+            second_copy < acked,
+            "the copy is stored before it is delivered: {t:?}"
+        );
     };
     let t = trace(&*broker, id).await.expect("trace");
     check(&t);
 
     assert!(
-        !broker.topics().await.expect("topics").iter().any(|t| t == TRACE_TOPIC),
+        !broker
+            .topics()
+            .await
+            .expect("topics")
+            .iter()
+            .any(|t| t == TRACE_TOPIC),
         "trace records are not a listed topic"
     );
     let by_key = broker
@@ -240,17 +272,31 @@ pub async fn trace_of_a_dead_letter_resent(h: &dyn Harness) {
     let dead_at = t
         .events
         .iter()
-        .position(|e| matches!(e.kind, TraceKind::Stored { copy: CopyKind::DeadLetter, .. }))
+        .position(|e| {
+            matches!(
+                e.kind,
+                TraceKind::Stored {
+                    copy: CopyKind::DeadLetter,
+                    ..
+                }
+            )
+        })
         .expect("dead-letter copy");
     let failed_at = t
         .events
         .iter()
         .position(|e| matches!(e.kind, TraceKind::Delivered { .. }))
         .expect("delivery");
-    assert!(failed_at <= dead_at, "the failed delivery, then its dead letter: {t:?}");
+    assert!(
+        failed_at <= dead_at,
+        "the failed delivery, then its dead letter: {t:?}"
+    );
     assert_eq!(outcomes(&t), vec![DeliveryOutcome::DeadLettered]);
 
-    let dead = broker.dead_letters(&group, 0, 10).await.expect("dead letters");
+    let dead = broker
+        .dead_letters(&group, 0, 10)
+        .await
+        .expect("dead letters");
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].message.id, id);
     let resent_at = now_millis();
@@ -271,7 +317,13 @@ pub async fn trace_of_a_dead_letter_resent(h: &dyn Harness) {
                     seq: dead[0].seq,
                 },
             },
-            delivered(&again[0], &group, now_millis(), DeliveryOutcome::Acked, None),
+            delivered(
+                &again[0],
+                &group,
+                now_millis(),
+                DeliveryOutcome::Acked,
+                None,
+            ),
         ])
         .await
         .expect("record");
@@ -295,7 +347,9 @@ pub async fn trace_of_a_dead_letter_resent(h: &dyn Harness) {
     );
     assert!(resent < t.events.len() - 1);
     assert!(
-        copies(&t).iter().any(|(k, n)| *k == CopyKind::Retry && *n == 0),
+        copies(&t)
+            .iter()
+            .any(|(k, n)| *k == CopyKind::Retry && *n == 0),
         "the resent copy, with its count reset, is a stored copy: {t:?}"
     );
     assert_eq!(
@@ -328,4 +382,3 @@ pub async fn trace_records_hold_many_messages(h: &dyn Harness) {
     }
     broker.shutdown().await.expect("shutdown");
 }
-

@@ -445,7 +445,13 @@ impl ListenerLoop {
     /// Traces the settling of the `i`th message of a unit that failed with `reason`.
     fn traced(&self, note: Note<'_>, i: usize, outcome: DeliveryOutcome, reason: &str) {
         if let (Some(tap), Some(seen)) = (&self.trace, note.seen.get(i)) {
-            tap.delivered(*seen, note.started, outcome, Some(reason.to_owned()), note.duration);
+            tap.delivered(
+                *seen,
+                note.started,
+                outcome,
+                Some(reason.to_owned()),
+                note.duration,
+            );
         }
     }
 }

@@ -119,7 +119,10 @@ struct Inner {
 impl std::fmt::Debug for TraceRecorder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TraceRecorder")
-            .field("queued", &(self.inner.tx.max_capacity() - self.inner.tx.capacity()))
+            .field(
+                "queued",
+                &(self.inner.tx.max_capacity() - self.inner.tx.capacity()),
+            )
             .finish_non_exhaustive()
     }
 }

@@ -10,21 +10,26 @@
 //! dead-letter copy) and the events of the trace records found by its id as key
 //! (`Broker::messages_by_key` restricted to `%TRACE%`), in time order.
 //!
-//! A trace record's body is compact JSON, `{"v":1,"events":[…]}`, each event as [`TraceEvent`]
-//! serializes. A record that does not decode, or of another version, is reported with a
-//! warning and skipped, never read as data; so is a single event that does not decode.
+//! A trace record's body is compact JSON with a format version (`record.rs`). A record that
+//! does not decode, or of another version, is reported with a warning and skipped, never read
+//! as data; so is a single event that does not decode.
 //!
 //! Trace is diagnostic: trace records are kept as long as the backend keeps records of a topic
 //! no group consumes (embedded: until retention deletes their commit-log segment; Redis: see
 //! the backend's `record_trace`), and a crash may lose the last events a process had not yet
 //! stored, never a message.
 
+mod record;
+
 use serde::{Deserialize, Serialize};
 
 use crate::broker::Broker;
-use crate::error::{BackendErrorKind, BrokerError, Result};
-use crate::message::{now_millis, MessageId, MessageParts, MessageView};
+use crate::error::Result;
+use crate::message::{MessageId, MessageView};
 use crate::system_topics::{topic_kind, TopicKind, TRACE_TOPIC};
+
+pub(crate) use record::trace_record;
+pub use record::{decode_record, encode_record, TraceDecodeError};
 
 /// The version of the trace record format this build writes and reads.
 pub const TRACE_FORMAT_VERSION: u32 = 1;
@@ -55,7 +60,7 @@ pub struct TraceEvent {
 pub enum TraceKind {
     /// A copy of the message was stored: the original when sent, a retry copy when its retry
     /// fell due (or a dead letter was resent), the dead-letter copy. [`trace`] builds these
-    /// from the stored copies; a recorded one is skipped.
+    /// from the stored copies; they are never recorded (`record_trace` leaves them out).
     Stored {
         /// The topic of the copy (`%RETRY%…` and `%DLQ%…` for the group's copies).
         topic: String,
@@ -165,94 +170,6 @@ pub fn clip_error(mut text: String) -> String {
     text
 }
 
-/// The body of one trace record as written.
-#[derive(Serialize)]
-struct RecordOut<'a> {
-    v: u32,
-    events: &'a [TraceEvent],
-}
-
-/// The body of one trace record as read: events one by one, so that one bad event does not
-/// cost the others.
-#[derive(Deserialize)]
-struct RecordIn {
-    v: u32,
-    events: Vec<serde_json::Value>,
-}
-
-/// Why a trace record could not be read.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum TraceDecodeError {
-    /// The body is not a trace record.
-    #[error("not a trace record: {0}")]
-    Malformed(#[source] serde_json::Error),
-    /// A record of a format version this build does not read.
-    #[error("trace record of version {0}, this build reads version {TRACE_FORMAT_VERSION}")]
-    UnknownVersion(u32),
-}
-
-/// The body of a trace record holding `events`.
-pub fn encode_record(events: &[TraceEvent]) -> Result<Vec<u8>> {
-    serde_json::to_vec(&RecordOut {
-        v: TRACE_FORMAT_VERSION,
-        events,
-    })
-    .map_err(|e| {
-        BrokerError::backend_caused(
-            "trace",
-            BackendErrorKind::Malformed,
-            "encoding trace events",
-            e,
-        )
-    })
-}
-
-/// The events of a trace record's body. An event that does not decode (a kind this build does
-/// not know, a damaged field) is reported with a warning and left out.
-pub fn decode_record(body: &[u8]) -> std::result::Result<Vec<TraceEvent>, TraceDecodeError> {
-    let record: RecordIn = serde_json::from_slice(body).map_err(TraceDecodeError::Malformed)?;
-    if record.v != TRACE_FORMAT_VERSION {
-        return Err(TraceDecodeError::UnknownVersion(record.v));
-    }
-    Ok(record
-        .events
-        .into_iter()
-        .filter_map(|value| match serde_json::from_value::<TraceEvent>(value) {
-            Ok(event) => Some(event),
-            Err(e) => {
-                tracing::warn!(error = %e, "trace event that does not decode skipped");
-                None
-            }
-        })
-        .collect())
-}
-
-/// The stored message that holds `events`: a record of [`TRACE_TOPIC`] whose keys are the
-/// distinct message ids of the events, in first-seen order. `None` for no events. Backends
-/// store it through their internal path (user topics cannot start with `%`).
-pub(crate) fn trace_record(events: &[TraceEvent]) -> Result<Option<MessageParts>> {
-    if events.is_empty() {
-        return Ok(None);
-    }
-    let mut keys: Vec<String> = Vec::new();
-    let mut seen = std::collections::HashSet::with_capacity(events.len());
-    for e in events {
-        if seen.insert(e.message_id) {
-            keys.push(e.message_id.to_string());
-        }
-    }
-    Ok(Some(MessageParts {
-        id: MessageId::new(),
-        topic: TRACE_TOPIC.to_owned(),
-        tag: None,
-        keys,
-        properties: Default::default(),
-        body: encode_record(events)?.into(),
-        born_timestamp: now_millis(),
-    }))
-}
-
 /// Everything known of one message: its stored copies and its recorded events, in time order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Trace {
@@ -336,16 +253,7 @@ pub fn assemble(id: MessageId, copies: &[MessageView], records: &[MessageView]) 
     let mut events: Vec<TraceEvent> = copies.iter().filter(|c| c.id == id).map(stored).collect();
     for record in records {
         match decode_record(&record.body) {
-            Ok(decoded) => events.extend(decoded.into_iter().filter(|e| {
-                if e.message_id != id {
-                    return false;
-                }
-                if matches!(e.kind, TraceKind::Stored { .. }) {
-                    tracing::warn!(record = %record.id, "recorded Stored event skipped: copies come from the broker");
-                    return false;
-                }
-                true
-            })),
+            Ok(decoded) => events.extend(decoded.into_iter().filter(|e| e.message_id == id)),
             Err(e) => tracing::warn!(
                 record = %record.id,
                 topic = %record.topic,
@@ -415,66 +323,16 @@ mod tests {
     }
 
     #[test]
-    fn a_record_reads_back_as_written_and_is_keyed_by_distinct_ids() {
-        let (a, b) = (MessageId::new(), MessageId::new());
-        let events = vec![
-            delivered(a, 10, DeliveryOutcome::Retried { retry: 1, after_ms: 100 }),
-            delivered(b, 11, DeliveryOutcome::Acked),
-            delivered(a, 12, DeliveryOutcome::Acked),
-        ];
-        let parts = trace_record(&events).unwrap().unwrap();
-        assert_eq!(parts.topic, TRACE_TOPIC);
-        assert_eq!(parts.keys, vec![a.to_string(), b.to_string()]);
-        assert_eq!(decode_record(&parts.body).unwrap(), events);
-        assert!(trace_record(&[]).unwrap().is_none());
-    }
-
-    #[test]
-    fn the_json_names_its_kinds() {
-        let id = MessageId::new();
-        let text = String::from_utf8(encode_record(&[delivered(
-            id,
-            5,
-            DeliveryOutcome::Retried { retry: 2, after_ms: 30 },
-        )])
-        .unwrap())
-        .unwrap();
-        assert!(text.starts_with(r#"{"v":1,"events":[{"message_id":""#), "{text}");
-        assert!(text.contains(r#""kind":"delivered""#), "{text}");
-        assert!(
-            text.contains(r#""outcome":{"type":"retried","retry":2,"after_ms":30}"#),
-            "{text}"
-        );
-        assert!(!text.contains("error"), "no error, no field: {text}");
-    }
-
-    #[test]
-    fn bad_records_and_events_are_skipped_not_read() {
+    fn bad_records_are_skipped_not_read() {
         let id = MessageId::new();
         let good = encode_record(&[delivered(id, 20, DeliveryOutcome::Acked)]).unwrap();
-        let future = br#"{"v":2,"events":[]}"#.to_vec();
-        let garbage = b"\x00\x01 not json".to_vec();
-        let mixed = format!(
-            r#"{{"v":1,"events":[{{"message_id":"{id}","at_ms":30,"kind":"teleported"}},{{"message_id":"{id}","at_ms":31,"kind":"resent","group":"g","seq":4}}]}}"#
-        )
-        .into_bytes();
-        assert!(matches!(
-            decode_record(&future),
-            Err(TraceDecodeError::UnknownVersion(2))
-        ));
-        assert!(matches!(
-            decode_record(&garbage),
-            Err(TraceDecodeError::Malformed(_))
-        ));
         let records = [
-            view(MessageId::new(), TRACE_TOPIC, 1, garbage),
-            view(MessageId::new(), TRACE_TOPIC, 2, future),
-            view(MessageId::new(), TRACE_TOPIC, 3, mixed),
+            view(MessageId::new(), TRACE_TOPIC, 1, b"\x00 not json".to_vec()),
+            view(MessageId::new(), TRACE_TOPIC, 2, br#"{"v":2}"#.to_vec()),
             view(MessageId::new(), TRACE_TOPIC, 4, good),
         ];
         let t = assemble(id, &[], &records);
-        let kinds: Vec<u64> = t.events.iter().map(|e| e.at_ms).collect();
-        assert_eq!(kinds, vec![20, 31]);
+        assert_eq!(t.events, vec![delivered(id, 20, DeliveryOutcome::Acked)]);
     }
 
     #[test]
@@ -495,20 +353,40 @@ mod tests {
             *attempt = 2;
         }
         let record = encode_record(&[
-            delivered(id, 10, DeliveryOutcome::Retried { retry: 1, after_ms: 20 }),
+            delivered(
+                id,
+                10,
+                DeliveryOutcome::Retried {
+                    retry: 1,
+                    after_ms: 20,
+                },
+            ),
             delivered(other, 11, DeliveryOutcome::Acked),
             second,
         ])
         .unwrap();
-        let t = assemble(id, &copies, &[view(MessageId::new(), TRACE_TOPIC, 60, record)]);
+        let t = assemble(
+            id,
+            &copies,
+            &[view(MessageId::new(), TRACE_TOPIC, 60, record)],
+        );
         let line: Vec<(u64, &str)> = t
             .events
             .iter()
             .map(|e| {
                 let what = match &e.kind {
-                    TraceKind::Stored { copy: CopyKind::Original, .. } => "sent",
-                    TraceKind::Stored { copy: CopyKind::Retry, .. } => "retry copy",
-                    TraceKind::Stored { copy: CopyKind::DeadLetter, .. } => "dead letter",
+                    TraceKind::Stored {
+                        copy: CopyKind::Original,
+                        ..
+                    } => "sent",
+                    TraceKind::Stored {
+                        copy: CopyKind::Retry,
+                        ..
+                    } => "retry copy",
+                    TraceKind::Stored {
+                        copy: CopyKind::DeadLetter,
+                        ..
+                    } => "dead letter",
                     TraceKind::Delivered { .. } => "delivered",
                     _ => "other",
                 };

@@ -120,8 +120,33 @@ fn outcome(e: &TraceEvent) -> Option<DeliveryOutcome> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_then_acked_delivery_is_traced() {
     let app = start(&["flaky"], "", |a| a).await;
-    let sent = app
-        .running
+    failed_then_acked(&app.running).await;
+    app.running.shutdown().await.unwrap();
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_then_acked_delivery_is_traced_on_redis() {
+    let Some(url) = support::redis::shared().await else {
+        return;
+    };
+    let prefix = format!("mq-test:{}", MessageId::new());
+    let app = start(
+        &["flaky"],
+        &format!("mq:\n  broker:\n    kind: redis\n    redis:\n      url: {url}\n      prefix: {prefix}\n"),
+        |a| a,
+    )
+    .await;
+    assert_eq!(app.running.broker().backend(), "redis");
+    failed_then_acked(&app.running).await;
+    app.running.shutdown().await.unwrap();
+    support::redis::cleanup(&url, &prefix).await;
+}
+
+/// Sends to the listener that fails once; its trace shows the send, the failed delivery with
+/// its error and retry, the retry copy, and the acknowledged one with instance and duration.
+async fn failed_then_acked(running: &Running) {
+    let sent = running
         .template()
         .message("t-flaky")
         .key("order-42")
@@ -129,10 +154,7 @@ async fn a_failed_then_acked_delivery_is_traced() {
         .send()
         .await
         .unwrap();
-    let t = trace_until(&app.running, sent.message_id, |t| {
-        t.deliveries().count() == 2
-    })
-    .await;
+    let t = trace_until(running, sent.message_id, |t| t.deliveries().count() == 2).await;
 
     let sent_event = t.sent().expect("the send");
     let TraceKind::Stored {
@@ -205,7 +227,6 @@ async fn a_failed_then_acked_delivery_is_traced() {
         )),
         "the retry copy: {t:#?}"
     );
-    app.running.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,6 +15,7 @@ use mq_core::trace::{clip_error, DeliveryOutcome, TraceEvent, TraceKind};
 use mq_core::{Broker, MessageId, MessageView};
 use parking_lot::Mutex;
 use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -72,8 +73,31 @@ enum Item {
     Event(TraceEvent),
 }
 
+/// The wall clock and tokio's at one moment: a batch's events get their times from one
+/// reading of both, not two clock reads each.
+#[derive(Clone, Copy)]
+struct Now {
+    ms: u64,
+    instant: Instant,
+}
+
+impl Now {
+    fn read() -> Self {
+        Now {
+            ms: now_millis(),
+            instant: Instant::now(),
+        }
+    }
+
+    /// The wall-clock time of `then`.
+    fn ms_of(&self, then: Instant) -> u64 {
+        self.ms
+            .saturating_sub(self.instant.saturating_duration_since(then).as_millis() as u64)
+    }
+}
+
 impl Item {
-    fn into_event(self) -> TraceEvent {
+    fn into_event(self, now: Now) -> TraceEvent {
         match self {
             Item::Event(e) => e,
             Item::Delivery {
@@ -85,7 +109,7 @@ impl Item {
                 duration,
             } => TraceEvent {
                 message_id: seen.id,
-                at_ms: now_millis().saturating_sub(started.elapsed().as_millis() as u64),
+                at_ms: now.ms_of(started),
                 kind: TraceKind::Delivered {
                     group: origin.group.clone(),
                     topic: origin.topic.clone(),
@@ -111,6 +135,9 @@ pub struct TraceRecorder {
 
 struct Inner {
     tx: mpsc::Sender<Item>,
+    /// Tells the task that a batch is full; it otherwise sleeps until its batch is due, so
+    /// that queueing an event does not wake it.
+    full: Arc<Notify>,
     metrics: Arc<Metrics>,
     closing: CancellationToken,
     task: Mutex<Option<JoinHandle<()>>>,
@@ -133,10 +160,18 @@ impl TraceRecorder {
     pub fn start(broker: Arc<dyn Broker>, capacity: usize, metrics: Arc<Metrics>) -> Self {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         let closing = CancellationToken::new();
-        let task = tokio::spawn(run(rx, broker, metrics.clone(), closing.clone()));
+        let full = Arc::new(Notify::new());
+        let task = tokio::spawn(run(
+            rx,
+            broker,
+            metrics.clone(),
+            closing.clone(),
+            full.clone(),
+        ));
         TraceRecorder {
             inner: Arc::new(Inner {
                 tx,
+                full,
                 metrics,
                 closing,
                 task: Mutex::new(Some(task)),
@@ -171,8 +206,13 @@ impl TraceRecorder {
     }
 
     fn push(&self, item: Item) {
-        match self.inner.tx.try_send(item) {
-            Ok(()) => {}
+        let tx = &self.inner.tx;
+        match tx.try_send(item) {
+            Ok(()) => {
+                if tx.max_capacity() - tx.capacity() >= MAX_BATCH {
+                    self.inner.full.notify_one();
+                }
+            }
             Err(TrySendError::Full(_) | TrySendError::Closed(_)) => {
                 self.inner.metrics.trace().dropped_full(1)
             }
@@ -201,11 +241,14 @@ impl TraceRecorder {
 }
 
 /// The task: batches queued events into trace records until closed, then drains the queue.
+/// It waits for the first event of a batch, then sleeps until the batch is due
+/// ([`FLUSH_EVERY`]) or full, and takes what is queued.
 async fn run(
     mut rx: mpsc::Receiver<Item>,
     broker: Arc<dyn Broker>,
     metrics: Arc<Metrics>,
     closing: CancellationToken,
+    full: Arc<Notify>,
 ) {
     let mut batch: Vec<TraceEvent> = Vec::with_capacity(MAX_BATCH);
     loop {
@@ -217,8 +260,9 @@ async fn run(
         let Some(first) = first else {
             // Closed (or every sender gone): refuse new events, store what is left.
             rx.close();
+            let now = Now::read();
             while let Ok(item) = rx.try_recv() {
-                batch.push(item.into_event());
+                batch.push(item.into_event(now));
                 if batch.len() == MAX_BATCH {
                     store(&*broker, &mut batch, &metrics).await;
                 }
@@ -226,17 +270,19 @@ async fn run(
             store(&*broker, &mut batch, &metrics).await;
             return;
         };
-        batch.push(first.into_event());
-        let deadline = Instant::now() + FLUSH_EVERY;
-        while batch.len() < MAX_BATCH {
+        if rx.len() + 1 < MAX_BATCH {
             tokio::select! {
-                biased;
-                item = rx.recv() => match item {
-                    Some(item) => batch.push(item.into_event()),
-                    None => break,
-                },
-                _ = tokio::time::sleep_until(deadline) => break,
-                _ = closing.cancelled() => break,
+                _ = tokio::time::sleep(FLUSH_EVERY) => {}
+                _ = full.notified() => {}
+                _ = closing.cancelled() => {}
+            }
+        }
+        let now = Now::read();
+        batch.push(first.into_event(now));
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(item) => batch.push(item.into_event(now)),
+                Err(_) => break,
             }
         }
         store(&*broker, &mut batch, &metrics).await;

@@ -171,6 +171,22 @@ pub fn clip_error(mut text: String) -> String {
 }
 
 /// Everything known of one message: its stored copies and its recorded events, in time order.
+///
+/// Serialized (as the admin API answers it), a message that failed once and then succeeded:
+///
+/// ```text
+/// {"message_id":"01A2…","events":[
+///   {"message_id":"01A2…","at_ms":1796411615321,"kind":"stored","topic":"order","copy":"original",
+///    "queue_id":0,"queue_offset":41,"reconsume_times":0,"born_ms":1796411615320},
+///   {"message_id":"01A2…","at_ms":1796411615322,"kind":"delivered","group":"points","topic":"order",
+///    "queue_id":0,"queue_offset":41,"instance":"4711-1a2b3c4d@1","attempt":1,
+///    "outcome":{"type":"retried","retry":1,"after_ms":10000},"error":"inventory locked","duration_ms":3},
+///   {"message_id":"01A2…","at_ms":1796411625323,"kind":"stored","topic":"%RETRY%points%order",
+///    "copy":"retry","queue_id":0,"queue_offset":7,"reconsume_times":1,"born_ms":1796411615320},
+///   {"message_id":"01A2…","at_ms":1796411625324,"kind":"delivered","group":"points","topic":"order",
+///    "queue_id":0,"queue_offset":7,"instance":"4711-1a2b3c4d@1","attempt":2,
+///    "outcome":{"type":"acked"},"duration_ms":12}]}
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Trace {
     /// The message.

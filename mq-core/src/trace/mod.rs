@@ -424,6 +424,38 @@ mod tests {
     }
 
     #[test]
+    fn the_json_of_a_trace_names_its_kinds() {
+        let id = MessageId::new();
+        let t = assemble(
+            id,
+            &[view(id, "order", 10, vec![])],
+            &[view(
+                MessageId::new(),
+                TRACE_TOPIC,
+                11,
+                encode_record(&[delivered(
+                    id,
+                    11,
+                    DeliveryOutcome::Retried {
+                        retry: 1,
+                        after_ms: 10_000,
+                    },
+                )])
+                .unwrap(),
+            )],
+        );
+        let text = serde_json::to_string(&t).unwrap();
+        for part in [
+            format!(r#"{{"message_id":"{id}","events":[{{"message_id":"{id}","at_ms":10,"kind":"stored","topic":"order","copy":"original","queue_id":0"#),
+            r#""kind":"delivered","group":"g","topic":"order","queue_id":1,"queue_offset":7,"instance":"i@1","attempt":1,"outcome":{"type":"retried","retry":1,"after_ms":10000},"duration_ms":3}"#.to_owned(),
+        ] {
+            assert!(text.contains(&part), "{part} not in {text}");
+        }
+        let back: Trace = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, t);
+    }
+
+    #[test]
     fn long_errors_are_clipped_on_a_character_boundary() {
         let text = "é".repeat(MAX_ERROR_LEN);
         let clipped = clip_error(text);

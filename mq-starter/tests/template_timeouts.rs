@@ -86,6 +86,9 @@ impl Broker for Silent {
     async fn reset_offset(&self, _: &str, topic: &str, _: ResetTo) -> R<Vec<QueueOffset>> {
         Err(BrokerError::TopicNotFound(topic.into()))
     }
+    async fn health(&self) -> R<()> {
+        Ok(())
+    }
     async fn flush(&self) -> R<()> {
         Ok(())
     }

@@ -16,11 +16,13 @@
 
 mod admin;
 mod delivery;
+mod health;
 mod scheduling;
 mod transactions;
 
 pub use admin::*;
 pub use delivery::*;
+pub use health::*;
 pub use scheduling::*;
 pub use transactions::*;
 
@@ -153,6 +155,7 @@ macro_rules! conformance_suite {
             reset_to_last_skips_backlog,
             reset_to_timestamp_redelivers_from_it,
             reset_survives_restart,
+            health_follows_the_broker_lifecycle,
         );
         $crate::conformance_suite!(@paused $harness, $guard;
             delayed_messages_arrive_when_due,

@@ -18,6 +18,7 @@ pub(crate) const MQ_SECTIONS: &[&str] = &[
     "consumer",
     "idempotency",
     "listeners",
+    "admin",
     "shutdown-timeout",
     "instance-name",
 ];

@@ -25,6 +25,8 @@ pub struct MqSettings {
     pub idempotency: IdempotencySettings,
     /// Per-listener overrides, by listener name (the handler function's name).
     pub listeners: BTreeMap<String, ListenerSettings>,
+    /// The admin API (`Running::admin_router`).
+    pub admin: AdminSettings,
     /// How long shutdown waits for handlers in flight.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
@@ -41,6 +43,7 @@ impl Default for MqSettings {
             consumer: ConsumerSettings::default(),
             idempotency: IdempotencySettings::default(),
             listeners: BTreeMap::new(),
+            admin: AdminSettings::default(),
             shutdown_timeout: Duration::from_secs(30),
             instance_name: None,
         }
@@ -319,6 +322,31 @@ impl Default for IdempotencySettings {
             retention: Duration::from_secs(24 * 3600),
             capacity: 100_000,
         }
+    }
+}
+
+/// `mq.admin`: the admin API.
+#[derive(Clone, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct AdminSettings {
+    /// The bearer token every `/mq/api/*` request must carry; `None` (or empty): the admin
+    /// routes answer loopback clients only.
+    pub token: Option<String>,
+}
+
+impl AdminSettings {
+    /// The configured token, if one is set and not empty.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref().filter(|t| !t.is_empty())
+    }
+}
+
+// By hand: the token is a secret and stays out of logs and error messages.
+impl std::fmt::Debug for AdminSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminSettings")
+            .field("token", &self.token().map(|_| "***"))
+            .finish()
     }
 }
 

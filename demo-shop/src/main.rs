@@ -21,8 +21,6 @@ pub struct Shop {
     pub instance: std::sync::Arc<str>,
     /// How long an order may stay unpaid.
     pub cancel_after: Duration,
-    /// The bearer token of the admin routes; without one they answer loopback clients only.
-    pub admin_token: Option<std::sync::Arc<str>>,
 }
 
 impl Shop {
@@ -40,8 +38,6 @@ struct ShopSettings {
     #[serde(default)]
     order: OrderSettings,
     #[serde(default)]
-    admin: AdminSettings,
-    #[serde(default)]
     database: DatabaseSettings,
 }
 
@@ -50,12 +46,6 @@ struct ShopSettings {
 struct DatabaseSettings {
     /// `sqlite://path` or `postgres://...`; by default `shop.db` beside the broker's data.
     url: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
-struct AdminSettings {
-    token: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -120,18 +110,9 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let instance: std::sync::Arc<str> = store::instance_id(&db).await?.into();
     tracing::info!(database = %redact(&url), %instance, cancel_after = ?shop_settings.order.cancel_after, "shop database open");
     let shop_db = db.clone();
-    let admin_token = shop_settings
-        .admin
-        .token
-        .filter(|t| !t.is_empty())
-        .map(std::sync::Arc::from);
-    if admin_token.is_none() {
-        tracing::warn!("no shop.admin.token: the admin routes answer loopback clients only");
-    }
     let shop = Shop {
         db: db.clone(),
         cancel_after: shop_settings.order.cancel_after,
-        admin_token,
         instance,
     };
     let running = app
@@ -151,9 +132,12 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "demo-shop listening");
     println!("listening on http://{addr}");
+    // The admin API (/mq/api, console at /mq/) serves loopback clients by their address when
+    // no mq.admin.token is set, so the connection's address goes with each request.
     axum::serve(
         listener,
-        api::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        api::router(state, running.admin_router())
+            .into_make_service_with_connect_info::<std::net::SocketAddr>(),
     )
     .with_graceful_shutdown(shutdown_signal())
     .await?;

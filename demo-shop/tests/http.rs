@@ -472,27 +472,47 @@ async fn openapi_documents_every_endpoint() {
         "GET /api/fees/{id}/ledger",
         "GET /health",
         "GET /metrics",
-        "GET /api/mq/dead-letters",
-        "POST /api/mq/dead-letters/{id}/resend",
+        // mq's admin API, merged into the shop's document.
+        "GET /mq/api/health",
+        "GET /mq/api/listeners",
+        "POST /mq/api/listeners/{name}/pause",
+        "POST /mq/api/listeners/{name}/resume",
+        "GET /mq/api/topics",
+        "GET /mq/api/topics/{topic}",
+        "GET /mq/api/groups",
+        "GET /mq/api/groups/{group}",
+        "POST /mq/api/groups/{group}/offset",
+        "GET /mq/api/dead-letters",
+        "GET /mq/api/dead-letters/{group}",
+        "GET /mq/api/dead-letters/{group}/{seq}",
+        "DELETE /mq/api/dead-letters/{group}/{seq}",
+        "POST /mq/api/dead-letters/{group}/{seq}/resend",
+        "POST /mq/api/dead-letters/{group}/resend",
+        "GET /mq/api/openapi.json",
     ];
     expected.sort();
     assert_eq!(documented, expected);
     // And every documented GET without parameters answers.
-    for p in ["/health", "/metrics", "/api/mq/dead-letters"] {
+    for p in [
+        "/health",
+        "/metrics",
+        "/mq/api/dead-letters",
+        "/mq/api/groups",
+    ] {
         let (status, _) = shop.call("GET", p, None).await;
         assert_eq!(status, StatusCode::OK, "{p}");
     }
     shop.stop();
 }
 
-/// The dead-letter routes answer 401 (JSON) without the configured bearer token, and the
-/// OpenAPI document says so.
+/// mq's admin routes answer 401 (JSON) without the configured bearer token (`mq.admin.token`),
+/// and the OpenAPI document says so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_routes_need_the_token() {
     let dir = tempfile::tempdir().unwrap();
-    let shop = Shop::start(dir.path(), &[("MQ__SHOP__ADMIN__TOKEN", "s3cret")]);
-    let list = format!("{}/api/mq/dead-letters", shop.base);
-    let resend = format!("{}/api/mq/dead-letters/g:1/resend", shop.base);
+    let shop = Shop::start(dir.path(), &[("MQ__ADMIN__TOKEN", "s3cret")]);
+    let list = format!("{}/mq/api/dead-letters", shop.base);
+    let resend = format!("{}/mq/api/dead-letters/g/1/resend", shop.base);
     for (auth, want) in [
         (None, StatusCode::UNAUTHORIZED),
         (Some("Bearer wrong"), StatusCode::UNAUTHORIZED),
@@ -526,8 +546,8 @@ async fn admin_routes_need_the_token() {
         "bearer"
     );
     for (path, method) in [
-        ("/api/mq/dead-letters", "get"),
-        ("/api/mq/dead-letters/{id}/resend", "post"),
+        ("/mq/api/dead-letters", "get"),
+        ("/mq/api/dead-letters/{group}/{seq}/resend", "post"),
     ] {
         let op = &doc["paths"][path][method];
         assert!(op["responses"]["401"].is_object(), "{path}: {op}");

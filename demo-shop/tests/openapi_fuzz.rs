@@ -33,7 +33,7 @@ fn schemathesis() -> Option<String> {
 async fn the_openapi_document_holds_for_generated_requests() {
     let Some(bin) = schemathesis() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let shop = Shop::start(dir.path(), &[("MQ__SHOP__ADMIN__TOKEN", "st-token")]);
+    let shop = Shop::start(dir.path(), &[("MQ__ADMIN__TOKEN", "st-token")]);
     let seed = std::env::var("MQ_SCHEMATHESIS_SEED").unwrap_or_else(|_| {
         (std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

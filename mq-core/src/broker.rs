@@ -419,23 +419,28 @@ pub trait Broker: Send + Sync + 'static {
     /// it was there.
     async fn resend_dead_letter(&self, group: &str, seq: u64) -> Result<bool>;
 
-    /// Delivers every dead letter of `group` again (see
+    /// Delivers every dead letter `group` has when called again (see
     /// [`resend_dead_letter`](Broker::resend_dead_letter)). Returns how many.
     async fn resend_all_dead_letters(&self, group: &str) -> Result<u64> {
+        // Positions first, resends after: a resent message that fails again comes back under
+        // a new position, which paging on while resending would find and resend again.
+        let mut seqs = Vec::new();
         let mut from = 0;
-        let mut resent = 0;
         loop {
             let page = self.dead_letters(group, from, 256).await?;
             let Some(last) = page.last() else {
-                return Ok(resent);
+                break;
             };
             from = last.seq + 1;
-            for dead in &page {
-                if self.resend_dead_letter(group, dead.seq).await? {
-                    resent += 1;
-                }
+            seqs.extend(page.iter().map(|dead| dead.seq));
+        }
+        let mut resent = 0;
+        for seq in seqs {
+            if self.resend_dead_letter(group, seq).await? {
+                resent += 1;
             }
         }
+        Ok(resent)
     }
 
     /// Removes a dead letter. Returns whether it was there.
@@ -516,6 +521,12 @@ pub trait Broker: Send + Sync + 'static {
         topic: Option<&str>,
         limit: usize,
     ) -> Result<Vec<MessageView>>;
+
+    /// Whether the broker can do its work now: `Ok` when it is open and its storage answers
+    /// (embedded: the commit-log writer is alive; Redis: a `PING` round trip within the
+    /// command timeout). Fails with [`BrokerError::Closed`] after
+    /// [`shutdown`](Broker::shutdown), and with the backend's error when it cannot be reached.
+    async fn health(&self) -> Result<()>;
 
     /// Makes everything stored and every acknowledged progress durable.
     async fn flush(&self) -> Result<()>;

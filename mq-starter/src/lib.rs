@@ -3,7 +3,11 @@
 //!
 //! Cargo features: `embedded` (default) opens the embedded broker, `redis` the Redis Streams
 //! broker and the Redis idempotency store; a configuration that selects a backend the build
-//! lacks fails at start-up with [`config::ConfigError::FeatureNotCompiled`].
+//! lacks fails at start-up with [`config::ConfigError::FeatureNotCompiled`]. `admin` (default)
+//! adds the admin API: [`Running::admin_router`] returns an axum router of JSON routes under
+//! `/mq/api/` (health, listeners with pause and resume, topics, groups with lag, offset reset,
+//! dead letters with resend), documented in OpenAPI ([`admin::openapi`]), protected by
+//! `mq.admin.token`, and a web console at `/mq/`.
 //!
 //! ```no_run
 //! use mq_starter::prelude::*;
@@ -27,6 +31,8 @@
 //! # }
 //! ```
 
+#[cfg(feature = "admin")]
+pub mod admin;
 pub mod config;
 mod context;
 pub mod extract;

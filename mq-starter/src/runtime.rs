@@ -17,7 +17,7 @@ use crate::config::{
 };
 use crate::context::{AppContext, States};
 use crate::idempotency::{IdempotencyError, IdempotencyStore, MemoryStore};
-use crate::listener::{Idempotency, ListenerLoop};
+use crate::listener::{Idempotency, ListenerControl, ListenerInfo, ListenerLoop};
 use crate::metrics::Metrics;
 use crate::registry::{self, ListenerRegistration};
 use crate::template::MqTemplate;
@@ -185,6 +185,7 @@ impl MqApplication {
         let stop_on_drop = stop.clone().drop_guard();
         let tasks = TaskTracker::new();
         let mut started = Vec::new();
+        let mut controls = Vec::new();
         let start = Start {
             instance: settings
                 .instance_name
@@ -257,11 +258,24 @@ impl MqApplication {
                     idempotent = ?reg.idempotent,
                     "listener started"
                 );
+                let consumer: Arc<dyn Consumer> = Arc::from(consumer);
+                let control = Arc::new(ListenerControl::new(
+                    ListenerInfo {
+                        name: reg.name.into(),
+                        topic: topic.clone(),
+                        group: resolved.group.clone(),
+                        model: resolved.model,
+                        mode: resolved.mode,
+                        concurrency: resolved.concurrency,
+                        batch: resolved.batch,
+                    },
+                    consumer.clone(),
+                ));
+                controls.push(control.clone());
                 let lp = Arc::new(ListenerLoop {
                     name: reg.name.into(),
                     group: resolved.group.clone(),
                     topic: topic.clone(),
-                    concurrency: resolved.concurrency,
                     batch: resolved.batch,
                     handler: handler.clone(),
                     app: app.clone(),
@@ -281,6 +295,7 @@ impl MqApplication {
                     trace: recorder
                         .as_ref()
                         .map(|r| Tap::new(r.clone(), &resolved.group, topic)),
+                    control,
                 });
                 started.push((topic.clone(), resolved.group.clone()));
                 tasks.spawn(lp.run(consumer, stop.clone()));
@@ -299,6 +314,9 @@ impl MqApplication {
             template,
             metrics,
             recorder,
+            listeners: Arc::new(controls),
+            idempotency,
+            admin: settings.admin.clone(),
             _stop_on_drop: stop_on_drop,
             stop,
             tasks,
@@ -714,6 +732,15 @@ pub struct Running {
     template: MqTemplate,
     metrics: Arc<Metrics>,
     recorder: Option<TraceRecorder>,
+    /// Every (listener, topic) started, in start order.
+    #[cfg_attr(not(feature = "admin"), allow(dead_code))]
+    pub(crate) listeners: Arc<Vec<Arc<ListenerControl>>>,
+    /// The idempotency store, when some listener is idempotent.
+    #[cfg_attr(not(feature = "admin"), allow(dead_code))]
+    pub(crate) idempotency: Option<Arc<dyn IdempotencyStore>>,
+    /// `mq.admin`.
+    #[cfg_attr(not(feature = "admin"), allow(dead_code))]
+    pub(crate) admin: crate::config::AdminSettings,
     stop: CancellationToken,
     /// Cancels `stop` when the application is dropped, so that no listener outlives it.
     _stop_on_drop: DropGuard,

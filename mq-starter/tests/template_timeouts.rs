@@ -95,6 +95,9 @@ impl Broker for Silent {
     async fn messages_by_key(&self, _: &str, _: Option<&str>, _: usize) -> R<Vec<MessageView>> {
         Ok(Vec::new())
     }
+    async fn health(&self) -> R<()> {
+        Ok(())
+    }
     async fn flush(&self) -> R<()> {
         Ok(())
     }

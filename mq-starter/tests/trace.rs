@@ -473,6 +473,9 @@ impl Broker for Faulty {
         }
         self.inner.record_trace(events).await
     }
+    async fn health(&self) -> R<()> {
+        self.inner.health().await
+    }
     async fn flush(&self) -> R<()> {
         self.inner.flush().await
     }

@@ -1,8 +1,8 @@
 //! The HTTP API: axum routes documented with utoipa, from the same annotations.
 
-mod admin;
 pub mod error;
 mod fees;
+mod ops;
 mod orders;
 mod products;
 mod validate;
@@ -32,34 +32,16 @@ pub struct ApiState {
 }
 
 #[derive(OpenApi)]
-#[openapi(
-    info(
-        title = "demo-shop",
-        description = "Orders, payments, property fees and delayed cancellation on mq"
-    ),
-    modifiers(&BearerAuth)
-)]
+#[openapi(info(
+    title = "demo-shop",
+    description = "Orders, payments, property fees and delayed cancellation on mq; the mq admin API under /mq/api"
+))]
 struct ApiDoc;
 
-/// Announces the admin routes' bearer token.
-struct BearerAuth;
-
-impl utoipa::Modify for BearerAuth {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
-        openapi
-            .components
-            .get_or_insert_with(Default::default)
-            .add_security_scheme(
-                "bearer",
-                SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
-            );
-    }
-}
-
-/// The routes and their OpenAPI document.
-pub fn router(state: ApiState) -> Router {
-    let (router, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+/// The shop's routes and mq's admin API (`admin`, from `Running::admin_router`), and one
+/// OpenAPI document of both.
+pub fn router(state: ApiState, admin: Router) -> Router {
+    let (router, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(products::create_product))
         .routes(routes!(products::get_product))
         .routes(routes!(orders::create_order, orders::list_orders))
@@ -71,14 +53,14 @@ pub fn router(state: ApiState) -> Router {
         .routes(routes!(fees::get_fee))
         .routes(routes!(fees::payment_notify))
         .routes(routes!(fees::fee_ledger))
-        .routes(routes!(admin::health))
-        .routes(routes!(admin::metrics))
-        .routes(routes!(admin::dead_letters))
-        .routes(routes!(admin::resend_dead_letter))
+        .routes(routes!(ops::health))
+        .routes(routes!(ops::metrics))
         .with_state(state)
         .split_for_parts();
+    doc.merge(mq_starter::admin::openapi());
     let doc = Arc::new(doc);
     router
+        .merge(admin)
         .route(
             "/openapi.json",
             axum::routing::get(move || {

@@ -708,6 +708,12 @@ impl Broker for EmbeddedBroker {
         .await
     }
 
+    async fn health(&self) -> Result<()> {
+        // The writer's inbox closes when the writer stops, by shutdown or by failing: then no
+        // send can be stored.
+        self.check_open()
+    }
+
     async fn flush(&self) -> Result<()> {
         self.check_open()?;
         let store = self.store.clone();

@@ -630,6 +630,28 @@ impl Broker for RedisBroker {
             .await
     }
 
+    async fn health(&self) -> Result<()> {
+        self.shared.check_open()?;
+        let timeout = self.shared.config.command_timeout;
+        // The query retries an unreachable server until its own timeout; this bounds the
+        // whole check by the same time, whatever the connection does meanwhile.
+        let ping = self
+            .shared
+            .redis
+            .query::<String>("PING", ::redis::cmd("PING"));
+        match tokio::time::timeout(timeout, ping).await {
+            Ok(pong) => pong.map(|_| ()),
+            Err(_) => Err(BrokerError::backend(
+                "redis",
+                BackendErrorKind::Unavailable,
+                format!(
+                    "PING to {} not answered within {timeout:?}",
+                    io::redact(&self.shared.config.url)
+                ),
+            )),
+        }
+    }
+
     async fn flush(&self) -> Result<()> {
         // Redis acknowledges a write once it holds it; durability is the server's
         // `appendfsync` setting.

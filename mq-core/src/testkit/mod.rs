@@ -17,6 +17,7 @@
 mod admin;
 mod delivery;
 mod lookup;
+mod health;
 mod scheduling;
 mod trace;
 mod transactions;
@@ -24,6 +25,7 @@ mod transactions;
 pub use admin::*;
 pub use delivery::*;
 pub use lookup::*;
+pub use health::*;
 pub use scheduling::*;
 pub use trace::*;
 pub use transactions::*;
@@ -165,6 +167,7 @@ macro_rules! conformance_suite {
             lookup_by_key_with_several_keys,
             lookup_by_key_topic_filter_and_limit,
             lookup_after_restart,
+            health_follows_the_broker_lifecycle,
         );
         $crate::conformance_suite!(@paused $harness, $guard;
             delayed_messages_arrive_when_due,

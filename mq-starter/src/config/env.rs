@@ -19,6 +19,7 @@ pub(crate) const MQ_SECTIONS: &[&str] = &[
     "idempotency",
     "listeners",
     "trace",
+    "admin",
     "shutdown-timeout",
     "instance-name",
 ];

@@ -27,6 +27,8 @@ pub struct MqSettings {
     pub listeners: BTreeMap<String, ListenerSettings>,
     /// The message trace.
     pub trace: TraceSettings,
+    /// The admin API (`Running::admin_router`).
+    pub admin: AdminSettings,
     /// How long shutdown waits for handlers in flight.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
@@ -44,6 +46,7 @@ impl Default for MqSettings {
             idempotency: IdempotencySettings::default(),
             listeners: BTreeMap::new(),
             trace: TraceSettings::default(),
+            admin: AdminSettings::default(),
             shutdown_timeout: Duration::from_secs(30),
             instance_name: None,
         }
@@ -341,6 +344,31 @@ impl Default for TraceSettings {
             enabled: true,
             queue_capacity: 10_000,
         }
+    }
+}
+
+/// `mq.admin`: the admin API.
+#[derive(Clone, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct AdminSettings {
+    /// The bearer token every `/mq/api/*` request must carry; `None` (or empty): the admin
+    /// routes answer loopback clients only.
+    pub token: Option<String>,
+}
+
+impl AdminSettings {
+    /// The configured token, if one is set and not empty.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref().filter(|t| !t.is_empty())
+    }
+}
+
+// By hand: the token is a secret and stays out of logs and error messages.
+impl std::fmt::Debug for AdminSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminSettings")
+            .field("token", &self.token().map(|_| "***"))
+            .finish()
     }
 }
 

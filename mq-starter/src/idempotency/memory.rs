@@ -126,6 +126,15 @@ impl MemoryStore {
 
 #[async_trait]
 impl IdempotencyStore for MemoryStore {
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+
+    async fn health(&self) -> Result<(), IdempotencyError> {
+        // In this process: up whenever the process is.
+        Ok(())
+    }
+
     async fn acquire(&self, key: &str, lease: Duration) -> Result<Lease, IdempotencyError> {
         let mut t = self.table.lock();
         let now = Instant::now();

@@ -87,6 +87,13 @@ pub trait IdempotencyStore: Send + Sync + 'static {
     /// Gives the lease on `key` back, so that a retry can run, if `token` holds it. Returns
     /// whether it did.
     async fn release(&self, key: &str, token: &LeaseToken) -> Result<bool, IdempotencyError>;
+
+    /// A short name of the store (`"memory"`, `"redis"`), shown by the health check.
+    fn kind(&self) -> &'static str;
+
+    /// Whether the store answers now (a round trip to a remote store, within a short
+    /// timeout); what the admin API's health check reports.
+    async fn health(&self) -> Result<(), IdempotencyError>;
 }
 
 #[cfg(test)]

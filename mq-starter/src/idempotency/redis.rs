@@ -19,6 +19,9 @@ if v == false or v == ARGV[1] then redis.call('SET', KEYS[1], 'done', 'PX', ARGV
 /// `DEL` the key if it still holds `ARGV[1]`.
 const RELEASE: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
 
+/// The longest a health check waits for `PING`: the connection's own response timeout.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+
 fn held(token: &LeaseToken) -> String {
     format!("{PROCESSING}{}", token.as_str())
 }
@@ -84,6 +87,22 @@ impl RedisStore {
 
 #[async_trait]
 impl IdempotencyStore for RedisStore {
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn health(&self) -> Result<(), IdempotencyError> {
+        let mut conn = self.conn.clone();
+        let cmd = redis::cmd("PING");
+        let ping = cmd.query_async::<String>(&mut conn);
+        match tokio::time::timeout(HEALTH_TIMEOUT, ping).await {
+            Ok(pong) => pong.map(|_| ()).map_err(unavailable),
+            Err(_) => Err(IdempotencyError(format!(
+                "PING not answered within {HEALTH_TIMEOUT:?}"
+            ))),
+        }
+    }
+
     async fn acquire(&self, key: &str, lease: Duration) -> Result<Lease, IdempotencyError> {
         let mut conn = self.conn.clone();
         let token = LeaseToken::new();

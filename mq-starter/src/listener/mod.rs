@@ -7,6 +7,7 @@
 //! BENCHMARKS.md, "Application path"). A handler must therefore not block its thread: one that
 //! does holds up the deliveries sharing its task (`tokio::task::spawn_blocking` is for that).
 
+mod control;
 mod idempotency;
 
 use std::panic::AssertUnwindSafe;
@@ -17,12 +18,13 @@ use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
 use mq_core::trace::DeliveryOutcome;
 use mq_core::{BrokerError, Consumer, Delivery, Disposition, Failure, MessageView, Receipt};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
+use tokio::sync::{OwnedSemaphorePermit, TryAcquireError};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+pub(crate) use self::control::{ListenerControl, ListenerInfo};
 pub(crate) use self::idempotency::Idempotency;
 use self::idempotency::{acquire, complete, keep_lease};
 use crate::context::{AppContext, DeliveryContext};
@@ -82,7 +84,6 @@ pub(crate) struct ListenerLoop {
     pub name: String,
     pub group: String,
     pub topic: String,
-    pub concurrency: usize,
     pub batch: Option<usize>,
     pub handler: BoxedHandler,
     pub app: Arc<AppContext>,
@@ -92,15 +93,16 @@ pub(crate) struct ListenerLoop {
     pub consume_timeout: Duration,
     /// Where settled deliveries are traced; `None` with `mq.trace.enabled: false`.
     pub trace: Option<Tap>,
+    /// Its permits and pause switch, shared with the admin API.
+    pub control: Arc<ListenerControl>,
 }
 
 impl ListenerLoop {
-    pub async fn run(self: Arc<Self>, consumer: Box<dyn Consumer>, stop: CancellationToken) {
-        let consumer: Arc<dyn Consumer> = Arc::from(consumer);
+    pub async fn run(self: Arc<Self>, consumer: Arc<dyn Consumer>, stop: CancellationToken) {
         if let Some(tap) = &self.trace {
             tap.joined(consumer.instance());
         }
-        let permits = Arc::new(Semaphore::new(self.concurrency.max(1)));
+        let permits = self.control.permits.clone();
         // Tasks per fetch: two per worker thread, so that every thread has some to take and
         // one slow task does not leave a thread idle.
         let spread = 2 * tokio::runtime::Handle::current()
@@ -109,7 +111,7 @@ impl ListenerLoop {
             .max(1);
         let mut tasks = JoinSet::new();
         'fetch: loop {
-            if stop.is_cancelled() {
+            if stop.is_cancelled() || !self.control.wait_while_paused(&stop).await {
                 break;
             }
             let want = match self.batch {

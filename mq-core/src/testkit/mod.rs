@@ -16,16 +16,16 @@
 
 mod admin;
 mod delivery;
-mod lookup;
 mod health;
+mod lookup;
 mod scheduling;
 mod trace;
 mod transactions;
 
 pub use admin::*;
 pub use delivery::*;
-pub use lookup::*;
 pub use health::*;
+pub use lookup::*;
 pub use scheduling::*;
 pub use trace::*;
 pub use transactions::*;

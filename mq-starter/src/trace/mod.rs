@@ -104,37 +104,41 @@ pub async fn resend_dead_letter(
     Ok(resent)
 }
 
-/// Sends every dead letter of `group` again, recording each as [`resend_dead_letter`] does.
-/// Returns how many were resent.
+/// Sends every dead letter `group` has now again, recording each as [`resend_dead_letter`]
+/// does. Returns how many were resent. Dead letters that arrive meanwhile (a resent message
+/// that fails again comes back under a new position) are left for the next call, so that a
+/// message failing every time cannot keep this going.
 pub async fn resend_all_dead_letters(
     broker: &dyn Broker,
     recorder: Option<&TraceRecorder>,
     group: &str,
 ) -> Result<u64, BrokerError> {
-    let Some(recorder) = recorder else {
-        return broker.resend_all_dead_letters(group).await;
-    };
+    let mut now = Vec::new();
     let mut from = 0;
-    let mut resent = 0;
     loop {
         let page = broker.dead_letters(group, from, 256).await?;
         let Some(last) = page.last() else {
-            return Ok(resent);
+            break;
         };
         from = last.seq + 1;
-        for dead in &page {
-            let at_ms = mq_core::message::now_millis();
-            if broker.resend_dead_letter(group, dead.seq).await? {
-                resent += 1;
+        now.extend(page.iter().map(|d| (d.seq, d.message.id)));
+    }
+    let mut resent = 0;
+    for (seq, message_id) in now {
+        let at_ms = mq_core::message::now_millis();
+        if broker.resend_dead_letter(group, seq).await? {
+            resent += 1;
+            if let Some(recorder) = recorder {
                 recorder.record(TraceEvent {
-                    message_id: dead.message.id,
+                    message_id,
                     at_ms,
                     kind: TraceKind::Resent {
                         group: group.to_owned(),
-                        seq: dead.seq,
+                        seq,
                     },
                 });
             }
         }
     }
+    Ok(resent)
 }

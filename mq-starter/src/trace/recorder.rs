@@ -138,6 +138,9 @@ struct Inner {
     /// Tells the task that a batch is full; it otherwise sleeps until its batch is due, so
     /// that queueing an event does not wake it.
     full: Arc<Notify>,
+    /// Queued events that make a batch full: [`MAX_BATCH`], or half the queue if that is
+    /// smaller, so that a small queue is emptied before it overflows.
+    batch: usize,
     metrics: Arc<Metrics>,
     closing: CancellationToken,
     task: Mutex<Option<JoinHandle<()>>>,
@@ -158,7 +161,9 @@ impl TraceRecorder {
     /// Starts the task that stores events into `broker`, with a queue of `capacity` events
     /// (at least 1). Must be called inside a tokio runtime.
     pub fn start(broker: Arc<dyn Broker>, capacity: usize, metrics: Arc<Metrics>) -> Self {
-        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let capacity = capacity.max(1);
+        let batch = MAX_BATCH.min(capacity.div_ceil(2));
+        let (tx, rx) = mpsc::channel(capacity);
         let closing = CancellationToken::new();
         let full = Arc::new(Notify::new());
         let task = tokio::spawn(run(
@@ -167,11 +172,13 @@ impl TraceRecorder {
             metrics.clone(),
             closing.clone(),
             full.clone(),
+            batch,
         ));
         TraceRecorder {
             inner: Arc::new(Inner {
                 tx,
                 full,
+                batch,
                 metrics,
                 closing,
                 task: Mutex::new(Some(task)),
@@ -209,7 +216,7 @@ impl TraceRecorder {
         let tx = &self.inner.tx;
         match tx.try_send(item) {
             Ok(()) => {
-                if tx.max_capacity() - tx.capacity() >= MAX_BATCH {
+                if tx.max_capacity() - tx.capacity() >= self.inner.batch {
                     self.inner.full.notify_one();
                 }
             }
@@ -249,6 +256,7 @@ async fn run(
     metrics: Arc<Metrics>,
     closing: CancellationToken,
     full: Arc<Notify>,
+    full_at: usize,
 ) {
     let mut batch: Vec<TraceEvent> = Vec::with_capacity(MAX_BATCH);
     loop {
@@ -270,7 +278,7 @@ async fn run(
             store(&*broker, &mut batch, &metrics).await;
             return;
         };
-        if rx.len() + 1 < MAX_BATCH {
+        if rx.len() + 1 < full_at {
             tokio::select! {
                 _ = tokio::time::sleep(FLUSH_EVERY) => {}
                 _ = full.notified() => {}

@@ -312,6 +312,51 @@ impl CommitLog {
         Ok((report, end))
     }
 
+    /// Calls `visit` with every valid record that starts in `[from, to)`, in log order,
+    /// reading each segment sequentially. Unlike [`recover`](Self::recover) it changes nothing
+    /// and reports nothing: damage (already reported by recovery or a read) is stepped over to
+    /// the next record that verifies. `from` must be a record boundary or a segment base.
+    /// `visit` returns `false` to stop early.
+    pub fn scan(
+        &self,
+        from: u64,
+        to: u64,
+        mut visit: impl FnMut(&DecodedRecord, u32) -> Result<bool>,
+    ) -> Result<()> {
+        for seg in self.segments() {
+            if seg.base >= to {
+                break;
+            }
+            let seg_len = seg.len()?;
+            if seg.base + seg_len <= from {
+                continue;
+            }
+            let mut reader = SegmentReader::new(&seg, seg_len);
+            let mut off = from.saturating_sub(seg.base);
+            let end = (to - seg.base).min(seg_len);
+            while off < end {
+                let decoded = reader.record_at(off).ok().and_then(|bytes| {
+                    self.decode_at(&bytes, seg.base + off)
+                        .ok()
+                        .map(|rec| (rec, bytes.len()))
+                });
+                match decoded {
+                    Some((rec, len)) => {
+                        if !visit(&rec, len as u32)? {
+                            return Ok(());
+                        }
+                        off += len as u64;
+                    }
+                    None => match reader.next_valid(self, off + 1, end)? {
+                        Some(next) => off = next,
+                        None => break,
+                    },
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Handles a bad record at `off`: resynchronises on the next valid record, or, when none
     /// follows in the last segment, cuts the log there. A cut record that is incomplete (or
     /// zeros) is a torn write, expected after a crash; a complete record that fails its
@@ -427,6 +472,26 @@ impl<'a> SegmentReader<'a> {
             });
         }
         Ok(bytes)
+    }
+
+    /// The first offset in `[from, end)` where a record that verifies starts.
+    fn next_valid(&mut self, log: &CommitLog, from: u64, end: u64) -> Result<Option<u64>> {
+        let mut probe = from;
+        while probe + record::PREFIX_LEN as u64 <= end {
+            let Some(next) = self.find_magic(probe)? else {
+                return Ok(None);
+            };
+            if next >= end {
+                return Ok(None);
+            }
+            if let Ok(bytes) = self.record_at(next) {
+                if log.decode_at(&bytes, self.seg.base + next).is_ok() {
+                    return Ok(Some(next));
+                }
+            }
+            probe = next + 1;
+        }
+        Ok(None)
     }
 
     /// Whether every byte from `from` to the end is zero.

@@ -48,6 +48,8 @@ pub(crate) struct AdminState {
     broker: Arc<dyn Broker>,
     idempotency: Option<Arc<dyn IdempotencyStore>>,
     listeners: Arc<Vec<Arc<ListenerControl>>>,
+    /// Records resends in the message trace; `None` with `mq.trace.enabled: false`.
+    trace: Option<crate::trace::TraceRecorder>,
     /// `mq.admin.token`; `None`: loopback clients only.
     token: Option<Arc<str>>,
 }
@@ -131,6 +133,7 @@ impl Running {
             broker: self.broker(),
             idempotency: self.idempotency.clone(),
             listeners: self.listeners.clone(),
+            trace: self.trace_recorder(),
             token,
         };
         let (api, _doc) = api().split_for_parts();

@@ -15,7 +15,8 @@
 //! configured token only loopback clients are served. Errors are
 //! `{"error":{"code":"...","message":"..."}}`. [`openapi`] returns the document, for an
 //! application to merge into its own; the router serves it at `/mq/api/openapi.json`.
-//! Routes: `health.rs`, `listeners.rs`, `topics.rs`, `groups.rs`, `dead_letters.rs`;
+//! Routes: `health.rs`, `listeners.rs`, `topics.rs`, `groups.rs`, `dead_letters.rs`,
+//! `messages.rs` (lookup by id or key, and a message's trace);
 //! `auth.rs` decides who is served, `console.rs` serves the console's files.
 
 mod auth;
@@ -25,6 +26,7 @@ mod error;
 mod groups;
 mod health;
 mod listeners;
+mod messages;
 mod topics;
 
 use std::sync::Arc;
@@ -97,6 +99,9 @@ fn api() -> OpenApiRouter<AdminState> {
         .routes(routes!(dead_letters::show, dead_letters::delete))
         .routes(routes!(dead_letters::resend))
         .routes(routes!(dead_letters::resend_all))
+        .routes(routes!(messages::by_key))
+        .routes(routes!(messages::by_id))
+        .routes(routes!(messages::trace))
         .routes(routes!(openapi_json))
 }
 

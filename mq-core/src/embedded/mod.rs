@@ -10,6 +10,7 @@
 //! config/consumer_offsets.json       committed progress of every group
 //! config/dead_letters.json           dead letters re-sent or deleted (the log is append-only)
 //! config/scheduler_fired.json        delayed messages already fired past the saved progress
+//! index/<20-digit position>.idx      sealed parts of the key index (key_index/mod.rs)
 //! ```
 //!
 //! ```

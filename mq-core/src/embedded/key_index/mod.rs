@@ -17,10 +17,12 @@
 //! in-memory fence table (16 bytes per block of 256 entries), reading only the blocks that
 //! may hold the hash.
 //!
-//! **Cost.** Per message on disk: 16 bytes for the id and 16 per key, plus 1/16 of that in
-//! block table; in memory: the active part (at most 1 MiB, plus a part being sealed) and the
-//! fence tables (16 bytes per 256 entries of the retained log). Per send: one hash per id
-//! and key, and a copy into the active part.
+//! **Cost.** Per message on disk: 16 bytes for the id and 16 per key, plus 16 bytes of block
+//! table per 256 entries (32.1 bytes per message with one key, measured: BENCHMARKS.md, "Key
+//! index"); in memory: the active part (at most 1 MiB, plus a part being sealed) and the fence
+//! tables (16 bytes per 256 entries of the retained log). Per send: one hash per id and key, and
+//! a copy into the active part. At open every sealed file is read once to verify it (16 bytes
+//! per id and key).
 //!
 //! **Recovery** (`open`): every sealed file is verified by checksum; a damaged one, one
 //! covering log that is no longer there (cut by recovery) or one left by an unfinished

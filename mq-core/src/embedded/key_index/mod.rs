@@ -143,8 +143,16 @@ pub(crate) struct KeyIndex {
     state: RwLock<State>,
     /// Damaged or stale index files found and rebuilt since open.
     repairs: Mutex<Vec<Corruption>>,
-    /// Sealing threads not yet joined.
-    sealers: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    /// The sealing thread, started with the first full part.
+    sealer: Mutex<Option<Sealer>>,
+}
+
+/// The thread that writes frozen parts as sealed files, one at a time (one thread, so that
+/// its buffers are reused rather than held by an allocator arena per thread).
+#[derive(Debug)]
+struct Sealer {
+    jobs: std::sync::mpsc::Sender<Arc<Part>>,
+    thread: std::thread::JoinHandle<()>,
 }
 
 impl KeyIndex {
@@ -161,7 +169,7 @@ impl KeyIndex {
                 active: Part::new(0),
             }),
             repairs: Mutex::new(Vec::new()),
-            sealers: Mutex::new(Vec::new()),
+            sealer: Mutex::new(None),
         };
         let min = log.min_position();
         let mut files = Vec::new();
@@ -229,7 +237,7 @@ impl KeyIndex {
                         dir,
                         rest.start,
                         rest.end,
-                        rest.entries,
+                        &rest.entries,
                     )?));
                 }
             }
@@ -266,7 +274,7 @@ impl KeyIndex {
             part.end = next;
             if part.entries.len() >= self.seal_at {
                 let full = std::mem::replace(&mut part, Part::new(next));
-                match Sealed::write(&self.dir, full.start, full.end, full.entries) {
+                match Sealed::write(&self.dir, full.start, full.end, &full.entries) {
                     Ok(s) => done.push(Arc::new(s)),
                     Err(e) => {
                         pending_err = Some(e);
@@ -322,42 +330,61 @@ impl KeyIndex {
             state.frozen.push(part.clone());
             part
         };
-        let index = self.clone();
+        let mut sealer = self.sealer.lock();
+        if sealer.is_none() {
+            *sealer = self.start_sealer();
+        }
+        let queued = sealer
+            .as_ref()
+            .is_some_and(|s| s.jobs.send(frozen.clone()).is_ok());
+        drop(sealer);
+        if !queued {
+            tracing::warn!("no key-index sealing thread; sealing on the writer");
+            self.seal(&frozen);
+        }
+    }
+
+    fn start_sealer(self: &Arc<Self>) -> Option<Sealer> {
+        let (jobs, parts) = std::sync::mpsc::channel::<Arc<Part>>();
+        // Weak: a broker dropped without shutdown drops the index, which ends the thread.
+        let index = Arc::downgrade(self);
         let spawned = std::thread::Builder::new()
             .name("mq-key-index-seal".into())
-            .spawn({
-                let frozen = frozen.clone();
-                move || index.seal(&frozen)
+            .spawn(move || {
+                while let Ok(part) = parts.recv() {
+                    match index.upgrade() {
+                        Some(index) => index.seal(&part),
+                        None => return,
+                    }
+                }
             });
         match spawned {
-            Ok(handle) => {
-                let mut sealers = self.sealers.lock();
-                sealers.retain(|h| !h.is_finished());
-                sealers.push(handle);
-            }
+            Ok(thread) => Some(Sealer { jobs, thread }),
             Err(e) => {
-                tracing::warn!(error = %e, "cannot start a key-index sealing thread; sealing on the writer");
-                self.seal(&frozen);
+                tracing::warn!(error = %e, "cannot start the key-index sealing thread");
+                None
             }
         }
     }
 
-    /// Waits for the sealing threads (at shutdown, so that a reopen finds their files).
+    /// Waits until every frozen part is sealed and stops the sealing thread (at shutdown, so
+    /// that a reopen finds the files).
     pub fn finish(&self) {
-        let sealers = std::mem::take(&mut *self.sealers.lock());
-        for handle in sealers {
-            if handle.join().is_err() {
-                tracing::error!(
-                    "a key-index sealing thread panicked; the next open rebuilds its part"
-                );
-            }
+        let Some(Sealer { jobs, thread }) = self.sealer.lock().take() else {
+            return;
+        };
+        drop(jobs);
+        if thread.join().is_err() {
+            tracing::error!(
+                "the key-index sealing thread panicked; the next open rebuilds its parts"
+            );
         }
     }
 
     /// Writes a frozen part as a sealed file. On failure the part stays in memory, still
     /// searched, and the next open rebuilds its file from the log.
     fn seal(&self, part: &Arc<Part>) {
-        match Sealed::write(&self.dir, part.start, part.end, part.entries.clone()) {
+        match Sealed::write(&self.dir, part.start, part.end, &part.entries) {
             Ok(sealed) => {
                 let mut state = self.state.write();
                 state.frozen.retain(|p| !Arc::ptr_eq(p, part));
@@ -413,7 +440,7 @@ impl KeyIndex {
                 &self.dir,
                 rest.start,
                 rest.end,
-                rest.entries,
+                &rest.entries,
             )?));
         }
         let mut state = self.state.write();

@@ -12,14 +12,15 @@
 //! start position to what the writer has written. When it reaches `seal_at` entries (65,536:
 //! 1 MiB) the writer freezes it, starts a new one, and a thread of its own writes the frozen
 //! part as a sealed file `index/<20-digit start>.idx` (`sealed.rs`: sorted by hash, in
-//! checksummed 4 KiB blocks, temp file, fsync, rename), off the writer's path. Lookups search
+//! checksummed 4 KiB blocks, temp file then rename), off the writer's path; with more than
+//! four parts waiting the writer seals one itself, so memory stays bounded. Lookups search
 //! the active and frozen parts by a scan and each sealed file by a binary search over its
 //! in-memory fence table (16 bytes per block of 256 entries), reading only the blocks that
 //! may hold the hash.
 //!
 //! **Cost.** Per message on disk: 16 bytes for the id and 16 per key, plus 16 bytes of block
 //! table per 256 entries (32.1 bytes per message with one key, measured: BENCHMARKS.md, "Key
-//! index"); in memory: the active part (at most 1 MiB, plus a part being sealed) and the fence
+//! index"); in memory: the active part (at most 1 MiB, and up to four frozen parts waiting) and the fence
 //! tables (16 bytes per 256 entries of the retained log). Per send: one hash per id and key, and
 //! a copy into the active part. At open every sealed file is read once to verify it (16 bytes
 //! per id and key).
@@ -51,6 +52,8 @@ use sealed::Sealed;
 
 /// Entries of the active part before it is sealed: 1 MiB.
 pub(crate) const DEFAULT_SEAL_AT: usize = 64 * 1024;
+/// Frozen parts waiting for the sealing thread before the writer seals one itself.
+const MAX_FROZEN: usize = 4;
 
 /// One index entry: the hash of an id or key, and the log position of its record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -319,17 +322,26 @@ impl KeyIndex {
     /// Adds the entries of records the writer has just written, which end at `end`. Seals the
     /// active part on a thread of its own once it is full.
     pub fn add(self: &Arc<Self>, entries: &[Entry], end: u64) {
-        let frozen = {
+        let (frozen, backlog) = {
             let mut state = self.state.write();
             state.active.entries.extend_from_slice(entries);
             state.active.end = end;
             if state.active.entries.len() < self.seal_at {
                 return;
             }
-            let part = Arc::new(std::mem::replace(&mut state.active, Part::new(end)));
+            // Sized once: growing by doubling copied each part several times over.
+            let mut next = Part::new(end);
+            next.entries.reserve_exact(self.seal_at + entries.len());
+            let part = Arc::new(std::mem::replace(&mut state.active, next));
             state.frozen.push(part.clone());
-            part
+            (part, state.frozen.len())
         };
+        if backlog > MAX_FROZEN {
+            // The sealing thread fell behind: the writer seals this one itself, which holds up
+            // its senders, so that memory stays bounded.
+            self.seal(&frozen);
+            return;
+        }
         let mut sealer = self.sealer.lock();
         if sealer.is_none() {
             *sealer = self.start_sealer();

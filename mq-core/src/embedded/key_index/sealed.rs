@@ -126,8 +126,7 @@ impl Sealed {
             .map_err(|e| BrokerError::io("write index file", &tmp, e.into_error()))?;
         // Renamed whole, so a kill leaves no half file; not fsynced: the file is derived from
         // the log, and one that power loss damaged or lost fails its checksum at open and is
-        // rebuilt. (An fsync here also made ext4 flush the log's dirty pages with it, which
-        // cost the send path more than the index itself.)
+        // rebuilt, so an fsync per part on the disk the log is writing would buy nothing.
         drop(file);
         fs::rename(&tmp, &path).map_err(io("rename index file", &tmp))?;
         let file = File::open(&path).map_err(io("open index file", &path))?;

@@ -373,14 +373,7 @@ impl EmbeddedBroker {
         .into_iter()
         .map(|rec| system_topics::stored_view(rec.message))
         .collect::<Vec<_>>();
-        views.sort_by(|a, b| {
-            (a.store_timestamp, &a.topic, a.queue_id, a.queue_offset).cmp(&(
-                b.store_timestamp,
-                &b.topic,
-                b.queue_id,
-                b.queue_offset,
-            ))
-        });
+        crate::broker::sort_oldest_first(&mut views);
         Ok(views)
     }
 

@@ -213,14 +213,7 @@ impl Shared {
                 }
             }
         }
-        out.sort_by(|a, b| {
-            (a.store_timestamp, &a.topic, a.queue_id, a.queue_offset).cmp(&(
-                b.store_timestamp,
-                &b.topic,
-                b.queue_id,
-                b.queue_offset,
-            ))
-        });
+        crate::broker::sort_oldest_first(&mut out);
         out.truncate(limit);
         Ok(out)
     }

@@ -321,6 +321,30 @@ pub struct Delivery {
     pub receipt: Receipt,
 }
 
+/// Whether copies stored on `topic` are in the scope of a lookup: topic `wanted` when given,
+/// else every topic but the internal ones (see [`Broker::messages_by_key`]).
+pub(crate) fn in_lookup_scope(topic: &str, wanted: Option<&str>) -> bool {
+    match wanted {
+        Some(t) => topic == t,
+        None => {
+            crate::system_topics::topic_kind(topic) != crate::system_topics::TopicKind::Internal
+        }
+    }
+}
+
+/// Sorts lookup results as [`Broker::messages_by_id`] promises: oldest first, by store time,
+/// then topic, queue and offset (the one order of both backends).
+pub(crate) fn sort_oldest_first(views: &mut [MessageView]) {
+    views.sort_by(|a, b| {
+        (a.store_timestamp, &a.topic, a.queue_id, a.queue_offset).cmp(&(
+            b.store_timestamp,
+            &b.topic,
+            b.queue_id,
+            b.queue_offset,
+        ))
+    });
+}
+
 /// A broker: stores messages in topics of queues and delivers them to consumer groups.
 ///
 /// Used as `Arc<dyn Broker>` so that the backend is chosen by configuration at run time.

@@ -331,7 +331,7 @@ impl CommitLog {
             if seg.base + seg_len <= from {
                 continue;
             }
-            let mut reader = SegmentReader::new(&seg, seg_len);
+            let mut reader = SegmentReader::with_chunk(&seg, seg_len, SCAN_CHUNK);
             let mut off = from.saturating_sub(seg.base);
             let end = (to - seg.base).min(seg_len);
             while off < end {
@@ -423,17 +423,28 @@ struct SegmentReader<'a> {
     len: u64,
     buf: Bytes,
     buf_start: u64,
+    /// Bytes read at a time.
+    chunk: usize,
 }
 
 const READ_CHUNK: usize = 8 * 1024 * 1024;
+/// Read size of [`CommitLog::scan`]: it runs beside the broker's work (a key-index rebuild at
+/// open, a lookup with the index off), where 8 MiB buffers left the allocator holding tens of
+/// MiB.
+const SCAN_CHUNK: usize = 256 * 1024;
 
 impl<'a> SegmentReader<'a> {
     fn new(seg: &'a Segment, len: u64) -> Self {
+        Self::with_chunk(seg, len, READ_CHUNK)
+    }
+
+    fn with_chunk(seg: &'a Segment, len: u64, chunk: usize) -> Self {
         SegmentReader {
             seg,
             len,
             buf: Bytes::new(),
             buf_start: 0,
+            chunk,
         }
     }
 
@@ -445,7 +456,7 @@ impl<'a> SegmentReader<'a> {
             let s = (off - self.buf_start) as usize;
             return Ok(self.buf.slice(s..s + want));
         }
-        let size = want.max(READ_CHUNK).min((self.len - off) as usize);
+        let size = want.max(self.chunk).min((self.len - off) as usize);
         let mut v = vec![0u8; size];
         self.seg
             .file
@@ -498,7 +509,7 @@ impl<'a> SegmentReader<'a> {
     fn all_zero(&mut self, from: u64) -> Result<bool> {
         let mut at = from;
         while at < self.len {
-            let chunk = self.fill(at, READ_CHUNK)?;
+            let chunk = self.fill(at, self.chunk)?;
             if chunk.is_empty() {
                 break;
             }
@@ -515,7 +526,7 @@ impl<'a> SegmentReader<'a> {
         let magic = record::MAGIC.to_le_bytes();
         let mut at = from;
         while at + 4 <= self.len {
-            let chunk = self.fill(at, READ_CHUNK)?;
+            let chunk = self.fill(at, self.chunk)?;
             if let Some(i) = chunk.windows(4).position(|w| w == magic) {
                 return Ok(Some(at + i as u64));
             }

@@ -10,6 +10,7 @@
 //! config/consumer_offsets.json       committed progress of every group
 //! config/dead_letters.json           dead letters re-sent or deleted (the log is append-only)
 //! config/scheduler_fired.json        delayed messages already fired past the saved progress
+//! index/<20-digit position>.idx      sealed parts of the key index (key_index/mod.rs)
 //! ```
 //!
 //! ```
@@ -373,14 +374,7 @@ impl EmbeddedBroker {
         .into_iter()
         .map(|rec| system_topics::stored_view(rec.message))
         .collect::<Vec<_>>();
-        views.sort_by(|a, b| {
-            (a.store_timestamp, &a.topic, a.queue_id, a.queue_offset).cmp(&(
-                b.store_timestamp,
-                &b.topic,
-                b.queue_id,
-                b.queue_offset,
-            ))
-        });
+        crate::broker::sort_oldest_first(&mut views);
         Ok(views)
     }
 

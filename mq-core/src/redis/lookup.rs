@@ -16,9 +16,10 @@
 
 use ::redis::streams::StreamRangeReply;
 
+use crate::broker::in_lookup_scope;
 use crate::error::Result;
 use crate::message::{MessageId, MessageView};
-use crate::system_topics::{dlq_topic, topic_kind, TopicKind};
+use crate::system_topics::dlq_topic;
 
 use super::dead_letter::decode_entry;
 use super::keys::{entry_id, offset_of};
@@ -88,7 +89,7 @@ impl Shared {
             }
             None => {
                 for name in self.topic_names().await? {
-                    if topic_kind(&name) == TopicKind::Internal || dead.contains(&name) {
+                    if !in_lookup_scope(&name, None) || dead.contains(&name) {
                         continue;
                     }
                     if let Some(n) = self.queue_count(&name).await? {
@@ -213,14 +214,7 @@ impl Shared {
                 }
             }
         }
-        out.sort_by(|a, b| {
-            (a.store_timestamp, &a.topic, a.queue_id, a.queue_offset).cmp(&(
-                b.store_timestamp,
-                &b.topic,
-                b.queue_id,
-                b.queue_offset,
-            ))
-        });
+        crate::broker::sort_oldest_first(&mut out);
         out.truncate(limit);
         Ok(out)
     }

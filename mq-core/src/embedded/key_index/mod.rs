@@ -12,15 +12,18 @@
 //! start position to what the writer has written. When it reaches `seal_at` entries (65,536:
 //! 1 MiB) the writer freezes it, starts a new one, and a thread of its own writes the frozen
 //! part as a sealed file `index/<20-digit start>.idx` (`sealed.rs`: sorted by hash, in
-//! checksummed 4 KiB blocks, temp file, fsync, rename), off the writer's path. Lookups search
+//! checksummed 4 KiB blocks, temp file then rename), off the writer's path; with more than
+//! four parts waiting the writer seals one itself, so memory stays bounded. Lookups search
 //! the active and frozen parts by a scan and each sealed file by a binary search over its
 //! in-memory fence table (16 bytes per block of 256 entries), reading only the blocks that
 //! may hold the hash.
 //!
-//! **Cost.** Per message on disk: 16 bytes for the id and 16 per key, plus 1/16 of that in
-//! block table; in memory: the active part (at most 1 MiB, plus a part being sealed) and the
-//! fence tables (16 bytes per 256 entries of the retained log). Per send: one hash per id
-//! and key, and a copy into the active part.
+//! **Cost.** Per message on disk: 16 bytes for the id and 16 per key, plus 16 bytes of block
+//! table per 256 entries (32.1 bytes per message with one key, measured: BENCHMARKS.md, "Key
+//! index"); in memory: the active part (at most 1 MiB, and up to four frozen parts waiting) and the fence
+//! tables (16 bytes per 256 entries of the retained log). Per send: one hash per id and key, and
+//! a copy into the active part. At open every sealed file is read once to verify it (16 bytes
+//! per id and key).
 //!
 //! **Recovery** (`open`): every sealed file is verified by checksum; a damaged one, one
 //! covering log that is no longer there (cut by recovery) or one left by an unfinished
@@ -49,6 +52,8 @@ use sealed::Sealed;
 
 /// Entries of the active part before it is sealed: 1 MiB.
 pub(crate) const DEFAULT_SEAL_AT: usize = 64 * 1024;
+/// Frozen parts waiting for the sealing thread before the writer seals one itself.
+const MAX_FROZEN: usize = 4;
 
 /// One index entry: the hash of an id or key, and the log position of its record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,8 +146,16 @@ pub(crate) struct KeyIndex {
     state: RwLock<State>,
     /// Damaged or stale index files found and rebuilt since open.
     repairs: Mutex<Vec<Corruption>>,
-    /// Sealing threads not yet joined.
-    sealers: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    /// The sealing thread, started with the first full part.
+    sealer: Mutex<Option<Sealer>>,
+}
+
+/// The thread that writes frozen parts as sealed files, one at a time (one thread, so that
+/// its buffers are reused rather than held by an allocator arena per thread).
+#[derive(Debug)]
+struct Sealer {
+    jobs: std::sync::mpsc::Sender<Arc<Part>>,
+    thread: std::thread::JoinHandle<()>,
 }
 
 impl KeyIndex {
@@ -159,7 +172,7 @@ impl KeyIndex {
                 active: Part::new(0),
             }),
             repairs: Mutex::new(Vec::new()),
-            sealers: Mutex::new(Vec::new()),
+            sealer: Mutex::new(None),
         };
         let min = log.min_position();
         let mut files = Vec::new();
@@ -227,7 +240,7 @@ impl KeyIndex {
                         dir,
                         rest.start,
                         rest.end,
-                        rest.entries,
+                        &rest.entries,
                     )?));
                 }
             }
@@ -264,7 +277,7 @@ impl KeyIndex {
             part.end = next;
             if part.entries.len() >= self.seal_at {
                 let full = std::mem::replace(&mut part, Part::new(next));
-                match Sealed::write(&self.dir, full.start, full.end, full.entries) {
+                match Sealed::write(&self.dir, full.start, full.end, &full.entries) {
                     Ok(s) => done.push(Arc::new(s)),
                     Err(e) => {
                         pending_err = Some(e);
@@ -309,53 +322,81 @@ impl KeyIndex {
     /// Adds the entries of records the writer has just written, which end at `end`. Seals the
     /// active part on a thread of its own once it is full.
     pub fn add(self: &Arc<Self>, entries: &[Entry], end: u64) {
-        let frozen = {
+        let (frozen, backlog) = {
             let mut state = self.state.write();
             state.active.entries.extend_from_slice(entries);
             state.active.end = end;
             if state.active.entries.len() < self.seal_at {
                 return;
             }
-            let part = Arc::new(std::mem::replace(&mut state.active, Part::new(end)));
+            // Sized once: growing by doubling copied each part several times over.
+            let mut next = Part::new(end);
+            next.entries.reserve_exact(self.seal_at + entries.len());
+            let part = Arc::new(std::mem::replace(&mut state.active, next));
             state.frozen.push(part.clone());
-            part
+            (part, state.frozen.len())
         };
-        let index = self.clone();
+        if backlog > MAX_FROZEN {
+            // The sealing thread fell behind: the writer seals this one itself, which holds up
+            // its senders, so that memory stays bounded.
+            self.seal(&frozen);
+            return;
+        }
+        let mut sealer = self.sealer.lock();
+        if sealer.is_none() {
+            *sealer = self.start_sealer();
+        }
+        let queued = sealer
+            .as_ref()
+            .is_some_and(|s| s.jobs.send(frozen.clone()).is_ok());
+        drop(sealer);
+        if !queued {
+            tracing::warn!("no key-index sealing thread; sealing on the writer");
+            self.seal(&frozen);
+        }
+    }
+
+    fn start_sealer(self: &Arc<Self>) -> Option<Sealer> {
+        let (jobs, parts) = std::sync::mpsc::channel::<Arc<Part>>();
+        // Weak: a broker dropped without shutdown drops the index, which ends the thread.
+        let index = Arc::downgrade(self);
         let spawned = std::thread::Builder::new()
             .name("mq-key-index-seal".into())
-            .spawn({
-                let frozen = frozen.clone();
-                move || index.seal(&frozen)
+            .spawn(move || {
+                while let Ok(part) = parts.recv() {
+                    match index.upgrade() {
+                        Some(index) => index.seal(&part),
+                        None => return,
+                    }
+                }
             });
         match spawned {
-            Ok(handle) => {
-                let mut sealers = self.sealers.lock();
-                sealers.retain(|h| !h.is_finished());
-                sealers.push(handle);
-            }
+            Ok(thread) => Some(Sealer { jobs, thread }),
             Err(e) => {
-                tracing::warn!(error = %e, "cannot start a key-index sealing thread; sealing on the writer");
-                self.seal(&frozen);
+                tracing::warn!(error = %e, "cannot start the key-index sealing thread");
+                None
             }
         }
     }
 
-    /// Waits for the sealing threads (at shutdown, so that a reopen finds their files).
+    /// Waits until every frozen part is sealed and stops the sealing thread (at shutdown, so
+    /// that a reopen finds the files).
     pub fn finish(&self) {
-        let sealers = std::mem::take(&mut *self.sealers.lock());
-        for handle in sealers {
-            if handle.join().is_err() {
-                tracing::error!(
-                    "a key-index sealing thread panicked; the next open rebuilds its part"
-                );
-            }
+        let Some(Sealer { jobs, thread }) = self.sealer.lock().take() else {
+            return;
+        };
+        drop(jobs);
+        if thread.join().is_err() {
+            tracing::error!(
+                "the key-index sealing thread panicked; the next open rebuilds its parts"
+            );
         }
     }
 
     /// Writes a frozen part as a sealed file. On failure the part stays in memory, still
     /// searched, and the next open rebuilds its file from the log.
     fn seal(&self, part: &Arc<Part>) {
-        match Sealed::write(&self.dir, part.start, part.end, part.entries.clone()) {
+        match Sealed::write(&self.dir, part.start, part.end, &part.entries) {
             Ok(sealed) => {
                 let mut state = self.state.write();
                 state.frozen.retain(|p| !Arc::ptr_eq(p, part));
@@ -411,7 +452,7 @@ impl KeyIndex {
                 &self.dir,
                 rest.start,
                 rest.end,
-                rest.entries,
+                &rest.entries,
             )?));
         }
         let mut state = self.state.write();

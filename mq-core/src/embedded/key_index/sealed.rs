@@ -1,5 +1,5 @@
 //! A sealed part of the key index: an immutable file of (hash, log position) entries sorted
-//! by hash, in checksummed blocks, written once (temp file, fsync, rename) and verified whole
+//! by hash, in checksummed blocks, written once (temp file, then rename) and verified whole
 //! when opened.
 //!
 //! ```text
@@ -20,7 +20,7 @@
 //! hash, so damage that appears after open is still caught, never read as data.
 
 use std::fs::{self, File};
-use std::io::Write;
+use std::io::{BufWriter, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -62,23 +62,29 @@ pub(super) struct Sealed {
 pub(super) type Damage = String;
 
 impl Sealed {
-    /// Sorts `entries` and writes them as the part covering `[start, end)` into `dir`,
-    /// durably: a crash leaves either no file or the whole one.
-    pub fn write(dir: &Path, start: u64, end: u64, mut entries: Vec<Entry>) -> Result<Sealed> {
-        entries.sort_unstable_by_key(|e| (e.hash, e.position));
-        let blocks = entries.len().div_ceil(BLOCK);
-        let mut table = Vec::with_capacity(blocks * TABLE_ROW);
-        let mut body = Vec::with_capacity(entries.len() * ENTRY_LEN);
-        let mut fences = Vec::with_capacity(blocks);
-        for chunk in entries.chunks(BLOCK) {
-            let at = body.len();
+    /// Writes a sorted copy of `entries` as the part covering `[start, end)` into `dir`: a
+    /// kill leaves either no file or the whole one. The blocks are encoded twice
+    /// (once for their checksums, which the table before them holds, once to write them), so
+    /// that no second copy of the part is held.
+    pub fn write(dir: &Path, start: u64, end: u64, entries: &[Entry]) -> Result<Sealed> {
+        let mut sorted = entries.to_vec();
+        sorted.sort_unstable_by_key(|e| (e.hash, e.position));
+        let blocks = sorted.len().div_ceil(BLOCK);
+        let mut block = Vec::with_capacity(BLOCK * ENTRY_LEN);
+        let encode = |chunk: &[Entry], out: &mut Vec<u8>| {
+            out.clear();
             for e in chunk {
-                body.extend_from_slice(&e.hash.to_le_bytes());
-                body.extend_from_slice(&e.position.to_le_bytes());
+                out.extend_from_slice(&e.hash.to_le_bytes());
+                out.extend_from_slice(&e.position.to_le_bytes());
             }
+        };
+        let mut table = Vec::with_capacity(blocks * TABLE_ROW);
+        let mut fences = Vec::with_capacity(blocks);
+        for chunk in sorted.chunks(BLOCK) {
+            encode(chunk, &mut block);
             let fence = Fence {
                 first: chunk[0].hash,
-                crc: crc32c::crc32c(&body[at..]),
+                crc: crc32c::crc32c(&block),
             };
             table.extend_from_slice(&fence.first.to_le_bytes());
             table.extend_from_slice(&fence.crc.to_le_bytes());
@@ -90,7 +96,7 @@ impl Sealed {
         header.extend_from_slice(&VERSION.to_le_bytes());
         header.extend_from_slice(&start.to_le_bytes());
         header.extend_from_slice(&end.to_le_bytes());
-        header.extend_from_slice(&(entries.len() as u64).to_le_bytes());
+        header.extend_from_slice(&(sorted.len() as u64).to_le_bytes());
         header.extend_from_slice(&(blocks as u32).to_le_bytes());
         header.extend_from_slice(&0u32.to_le_bytes());
         header.extend_from_slice(&crc32c::crc32c(&table).to_le_bytes());
@@ -103,22 +109,32 @@ impl Sealed {
             let p = p.to_owned();
             move |e| BrokerError::io(doing, &p, e)
         };
-        let mut file = File::create(&tmp).map_err(io("create index file", &tmp))?;
-        file.write_all(&header)
-            .and_then(|()| file.write_all(&table))
-            .and_then(|()| file.write_all(&body))
+        let file = File::create(&tmp).map_err(io("create index file", &tmp))?;
+        let mut out = BufWriter::with_capacity(64 * 1024, file);
+        out.write_all(&header)
+            .and_then(|()| out.write_all(&table))
+            .and_then(|()| {
+                for chunk in sorted.chunks(BLOCK) {
+                    encode(chunk, &mut block);
+                    out.write_all(&block)?;
+                }
+                Ok(())
+            })
             .map_err(io("write index file", &tmp))?;
-        file.sync_data().map_err(io("sync index file", &tmp))?;
+        let file = out
+            .into_inner()
+            .map_err(|e| BrokerError::io("write index file", &tmp, e.into_error()))?;
+        // Renamed whole, so a kill leaves no half file; not fsynced: the file is derived from
+        // the log, and one that power loss damaged or lost fails its checksum at open and is
+        // rebuilt, so an fsync per part on the disk the log is writing would buy nothing.
+        drop(file);
         fs::rename(&tmp, &path).map_err(io("rename index file", &tmp))?;
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io("sync index directory", dir))?;
         let file = File::open(&path).map_err(io("open index file", &path))?;
         Ok(Sealed {
             start,
             end,
             path,
-            entries: entries.len() as u64,
+            entries: sorted.len() as u64,
             file,
             fences,
         })
@@ -126,49 +142,58 @@ impl Sealed {
 
     /// Opens and verifies every checksum of the file at `path`.
     pub fn open(path: &Path) -> std::result::Result<Sealed, Damage> {
-        let bytes = fs::read(path).map_err(|e| format!("unreadable: {e}"))?;
-        let file = File::open(path).map_err(|e| format!("unreadable: {e}"))?;
-        if bytes.len() < HEADER_LEN {
-            return Err(format!("{} bytes, shorter than the header", bytes.len()));
+        let unreadable = |e: std::io::Error| format!("unreadable: {e}");
+        let file = File::open(path).map_err(unreadable)?;
+        let len = file.metadata().map_err(unreadable)?.len();
+        if len < HEADER_LEN as u64 {
+            return Err(format!("{len} bytes, shorter than the header"));
         }
-        let u32_at = |at: usize| {
-            u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+        let mut header = [0u8; HEADER_LEN];
+        file.read_exact_at(&mut header, 0).map_err(unreadable)?;
+        let u32_at =
+            |b: &[u8], at: usize| u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+        let u64_at = |b: &[u8], at: usize| {
+            let mut v = [0u8; 8];
+            v.copy_from_slice(&b[at..at + 8]);
+            u64::from_le_bytes(v)
         };
-        let u64_at = |at: usize| {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(&bytes[at..at + 8]);
-            u64::from_le_bytes(b)
-        };
-        if u32_at(0) != MAGIC || u32_at(4) != VERSION {
+        if u32_at(&header, 0) != MAGIC || u32_at(&header, 4) != VERSION {
             return Err("not a key-index file (magic or version)".into());
         }
-        if crc32c::crc32c(&bytes[..44]) != u32_at(44) {
+        if crc32c::crc32c(&header[..44]) != u32_at(&header, 44) {
             return Err("header checksum mismatch".into());
         }
-        let (start, end, entries, blocks) =
-            (u64_at(8), u64_at(16), u64_at(24), u32_at(32) as usize);
-        let table_end = HEADER_LEN + blocks * TABLE_ROW;
-        let expected_len = (table_end as u64).checked_add(entries.saturating_mul(ENTRY_LEN as u64));
-        if expected_len != Some(bytes.len() as u64) || (entries as usize).div_ceil(BLOCK) != blocks
-        {
+        let (start, end) = (u64_at(&header, 8), u64_at(&header, 16));
+        let (entries, blocks) = (u64_at(&header, 24), u32_at(&header, 32) as usize);
+        let table_end = (HEADER_LEN + blocks * TABLE_ROW) as u64;
+        let expected = table_end.checked_add(entries.saturating_mul(ENTRY_LEN as u64));
+        if expected != Some(len) || entries.div_ceil(BLOCK as u64) != blocks as u64 {
             return Err(format!(
-                "{} bytes where the header announces {entries} entries in {blocks} blocks",
-                bytes.len()
+                "{len} bytes where the header announces {entries} entries in {blocks} blocks"
             ));
         }
-        if crc32c::crc32c(&bytes[HEADER_LEN..table_end]) != u32_at(40) {
+        let mut table = vec![0u8; blocks * TABLE_ROW];
+        file.read_exact_at(&mut table, HEADER_LEN as u64)
+            .map_err(unreadable)?;
+        if crc32c::crc32c(&table) != u32_at(&header, 40) {
             return Err("block table checksum mismatch".into());
         }
+        // The blocks are read in sequence through one small buffer: opening holds no file whole.
+        let mut reader =
+            std::io::BufReader::with_capacity(64 * 1024, File::open(path).map_err(unreadable)?);
+        std::io::Seek::seek(&mut reader, std::io::SeekFrom::Start(table_end))
+            .map_err(unreadable)?;
+        let mut block = vec![0u8; BLOCK * ENTRY_LEN];
         let mut fences = Vec::with_capacity(blocks);
         for b in 0..blocks {
-            let row = HEADER_LEN + b * TABLE_ROW;
+            let row = b * TABLE_ROW;
             let fence = Fence {
-                first: u64_at(row),
-                crc: u32_at(row + 8),
+                first: u64_at(&table, row),
+                crc: u32_at(&table, row + 8),
             };
-            let from = table_end + b * BLOCK * ENTRY_LEN;
-            let to = (from + BLOCK * ENTRY_LEN).min(bytes.len());
-            if crc32c::crc32c(&bytes[from..to]) != fence.crc {
+            let n = (entries - (b * BLOCK) as u64).min(BLOCK as u64) as usize * ENTRY_LEN;
+            std::io::Read::read_exact(&mut reader, &mut block[..n]).map_err(unreadable)?;
+            if crc32c::crc32c(&block[..n]) != fence.crc {
                 return Err(format!("block {b} checksum mismatch"));
             }
             fences.push(fence);

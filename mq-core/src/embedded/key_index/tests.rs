@@ -52,7 +52,7 @@ fn a_sealed_file_finds_every_entry_and_nothing_else() {
             position: i * 100,
         });
     }
-    let written = Sealed::write(dir.path(), 0, 200_000, entries.clone()).unwrap();
+    let written = Sealed::write(dir.path(), 0, 200_000, &entries).unwrap();
     let opened = Sealed::open(&written.path).unwrap();
     assert_eq!((opened.start, opened.end), (0, 200_000));
     for e in &entries {
@@ -86,10 +86,15 @@ fn config(dir: &Path) -> EmbeddedConfig {
 
 /// Sends `n` messages with two keys each; returns (id, first key) of each.
 async fn fill(broker: &EmbeddedBroker, n: usize) -> Vec<(MessageId, String)> {
+    fill_with(broker, n, 0).await
+}
+
+/// As [`fill`], with `pad` more bytes of body per message.
+async fn fill_with(broker: &EmbeddedBroker, n: usize, pad: usize) -> Vec<(MessageId, String)> {
     let mut sent = Vec::new();
     for i in 0..n {
         let key = format!("order-{i}");
-        let m = Message::new("lookups", format!("body-{i}"))
+        let m = Message::new("lookups", format!("body-{i}{}", "x".repeat(pad)))
             .with_key(&key)
             .with_key(format!("customer-{}", i % 10));
         let r = broker.send(m, SendOptions::new()).await.unwrap();
@@ -217,5 +222,43 @@ async fn with_the_index_off_lookups_read_the_log() {
     let broker = EmbeddedBroker::open(config(dir.path())).await.unwrap();
     assert!(broker.key_index_footprint().is_some());
     assert_all_found(&broker, &sent).await;
+    broker.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_deletes_the_index_files_of_deleted_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path())
+        .max_message_size(4096)
+        .segment_size(128 * 1024)
+        .retention(
+            std::time::Duration::ZERO,
+            std::time::Duration::from_secs(3600),
+        );
+    let broker = EmbeddedBroker::open(config).await.unwrap();
+    let sent = fill_with(&broker, 600, 1024).await;
+    let before = index_files(dir.path()).len();
+    // No group ever subscribed: every segment but the one being written may go.
+    let report = broker.run_retention().unwrap();
+    assert!(report.segments_deleted > 0);
+    let after = index_files(dir.path());
+    assert!(
+        after.len() < before,
+        "{} files before, {} after",
+        before,
+        after.len()
+    );
+    let mut gone = 0;
+    for (id, key) in &sent {
+        let by_id = broker.messages_by_id(*id).await.unwrap();
+        let by_key = broker.messages_by_key(key, None, 10).await.unwrap();
+        assert_eq!(by_id.len(), by_key.len(), "{id}");
+        gone += usize::from(by_id.is_empty());
+    }
+    assert!(
+        gone > 0 && gone < sent.len(),
+        "{gone} of {} gone",
+        sent.len()
+    );
     broker.shutdown().await.unwrap();
 }

@@ -3,12 +3,12 @@
 //! read from the log, verified by its checksum and compared exactly, so the index only ever
 //! narrows the search; a damaged record is reported and never returned.
 
+use crate::broker::in_lookup_scope;
 use crate::embedded::key_index::{id_hash, key_hash};
 use crate::embedded::record::{self, DecodedRecord};
 use crate::embedded::system_topics::stored_topic;
 use crate::error::Result;
 use crate::message::MessageId;
-use crate::system_topics::{topic_kind, TopicKind};
 
 use super::MessageStore;
 
@@ -33,13 +33,10 @@ impl Query {
     pub fn matches(&self, rec: &DecodedRecord) -> bool {
         let topic = stored_topic(&rec.message);
         match self {
-            Query::Id(id) => rec.message.id == *id && topic_kind(topic) != TopicKind::Internal,
+            Query::Id(id) => rec.message.id == *id && in_lookup_scope(topic, None),
             Query::Key { key, topic: wanted } => {
-                let in_scope = match wanted {
-                    Some(t) => topic == t,
-                    None => topic_kind(topic) != TopicKind::Internal,
-                };
-                in_scope && rec.message.keys.iter().any(|k| k == key)
+                in_lookup_scope(topic, wanted.as_deref())
+                    && rec.message.keys.iter().any(|k| k == key)
             }
         }
     }

@@ -22,7 +22,11 @@
 //! `MQ_BENCH_BODY` (bytes, default 1024), `MQ_BENCH_RATE` (msg/s of `paced`),
 //! `MQ_BENCH_PACED_SECONDS` (default 3), `MQ_BENCH_PACED_SENDERS` (sender counts of `paced`,
 //! default `256,64`), `MQ_BENCH_WORKERS` (tokio worker threads, default: the core count),
-//! `MQ_BENCH_DIR` (parent of the data dirs, default /tmp).
+//! `MQ_BENCH_DIR` (parent of the data dirs, default /tmp), `MQ_BENCH_INDEX` (`on`, the
+//! default, `off`, or `both`: the key index on and off in the same invocation, runs
+//! alternating, with a median per setting). Every message carries one key (`k<n>`), so the
+//! index holds two entries per message; runs with the index on also print its bytes on disk
+//! per message.
 //!
 //! Run with `cargo bench -p mq-core --bench throughput [-- async|sync|paced]`.
 
@@ -89,6 +93,8 @@ struct Settings {
     paced_senders: Vec<usize>,
     workers: usize,
     dir: String,
+    /// Key-index settings to run, in turn.
+    index: Vec<bool>,
 }
 
 impl Settings {
@@ -140,6 +146,12 @@ impl Settings {
             )
             .max(1),
             dir: env("MQ_BENCH_DIR", "/tmp".to_owned()),
+            index: match env("MQ_BENCH_INDEX", "on".to_owned()).as_str() {
+                "on" => vec![true],
+                "off" => vec![false],
+                "both" => vec![true, false],
+                other => panic!("MQ_BENCH_INDEX={other:?}: on, off or both"),
+            },
         }
     }
 }
@@ -157,6 +169,11 @@ struct RunResult {
     target_rate: Option<f64>,
     /// Messages per fsync of the commit log while the measured messages were written.
     per_sync: f64,
+    /// Whether the key index was on.
+    index: bool,
+    /// Key-index bytes on disk (sealed files) plus entries in memory at 16 bytes, per
+    /// message stored.
+    index_bytes_per_msg: Option<f64>,
 }
 
 impl RunResult {
@@ -229,7 +246,7 @@ async fn consume(consumer: Box<dyn Consumer>, shared: Arc<Shared>, batch: usize)
 
 async fn send_one(broker: &EmbeddedBroker, start: Instant, len: usize, marker: u64) -> u64 {
     let t0 = nanos_since(start);
-    let msg = Message::new(TOPIC, body(len, t0, marker));
+    let msg = Message::new(TOPIC, body(len, t0, marker)).with_key(format!("k{t0}"));
     broker.send(msg, SendOptions::new()).await.expect("send");
     t0
 }
@@ -292,6 +309,7 @@ async fn run_once(
     scenario: Scenario,
     senders: usize,
     rate: Option<f64>,
+    index: bool,
 ) -> RunResult {
     let parent = std::path::Path::new(&settings.dir);
     let dir = tempfile::Builder::new()
@@ -302,9 +320,13 @@ async fn run_once(
         Scenario::Sync => FlushPolicy::Sync,
         Scenario::Async | Scenario::Paced => FlushPolicy::default(),
     };
-    let broker = EmbeddedBroker::open(EmbeddedConfig::new(dir.path()).flush(flush))
-        .await
-        .expect("open broker");
+    let broker = EmbeddedBroker::open(
+        EmbeddedConfig::new(dir.path())
+            .flush(flush)
+            .message_index(index),
+    )
+    .await
+    .expect("open broker");
     broker
         .create_topic(TOPIC, settings.queues)
         .await
@@ -428,6 +450,9 @@ async fn run_once(
     let per_sync = (writes.messages - writes_before.messages) as f64
         / (writes.syncs - writes_before.syncs).max(1) as f64;
     broker.shutdown().await.expect("shutdown");
+    let index_bytes_per_msg = broker.key_index_footprint().map(|(disk, in_memory)| {
+        (disk + 16 * in_memory as u64) as f64 / writes.messages.max(1) as f64
+    });
     drop(broker);
     drop(dir);
     RunResult {
@@ -441,6 +466,8 @@ async fn run_once(
             None
         },
         per_sync,
+        index,
+        index_bytes_per_msg,
     }
 }
 
@@ -450,9 +477,10 @@ fn us(ns: u64) -> f64 {
 
 fn print_run(scenario: Scenario, senders: usize, i: usize, r: &RunResult) {
     println!(
-        "{:<6} {:>3} senders run {}: {:>8} msgs in {:>6.3} s = {:>8.0} msg/s{}  e2e p50 {:>8.1} us  p99 {:>8.1} us  max {:>9.1} us  send p99 {:>8.1} us  {:.0} msgs/fsync",
+        "{:<6} {:>3} senders index {:<3} run {}: {:>8} msgs in {:>6.3} s = {:>8.0} msg/s{}  e2e p50 {:>8.1} us  p99 {:>8.1} us  max {:>9.1} us  send p99 {:>8.1} us  {:.0} msgs/fsync{}",
         scenario.name(),
         senders,
+        if r.index { "on" } else { "off" },
         i + 1,
         r.handled,
         r.elapsed.as_secs_f64(),
@@ -472,6 +500,9 @@ fn print_run(scenario: Scenario, senders: usize, i: usize, r: &RunResult) {
         us(r.e2e.max()),
         us(r.send.value_at_quantile(0.99)),
         r.per_sync,
+        r.index_bytes_per_msg
+            .map(|b| format!("  index {b:.1} B/msg"))
+            .unwrap_or_default(),
     );
 }
 
@@ -485,6 +516,8 @@ struct Summary {
     send_p99: f64,
     per_sync: f64,
     rate: Option<f64>,
+    index: bool,
+    index_bytes_per_msg: Option<f64>,
 }
 
 fn summarize(scenario: Scenario, senders: usize, results: &[RunResult]) -> Summary {
@@ -499,6 +532,11 @@ fn summarize(scenario: Scenario, senders: usize, results: &[RunResult]) -> Summa
         send_p99: med(&|r| us(r.send.value_at_quantile(0.99))),
         per_sync: med(&|r| r.per_sync),
         rate: results.first().and_then(|r| r.target_rate),
+        index: results.first().is_some_and(|r| r.index),
+        index_bytes_per_msg: results
+            .first()
+            .and_then(|r| r.index_bytes_per_msg)
+            .map(|_| med(&|r| r.index_bytes_per_msg.unwrap_or(0.0))),
     }
 }
 
@@ -537,9 +575,14 @@ fn main() {
                             Some(s) => s.throughput,
                             None => {
                                 println!("paced: measuring the async peak first (one run)");
-                                let r =
-                                    run_once(&settings, Scenario::Async, settings.senders, None)
-                                        .await;
+                                let r = run_once(
+                                    &settings,
+                                    Scenario::Async,
+                                    settings.senders,
+                                    None,
+                                    settings.index[0],
+                                )
+                                .await;
                                 print_run(Scenario::Async, settings.senders, 0, &r);
                                 r.throughput()
                             }
@@ -554,22 +597,27 @@ fn main() {
                 _ => vec![settings.senders],
             };
             for senders in sender_counts {
-                let mut results = Vec::new();
+                // Settings alternate run by run, so that drift in the machine hits both.
+                let mut results: Vec<Vec<RunResult>> = vec![Vec::new(); settings.index.len()];
                 for i in 0..settings.runs {
-                    let r = run_once(&settings, scenario, senders, rate).await;
-                    print_run(scenario, senders, i, &r);
-                    results.push(r);
+                    for (k, &index) in settings.index.iter().enumerate() {
+                        let r = run_once(&settings, scenario, senders, rate, index).await;
+                        print_run(scenario, senders, i, &r);
+                        results[k].push(r);
+                    }
                 }
-                summaries.push(summarize(scenario, senders, &results));
+                for r in &results {
+                    summaries.push(summarize(scenario, senders, r));
+                }
             }
         }
     });
     println!();
     println!("medians ({:.1} s in all):", began.elapsed().as_secs_f64());
     println!(
-        "| scenario | runs | throughput (msg/s) | e2e p50 (us) | e2e p99 (us) | send p99 (us) | msgs per fsync |"
+        "| scenario | key index | runs | throughput (msg/s) | e2e p50 (us) | e2e p99 (us) | send p99 (us) | msgs per fsync | index B/msg |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for s in &summaries {
         let name = match (s.scenario, s.rate) {
             (Scenario::Paced, Some(r)) => {
@@ -579,8 +627,17 @@ fn main() {
             (_, _) => format!("async flush, {} senders", s.senders),
         };
         println!(
-            "| {name} | {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.0} |",
-            s.runs, s.throughput, s.p50, s.p99, s.send_p99, s.per_sync
+            "| {name} | {} | {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.0} | {} |",
+            if s.index { "on" } else { "off" },
+            s.runs,
+            s.throughput,
+            s.p50,
+            s.p99,
+            s.send_p99,
+            s.per_sync,
+            s.index_bytes_per_msg
+                .map(|b| format!("{b:.1}"))
+                .unwrap_or_else(|| "-".to_owned()),
         );
     }
 }

@@ -15,6 +15,7 @@ use crate::error::{BrokerError, Result};
 use crate::message::{Message, MessageId, MessageView};
 use crate::stats::{GroupStats, QueueOffset, ResetTo, TopicStats};
 use crate::subscription::{ConsumeFrom, Subscription};
+use crate::trace::TraceEvent;
 use crate::transaction::{TransactionChecker, TxState};
 
 /// RocketMQ's default number of queues of an auto-created topic.
@@ -320,6 +321,30 @@ pub struct Delivery {
     pub receipt: Receipt,
 }
 
+/// Whether copies stored on `topic` are in the scope of a lookup: topic `wanted` when given,
+/// else every topic but the internal ones (see [`Broker::messages_by_key`]).
+pub(crate) fn in_lookup_scope(topic: &str, wanted: Option<&str>) -> bool {
+    match wanted {
+        Some(t) => topic == t,
+        None => {
+            crate::system_topics::topic_kind(topic) != crate::system_topics::TopicKind::Internal
+        }
+    }
+}
+
+/// Sorts lookup results as [`Broker::messages_by_id`] promises: oldest first, by store time,
+/// then topic, queue and offset (the one order of both backends).
+pub(crate) fn sort_oldest_first(views: &mut [MessageView]) {
+    views.sort_by(|a, b| {
+        (a.store_timestamp, &a.topic, a.queue_id, a.queue_offset).cmp(&(
+            b.store_timestamp,
+            &b.topic,
+            b.queue_id,
+            b.queue_offset,
+        ))
+    });
+}
+
 /// A broker: stores messages in topics of queues and delivers them to consumer groups.
 ///
 /// Used as `Arc<dyn Broker>` so that the backend is chosen by configuration at run time.
@@ -481,6 +506,45 @@ pub trait Broker: Send + Sync + 'static {
     /// (a group that never subscribed to `topic`).
     async fn reset_offset(&self, group: &str, topic: &str, to: ResetTo)
         -> Result<Vec<QueueOffset>>;
+
+    /// Stores trace events (see [`crate::trace`]) as one record of
+    /// [`TRACE_TOPIC`](crate::system_topics::TRACE_TOPIC) whose keys are the distinct message
+    /// ids of the events, so that [`trace::trace`](crate::trace::trace) finds them by id. Does
+    /// nothing for no events. Once it returns the record is readable; it is kept as the
+    /// backend keeps records of a topic no group consumes. Trace is diagnostic: it may be
+    /// stored with less care than messages (on the embedded broker it shares the writer with
+    /// sends, and what `flush: async` has not synced may be lost in a crash), never at their
+    /// expense.
+    async fn record_trace(&self, events: Vec<TraceEvent>) -> Result<()>;
+
+    /// Every stored copy of message `id` still retained, oldest first (by store time, then
+    /// topic, queue and offset): the message on its topic, its retry copies (on
+    /// `%RETRY%<group>%<topic>`, same id, higher `reconsume_times`) and its dead-letter copy
+    /// (on `%DLQ%<group>`), like RocketMQ's `queryMessage` by id.
+    ///
+    /// Each view's `topic` is where that copy is stored (the retry or dead-letter topic for
+    /// those copies), its `queue_id` and `queue_offset` its place there. Copies in topics a
+    /// backend keeps for itself ([`TopicKind::Internal`](crate::system_topics::TopicKind)) are
+    /// not returned: a prepared (half) message appears once committed, and a delayed message
+    /// once it is due and stored on its topic (RocketMQ shows a pending one in its schedule
+    /// topic; mq shows what a consumer can receive). Dead letters that were re-sent or deleted
+    /// are gone, and so is whatever retention removed. An unknown id gives an empty list.
+    async fn messages_by_id(&self, id: MessageId) -> Result<Vec<MessageView>>;
+
+    /// Messages stored with business key `key` (one of their [`Message::with_key`] keys; a
+    /// message may have several), the oldest `limit` of them, oldest first as in
+    /// [`messages_by_id`](Broker::messages_by_id).
+    ///
+    /// `topic: Some(t)` searches topic `t` only, whatever its kind (internal topics included,
+    /// e.g. a trace topic whose records are keyed by the traced message ids); `None` searches
+    /// every topic except the internal ones. Keys are compared exactly. An unknown key, or a
+    /// `limit` of 0, gives an empty list.
+    async fn messages_by_key(
+        &self,
+        key: &str,
+        topic: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<MessageView>>;
 
     /// Whether the broker can do its work now: `Ok` when it is open and its storage answers
     /// (embedded: the commit-log writer is alive; Redis: a `PING` round trip within the

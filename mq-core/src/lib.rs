@@ -50,6 +50,7 @@ pub mod subscription;
 pub mod system_topics;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+pub mod trace;
 pub mod transaction;
 
 pub use broker::{
@@ -65,4 +66,5 @@ pub use message::{
 pub use settings::BrokerSettings;
 pub use stats::{GroupQueueStats, GroupStats, QueueOffset, QueueStats, ResetTo, TopicStats};
 pub use subscription::{ConsumeFrom, ConsumeMode, MessageModel, Subscription, TagFilter};
+pub use trace::{DeliveryOutcome, Trace, TraceEvent, TraceKind};
 pub use transaction::{CheckPolicy, TransactionChecker, TxState};

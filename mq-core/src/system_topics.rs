@@ -8,6 +8,9 @@
 pub const RETRY_PREFIX: &str = "%RETRY%";
 /// Prefix of dead-letter topics: `%DLQ%<group>`.
 pub const DLQ_PREFIX: &str = "%DLQ%";
+/// The topic of message trace records (RocketMQ's `RMQ_SYS_TRACE_TOPIC`), keyed by the ids of
+/// the messages they trace (see [`crate::trace`]). Internal: not listed with the topics.
+pub const TRACE_TOPIC: &str = "%TRACE%";
 
 /// Longest retry-topic name kept as written; a longer one ends in a checksum of the topic
 /// instead, so that file and key names stay short enough for any filesystem.
@@ -67,6 +70,7 @@ pub enum TopicKind {
 /// assert_eq!(topic_kind("%RETRY%points%order"), TopicKind::Retry);
 /// assert_eq!(topic_kind("%DLQ%points"), TopicKind::DeadLetter);
 /// assert_eq!(topic_kind("%SCHEDULE%"), TopicKind::Internal);
+/// assert_eq!(topic_kind(mq_core::system_topics::TRACE_TOPIC), TopicKind::Internal);
 /// ```
 pub fn topic_kind(topic: &str) -> TopicKind {
     if topic.starts_with(RETRY_PREFIX) {

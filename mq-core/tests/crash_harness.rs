@@ -26,7 +26,11 @@
 //! - early = 0: no delayed message or retry delivered before its due time (5 ms tolerance);
 //! - every body intact (it carries its own CRC32C), orderly keys in order within a run, no
 //!   corruption reported after a SIGKILL;
-//! - duplicates are counted, not failed; reopen time (spawn to open) is reported as p50/p99.
+//! - duplicates are counted, not failed; reopen time (spawn to open) is reported as p50/p99;
+//! - lookups: plain and orderly sends carry their harness id as key; after every reopen the
+//!   child looks up the acknowledged sends of the run just killed (up to 300) and 100 drawn
+//!   from earlier runs by id and by key: each is found, intact, once on its topic, and no
+//!   other message claims its key (`check_lookups`); no key-index repair after a kill.
 //!
 //! Short form, in `cargo test --workspace` (`.ci/run`): 30 kills, 15 per flush policy, both
 //! policies in parallel, about 50 s in a debug build on 2 cores:
@@ -68,6 +72,11 @@ const ENV_MODE: &str = "MQ_HARNESS_MODE";
 const ENV_SEED: &str = "MQ_HARNESS_SEED";
 const ENV_RUN: &str = "MQ_HARNESS_RUN";
 const ENV_SPAWN_MS: &str = "MQ_HARNESS_SPAWN_MS";
+const ENV_LOOKUPS: &str = "MQ_HARNESS_LOOKUPS";
+/// Acknowledged sends a reopened child looks up: the latest of the run just killed, and a
+/// seeded draw from the runs before.
+const LOOKUP_RECENT: usize = 300;
+const LOOKUP_OLDER: usize = 100;
 const CHILD: &str = "crash_harness_child";
 
 /// Kills per flush policy of the short form (30 in all).
@@ -107,6 +116,8 @@ fn config(dir: &Path, flush: FlushPolicy) -> EmbeddedConfig {
         .max_message_size(16 * 1024)
         .segment_size(segment)
         .consume_queue_entries(entries)
+        // Key-index parts sealed every few hundred sends: kills land around seals.
+        .index_part_entries(entries as usize * 2)
         .check_policy(CheckPolicy {
             timeout: Duration::from_millis(1000),
             interval: Duration::from_millis(1000),
@@ -195,11 +206,15 @@ async fn send_plain(broker: Arc<EmbeddedBroker>, ids: Arc<Ids>, mut rng: Rng) {
         let body = make_body(&id, kind, &aux, rng.range(20, 1500) as usize);
         let crc = crc32c::crc32c(body.as_bytes());
         emit!("SENDING {id} {TOPIC_PLAIN} {kind} 0 {crc:08x} {aux}");
+        // Keyed by the harness id, so that a reopened child finds it by key and by id.
         match broker
-            .send(Message::new(TOPIC_PLAIN, body), SendOptions::new())
+            .send(
+                Message::new(TOPIC_PLAIN, body).with_key(&id),
+                SendOptions::new(),
+            )
             .await
         {
-            Ok(_) => emit!("SENT {id}"),
+            Ok(sent) => emit!("SENT {id} {}", sent.message_id),
             Err(e) => emit!("ERROR send {id} {e}"),
         }
         pause(&mut rng, 1, 8).await;
@@ -245,12 +260,12 @@ async fn send_orderly(broker: Arc<EmbeddedBroker>, ids: Arc<Ids>, mut rng: Rng, 
         emit!("SENDING {id} {TOPIC_ORDER} o 0 {crc:08x} {key}");
         match broker
             .send(
-                Message::new(TOPIC_ORDER, body),
+                Message::new(TOPIC_ORDER, body).with_key(&id),
                 SendOptions::sharding_key(key),
             )
             .await
         {
-            Ok(_) => emit!("SENT {id}"),
+            Ok(sent) => emit!("SENT {id} {}", sent.message_id),
             Err(e) => emit!("ERROR send {id} {e}"),
         }
         pause(&mut rng, 1, 10).await;
@@ -457,6 +472,10 @@ async fn crash_harness_child() {
     for c in broker.corruptions() {
         emit!("CORRUPTION {c:?}");
     }
+    for r in broker.key_index_repairs() {
+        emit!("ERROR key index repaired after a kill: {r:?}");
+    }
+    check_lookups(&broker, &env(ENV_LOOKUPS), seed).await;
     for (topic, queues) in TOPICS {
         broker
             .create_topic(topic, queues)
@@ -558,6 +577,67 @@ async fn crash_harness_child() {
     emit!("DRAINED {delays} {txs} {}", corruptions.len());
 }
 
+/// Looks up, by id and by key, the acknowledged sends the parent listed (`key id topic`
+/// lines): each is found by its id (every copy carrying its id, key and intact body, one of
+/// them on its topic), exactly once by its key on its topic, and nothing else claims its key;
+/// a key never sent finds nothing. Prints `LOOKUPS <checked>`, and `ERROR` per violation.
+async fn check_lookups(broker: &EmbeddedBroker, list: &str, seed: u64) {
+    let Ok(text) = std::fs::read_to_string(list) else {
+        return;
+    };
+    let mut checked = 0u64;
+    for line in text.lines() {
+        let mut f = line.split(' ');
+        let (Some(key), Some(id), Some(topic)) = (f.next(), f.next(), f.next()) else {
+            continue;
+        };
+        let Ok(id) = id.parse::<mq_core::MessageId>() else {
+            emit!("ERROR lookup list names a bad id: {line}");
+            continue;
+        };
+        let copies = broker.messages_by_id(id).await.expect("lookup by id");
+        let intact = |v: &mq_core::MessageView| {
+            v.id == id
+                && v.keys == [key.to_owned()]
+                && parse_body(&v.body).is_some_and(|b| b.id == key)
+        };
+        if !copies.iter().any(|v| v.topic == topic) || !copies.iter().all(intact) {
+            emit!(
+                "ERROR lookup by id {id} ({key}): {} copies, none intact on {topic}",
+                copies.len()
+            );
+        }
+        let on_topic = broker
+            .messages_by_key(key, Some(topic), 10)
+            .await
+            .expect("lookup by key");
+        if on_topic.len() != 1 || !on_topic.iter().all(intact) {
+            emit!(
+                "ERROR lookup by key {key} on {topic}: {} found",
+                on_topic.len()
+            );
+        }
+        let anywhere = broker
+            .messages_by_key(key, None, 100)
+            .await
+            .expect("lookup by key");
+        if !anywhere.iter().all(intact) {
+            emit!("ERROR lookup by key {key}: another message claims it");
+        }
+        checked += 1;
+    }
+    let never = format!("never-sent-{seed}");
+    if !broker
+        .messages_by_key(&never, None, 10)
+        .await
+        .expect("lookup by key")
+        .is_empty()
+    {
+        emit!("ERROR lookup by key {never}: a key never sent was found");
+    }
+    emit!("LOOKUPS {checked}");
+}
+
 /// A running child and the lines it printed, read by a thread so the pipe never fills.
 struct Running {
     child: Child,
@@ -592,6 +672,7 @@ fn spawn_child(
         .env(ENV_RUN, run.to_string())
         .env(ENV_DRAIN_S, drain_limit(run).as_secs().to_string())
         .env(ENV_SPAWN_MS, now_ms().to_string())
+        .env(ENV_LOOKUPS, dir.with_extension("lookups"))
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log))
         .spawn()
@@ -765,7 +846,14 @@ fn harness(flush: &str) {
         ledger.log = Some(std::io::BufWriter::new(log));
     }
     let started = Instant::now();
+    // A generator of its own, so that the kill schedule is the one the seed always gave.
+    let mut lookup_rng = Rng::new(seed ^ 0x6c6f_6f6b);
+    let lookups = data.with_extension("lookups");
     for run in 0..kills {
+        if let Some(last) = run.checked_sub(1) {
+            let list = ledger.lookups(last, LOOKUP_RECENT, LOOKUP_OLDER, &mut lookup_rng);
+            std::fs::write(&lookups, list).expect("lookup list");
+        }
         // The first kill is early: the groups are new, nothing was persisted periodically yet.
         let class = match (run, rng.range(0, 100)) {
             (0, _) => KillClass::Early,
@@ -780,7 +868,14 @@ fn harness(flush: &str) {
     }
     let kill_phase = started.elapsed();
     if ledger.failures.is_empty() {
+        let list = ledger.lookups(kills - 1, LOOKUP_RECENT, LOOKUP_OLDER, &mut lookup_rng);
+        std::fs::write(&lookups, list).expect("lookup list");
         drain_run(&mut ledger, (&data, &stderr), flush, rng.next_u64(), kills);
+        if ledger.lookups_checked == 0 {
+            ledger
+                .failures
+                .push("no acknowledged send was looked up after a reopen".to_owned());
+        }
     }
     println!(
         "crash_harness[{flush}]: kill phase {:.1} s, drain {:.1} s, data {} MiB",

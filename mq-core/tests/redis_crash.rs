@@ -24,7 +24,11 @@
 //! - **corrupt**: a body that is not the one sent;
 //! - **out of order**: on the orderly topic, `clu` receiving a message of a sharding key before
 //!   an earlier sent message of that key;
-//! - **duplicates** (delivery is at least once) are counted and printed, not failed.
+//! - **duplicates** (delivery is at least once) are counted and printed, not failed;
+//! - **lookups**: after the kills, 400 plain sends that returned Ok (a seeded draw; plain
+//!   messages carry a key) are looked up by id and by key: found intact on their topic
+//!   exactly once, unless every group had settled them (retention may then have trimmed
+//!   them), and nothing else claims their key.
 //!
 //! Short form (CI, 12 client kills, under a minute in a debug build):
 //! `cargo test -p mq-core --test redis_crash`
@@ -292,7 +296,10 @@ async fn plain_sender(broker: Arc<RedisBroker>, mut rng: Rng, out: Out) {
         for _ in 0..n {
             let m = Message::new(PLAIN, "");
             let id = m.id().to_string();
-            let m = Message::new(PLAIN, make_body(&id, "plain", "-", 0)).with_id(m.id());
+            // Keyed, so that the lookups after the kills find it by key as well as by id.
+            let m = Message::new(PLAIN, make_body(&id, "plain", "-", 0))
+                .with_id(m.id())
+                .with_key(lookup_key(&id));
             announce(&out, &id, PLAIN, 0, "plain", "-", 0);
             ids.push(id);
             batch.push(m);
@@ -559,6 +566,20 @@ impl Ledger {
         }
     }
 
+    /// Whether every group settled `id` (acknowledged, or for `clu` also handed it to a
+    /// retry), so that retention may have trimmed it from its stream.
+    fn settled_by_all(&self, id: &str) -> bool {
+        GROUPS.iter().all(|g| {
+            let key = ((*g).to_owned(), id.to_owned());
+            self.acked.contains(&key)
+                || self.acking.contains(&key)
+                || (1..4).any(|retry| {
+                    self.nacking
+                        .contains_key(&((*g).to_owned(), id.to_owned(), retry))
+                })
+        })
+    }
+
     /// Messages every group must get: sends that returned, and prepared transactions that
     /// commit.
     fn expected(&self) -> Vec<&String> {
@@ -598,6 +619,70 @@ impl Ledger {
         }
         (lost, in_flight)
     }
+}
+
+/// The business key of a plain message.
+fn lookup_key(id: &str) -> String {
+    format!("key-{id}")
+}
+
+/// Acknowledged plain sends looked up after the kills (a seeded draw, so the check stays short).
+const LOOKUP_SAMPLE: usize = 400;
+
+/// Looks up a seeded sample of the plain sends that returned Ok, by id and by key: each is
+/// found intact on its topic exactly once by its key, unless every group settled it (then
+/// retention may have trimmed it); no other message claims its key; a key never sent finds
+/// nothing. Returns the violations and how many were checked.
+async fn check_lookups(
+    url: &str,
+    prefix: &str,
+    ledger: &Ledger,
+    rng: &mut Rng,
+) -> (Vec<String>, usize) {
+    let broker = RedisBroker::connect(config(url, prefix)).await.unwrap();
+    let sent: Vec<&String> = ledger
+        .order
+        .iter()
+        .filter(|id| {
+            let s = &ledger.sending[*id];
+            s.sent && s.fate == "plain"
+        })
+        .collect();
+    let mut bad = Vec::new();
+    let mut checked = 0;
+    for _ in 0..LOOKUP_SAMPLE.min(sent.len()) {
+        let id = sent[rng.range(0, sent.len() as u64) as usize];
+        let key = lookup_key(id);
+        let message_id: mq_core::MessageId = id.parse().unwrap();
+        let intact = |v: &MessageView| v.id == message_id && v.keys == [key.clone()] && body_ok(v);
+        let copies = broker.messages_by_id(message_id).await.unwrap();
+        let on_topic = broker.messages_by_key(&key, Some(PLAIN), 10).await.unwrap();
+        let anywhere = broker.messages_by_key(&key, None, 100).await.unwrap();
+        let trimmed = ledger.settled_by_all(id);
+        if !copies.iter().all(intact) || !anywhere.iter().all(intact) {
+            bad.push(format!("{id}: a copy found is not the message sent"));
+        }
+        let found_on_topic = copies.iter().filter(|v| v.topic == PLAIN).count();
+        if (found_on_topic != 1 || on_topic.len() != 1)
+            && !(trimmed && found_on_topic == 0 && on_topic.is_empty())
+        {
+            bad.push(format!(
+                "{id}: {found_on_topic} copies by id and {} by key on {PLAIN} (settled by all: {trimmed})",
+                on_topic.len()
+            ));
+        }
+        checked += 1;
+    }
+    if !broker
+        .messages_by_key(&lookup_key("never-sent"), None, 10)
+        .await
+        .unwrap()
+        .is_empty()
+    {
+        bad.push("a key never sent was found".to_owned());
+    }
+    broker.shutdown().await.unwrap();
+    (bad, checked)
 }
 
 /// Runs the client as a child process; its stdout lines go to the returned channel.
@@ -944,12 +1029,16 @@ async fn redis_kill_loop() {
     let loop_took = loop_started.elapsed();
     assert!(server.running(), "redis-server died: {}", server.log());
 
+    let (lookup_failures, looked_up) = check_lookups(&url, &prefix, &ledger, &mut rng).await;
+    for f in lookup_failures.iter().take(20) {
+        eprintln!("  lookup: {f}");
+    }
     let (drained, drain_took) = drain(&url, &prefix, &ledger).await;
     let v = judge(&ledger, &drained);
     eprintln!(
         "redis kill loop: seed={seed} kills={kills} redis_kills={redis_kills} messages={} \
          deliveries={} lost={} ack_in_flight_at_kill={} early={} unsent={} corrupt={} out_of_order={} duplicates={} \
-         client_starts={} loop={:.1}s drain={:.1}s errors={:?}",
+         client_starts={} loop={:.1}s drain={:.1}s errors={:?} looked_up={looked_up} lookup_failures={}",
         v.messages,
         v.deliveries,
         v.lost.len(),
@@ -963,6 +1052,7 @@ async fn redis_kill_loop() {
         loop_took.as_secs_f64(),
         drain_took.as_secs_f64(),
         ledger.errors,
+        lookup_failures.len(),
     );
     let show = |what: &str, items: &[String]| {
         for i in items.iter().take(20) {
@@ -993,6 +1083,12 @@ async fn redis_kill_loop() {
     show("corrupt", &v.corrupt);
     show("out of order", &v.out_of_order);
     assert!(v.messages > 0, "the clients sent nothing");
+    assert!(looked_up > 0, "no acknowledged send was looked up");
+    assert!(
+        lookup_failures.is_empty(),
+        "{} lookups of acknowledged sends failed after the kills (seed {seed})",
+        lookup_failures.len()
+    );
     let clean = v.lost.is_empty()
         && v.early.is_empty()
         && v.unsent.is_empty()

@@ -17,7 +17,10 @@
 //! Knobs: `MQ_BENCH_MESSAGES` (default 200000), `MQ_BENCH_RUNS` (default 3),
 //! `MQ_BENCH_SENDERS`, `MQ_BENCH_CONCURRENCY`, `MQ_BENCH_FLUSH`, `MQ_BENCH_DIR` (parent of the
 //! data directories, default the system's temporary directory), `MQ_BENCH_SIDES=app` (or
-//! `raw`: one side only, at full load, to profile it alone).
+//! `raw`: one side only, at full load, to profile it alone), `MQ_BENCH_TRACE=on|off|both`
+//! (`mq.trace.enabled` of the `app` side, default `on` as in applications; `both` measures, in
+//! each run, raw, then `app` with the trace off and on, in alternating order, full speed and at
+//! half the raw rate, and prints the ratio of the two).
 //!
 //! Run with `cargo bench -p mq-starter --bench app_path`.
 
@@ -248,12 +251,28 @@ pub async fn raw(dir: &Path, flush: &str, load: Load) -> Figures {
 
 /// The application path: `MqTemplate::send_bytes` to a `#[mq_listener]`.
 pub async fn app(dir: &Path, flush: &str, load: Load, concurrency: usize) -> Figures {
+    app_traced(dir, flush, load, concurrency, trace_setting() != "off").await
+}
+
+/// `MQ_BENCH_TRACE`: `on` (the default), `off` or `both`.
+fn trace_setting() -> String {
+    std::env::var("MQ_BENCH_TRACE").unwrap_or_else(|_| "on".into())
+}
+
+/// The application path with the message trace on or off.
+pub async fn app_traced(
+    dir: &Path,
+    flush: &str,
+    load: Load,
+    concurrency: usize,
+    trace: bool,
+) -> Figures {
     let config_dir = dir.join("config");
     std::fs::create_dir_all(&config_dir).unwrap();
     std::fs::write(
         config_dir.join("application.yaml"),
         format!(
-            "bench:\n  concurrency: {concurrency}\nmq:\n  broker:\n    data-dir: {}\n    flush: {}\n    flush-interval: {}ms\n",
+            "bench:\n  concurrency: {concurrency}\nmq:\n  trace:\n    enabled: {trace}\n  broker:\n    data-dir: {}\n    flush: {}\n    flush-interval: {}ms\n",
             dir.join("mq").display(),
             if flush == "sync" { "sync" } else { "async" },
             match flush_policy(flush) {
@@ -318,6 +337,77 @@ pub async fn run_once(parent: &Path, flush: &str, load: Load, concurrency: usize
     [raw_full, app_full, raw_half, app_half]
 }
 
+/// One run of `MQ_BENCH_TRACE=both`: raw at full speed, then the app with the trace off and
+/// on (`on_first` swaps them), full speed and at half the raw rate. Returns (raw, off, on, off
+/// at half, on at half).
+pub async fn run_trace_pair(
+    parent: &Path,
+    flush: &str,
+    load: Load,
+    concurrency: usize,
+    on_first: bool,
+) -> [Figures; 5] {
+    let dir = tempfile::tempdir_in(parent).unwrap();
+    let raw_full = raw(&dir.path().join("raw"), flush, load).await;
+    let half = Load {
+        rate: Some(raw_full.rate / 2.0),
+        ..load
+    };
+    let mut got = [raw_full; 5];
+    let order = if on_first {
+        [true, false]
+    } else {
+        [false, true]
+    };
+    for (i, (l, speed)) in [("full", load), ("half", half)].into_iter().enumerate() {
+        for trace in order {
+            let name = format!("app-{l}-{}", if trace { "on" } else { "off" });
+            let f = app_traced(&dir.path().join(name), flush, speed, concurrency, trace).await;
+            got[1 + 2 * i + usize::from(trace)] = f;
+        }
+    }
+    got
+}
+
+/// `MQ_BENCH_TRACE=both`: the trace's cost, run by run and as medians.
+#[allow(dead_code)]
+fn main_trace_pairs(
+    rt: &tokio::runtime::Runtime,
+    parent: &Path,
+    flushes: &str,
+    load: Load,
+    concurrency: usize,
+    runs: usize,
+) {
+    for flush in flushes.split(',') {
+        let mut all: Vec<[Figures; 5]> = Vec::new();
+        for run in 1..=runs {
+            let f = rt.block_on(run_trace_pair(
+                parent,
+                flush,
+                load,
+                concurrency,
+                run % 2 == 0,
+            ));
+            println!(
+                "{flush} run {run}: raw {:.0} msg/s | trace off {:.0} msg/s p50 {:.2} ms p99 {:.2} ms | trace on {:.0} msg/s p50 {:.2} ms p99 {:.2} ms | on/off {:.3} | half load ({:.0} msg/s): off p99 {:.2} ms, on p99 {:.2} ms",
+                f[0].rate, f[1].rate, f[1].p50_ms, f[1].p99_ms, f[2].rate, f[2].p50_ms, f[2].p99_ms,
+                f[2].rate / f[1].rate, f[3].rate, f[3].p99_ms, f[4].p99_ms
+            );
+            all.push(f);
+        }
+        let m = |i: usize, g: fn(&Figures) -> f64| median(all.iter().map(|f| g(&f[i])).collect());
+        println!(
+            "{flush} median of {runs}: raw {:.0} msg/s | trace off {:.0} msg/s p50 {:.2} ms p99 {:.2} ms | trace on {:.0} msg/s p50 {:.2} ms p99 {:.2} ms | on/off {:.3} | half load: off p99 {:.2} ms, on p99 {:.2} ms",
+            m(0, |f| f.rate),
+            m(1, |f| f.rate), m(1, |f| f.p50_ms), m(1, |f| f.p99_ms),
+            m(2, |f| f.rate), m(2, |f| f.p50_ms), m(2, |f| f.p99_ms),
+            median(all.iter().map(|f| f[2].rate / f[1].rate).collect()),
+            m(3, |f| f.p99_ms), m(4, |f| f.p99_ms),
+        );
+    }
+}
+
 #[allow(dead_code)]
 fn main() {
     let messages = env_or("MQ_BENCH_MESSAGES", 200_000usize);
@@ -338,8 +428,13 @@ fn main() {
         rate: None,
     };
     println!(
-        "app_path: {messages} messages of {BODY} B, {senders} senders, listener concurrency {concurrency}, {runs} runs"
+        "app_path: {messages} messages of {BODY} B, {senders} senders, listener concurrency {concurrency}, {runs} runs, trace {}",
+        trace_setting()
     );
+    if trace_setting() == "both" {
+        main_trace_pairs(&rt, &parent, &flushes, load, concurrency, runs);
+        return;
+    }
     for flush in flushes.split(',') {
         let mut all: Vec<[Figures; 4]> = Vec::new();
         for run in 1..=runs {

@@ -43,6 +43,7 @@ pub mod metrics;
 pub mod registry;
 mod runtime;
 pub mod template;
+pub mod trace;
 pub mod transaction;
 
 pub use mq_core as core;

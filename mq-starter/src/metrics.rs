@@ -81,11 +81,50 @@ impl Series {
     }
 }
 
+/// The counters of the message trace (see [`crate::trace`]).
+#[derive(Debug, Default)]
+pub struct TraceCounters {
+    recorded: AtomicU64,
+    dropped_full: AtomicU64,
+    dropped_failed: AtomicU64,
+}
+
+impl TraceCounters {
+    /// Events stored in the broker.
+    pub fn recorded(&self, n: u64) {
+        self.recorded.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Events dropped because the recorder's queue was full (or closed).
+    pub fn dropped_full(&self, n: u64) {
+        self.dropped_full.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Events dropped because the broker did not store them.
+    pub fn dropped_failed(&self, n: u64) {
+        self.dropped_failed.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Events stored so far.
+    pub fn recorded_count(&self) -> u64 {
+        self.recorded.load(Ordering::Relaxed)
+    }
+
+    /// Events dropped so far: (queue full, storing failed).
+    pub fn dropped_counts(&self) -> (u64, u64) {
+        (
+            self.dropped_full.load(Ordering::Relaxed),
+            self.dropped_failed.load(Ordering::Relaxed),
+        )
+    }
+}
+
 /// Every series of an application.
 #[derive(Debug, Default)]
 pub struct Metrics {
     series: RwLock<BTreeMap<(String, String), Arc<Series>>>,
     sent: RwLock<BTreeMap<String, Arc<AtomicU64>>>,
+    trace: TraceCounters,
 }
 
 impl Metrics {
@@ -96,6 +135,11 @@ impl Metrics {
             return s.clone();
         }
         self.series.write().entry(key).or_default().clone()
+    }
+
+    /// The message trace's counters.
+    pub fn trace(&self) -> &TraceCounters {
+        &self.trace
     }
 
     /// Counts messages sent to `topic`.
@@ -176,6 +220,16 @@ impl Metrics {
                 s.lag.load(Ordering::Relaxed)
             );
         }
+        let (full, failed) = self.trace.dropped_counts();
+        let _ = writeln!(
+            out,
+            "# HELP mq_trace_recorded_total Trace events stored in the broker.\n# TYPE mq_trace_recorded_total counter\nmq_trace_recorded_total {}",
+            self.trace.recorded_count()
+        );
+        let _ = writeln!(
+            out,
+            "# HELP mq_trace_dropped_total Trace events never stored: the recorder's queue was full, or the broker refused them.\n# TYPE mq_trace_dropped_total counter\nmq_trace_dropped_total{{reason=\"queue_full\"}} {full}\nmq_trace_dropped_total{{reason=\"store_failed\"}} {failed}"
+        );
         let name = "mq_handler_seconds";
         let _ = writeln!(
             out,
@@ -221,7 +275,15 @@ mod tests {
         s.observe(Duration::from_millis(3));
         s.set_lag(7);
         m.sent("order", 2);
+        m.trace().dropped_full(3);
+        m.trace().recorded(5);
         let text = m.render();
+        assert!(
+            text.contains("mq_trace_dropped_total{reason=\"queue_full\"} 3"),
+            "{text}"
+        );
+        assert!(text.contains("mq_trace_dropped_total{reason=\"store_failed\"} 0"));
+        assert!(text.contains("mq_trace_recorded_total 5"));
         assert!(text.contains("mq_sent_total{topic=\"order\"} 2"), "{text}");
         assert!(text.contains("mq_acked_total{topic=\"order\",group=\"points\"} 1"));
         assert!(text.contains("mq_lag{topic=\"order\",group=\"points\"} 7"));

@@ -21,6 +21,7 @@ use crate::listener::{Idempotency, ListenerControl, ListenerInfo, ListenerLoop};
 use crate::metrics::Metrics;
 use crate::registry::{self, ListenerRegistration};
 use crate::template::MqTemplate;
+use crate::trace::{Tap, Trace, TraceRecorder};
 use crate::transaction::Checker;
 
 /// Why an application could not start or stop cleanly.
@@ -129,6 +130,13 @@ impl MqApplication {
         let settings = self.settings;
         let metrics = Arc::new(Metrics::default());
         let template = MqTemplate::new(broker.clone(), settings.producer.clone(), metrics.clone());
+        let recorder = settings.trace.enabled.then(|| {
+            TraceRecorder::start(
+                broker.clone(),
+                settings.trace.queue_capacity,
+                metrics.clone(),
+            )
+        });
         let app = Arc::new(AppContext {
             states: self.states,
             template: template.clone(),
@@ -284,6 +292,9 @@ impl MqApplication {
                     },
                     shutdown_timeout: settings.shutdown_timeout,
                     consume_timeout: resolved.options.consume_timeout,
+                    trace: recorder
+                        .as_ref()
+                        .map(|r| Tap::new(r.clone(), &resolved.group, topic)),
                     control,
                 });
                 started.push((topic.clone(), resolved.group.clone()));
@@ -302,6 +313,7 @@ impl MqApplication {
             broker,
             template,
             metrics,
+            recorder,
             listeners: Arc::new(controls),
             idempotency,
             admin: settings.admin.clone(),
@@ -719,6 +731,7 @@ pub struct Running {
     broker: Arc<dyn Broker>,
     template: MqTemplate,
     metrics: Arc<Metrics>,
+    recorder: Option<TraceRecorder>,
     /// Every (listener, topic) started, in start order.
     #[cfg_attr(not(feature = "admin"), allow(dead_code))]
     pub(crate) listeners: Arc<Vec<Arc<ListenerControl>>>,
@@ -769,16 +782,30 @@ impl Running {
         self.broker.clone()
     }
 
+    /// The recorder of the message trace; `None` with `mq.trace.enabled: false`.
+    pub fn trace_recorder(&self) -> Option<TraceRecorder> {
+        self.recorder.clone()
+    }
+
+    /// What happened to message `id` (see [`mq_core::trace::trace`]).
+    pub async fn trace(&self, id: mq_core::MessageId) -> Result<Trace, BrokerError> {
+        mq_core::trace::trace(&*self.broker, id).await
+    }
+
     /// A handle that stops fetching.
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         ShutdownHandle(self.stop.clone())
     }
 
     /// Stops gracefully: no more fetching, handlers in flight finish (up to
-    /// `mq.shutdown-timeout`), progress is committed and storage flushed.
+    /// `mq.shutdown-timeout`), their trace events are stored, progress is committed and
+    /// storage flushed.
     pub async fn shutdown(self) -> Result<(), StartError> {
         self.stop.cancel();
         self.tasks.wait().await;
+        if let Some(recorder) = &self.recorder {
+            recorder.close().await;
+        }
         self.broker.shutdown().await?;
         tracing::info!("mq stopped");
         Ok(())

@@ -763,6 +763,133 @@ async fn dead_letters_are_paged_shown_resent_and_deleted() {
 
 // --- the document ----------------------------------------------------------------------------
 
+// --- messages and their trace ----------------------------------------------------------------
+
+/// The kinds of a trace's events, oldest first.
+fn kinds(trace: &Value) -> Vec<String> {
+    trace["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| match e["kind"].as_str().unwrap() {
+            "stored" => format!("stored:{}", e["copy"].as_str().unwrap()),
+            "delivered" => format!("delivered:{}", e["outcome"]["type"].as_str().unwrap()),
+            other => other.to_owned(),
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_is_found_by_id_and_key_and_its_trace_follows_it_through_a_resend() {
+    let runs = Runs::default();
+    let app = start(&["dlq"], "", |a| a.with_state(runs.clone())).await;
+    let base = serve(&app.running).await;
+    let sent = app
+        .running
+        .template()
+        .message("t-admin-dlq")
+        .key("order-42")
+        .json(&json!({"order": 42}))
+        .unwrap()
+        .send()
+        .await
+        .unwrap();
+    let id = sent.message_id.to_string();
+
+    // Failed once (no retries for this listener): the original and its dead letter.
+    let copies = eventually_get(
+        &base,
+        &format!("/mq/api/messages/{id}"),
+        "a dead letter",
+        |c| c.as_array().unwrap().len() == 2,
+    )
+    .await;
+    assert_eq!(copies[0]["topic"], "t-admin-dlq", "{copies}");
+    assert_eq!(copies[0]["queue_offset"], sent.queue_offset, "{copies}");
+    assert_eq!(copies[0]["keys"], json!(["order-42"]));
+    assert_eq!(copies[1]["topic"], "%DLQ%g-admin-dlq", "{copies}");
+    assert_eq!(copies[1]["message_id"], id.as_str());
+
+    let by_key = get(&base, "/mq/api/messages?key=order-42&topic=t-admin-dlq").await;
+    assert_eq!(by_key.as_array().unwrap().len(), 1, "{by_key}");
+    assert_eq!(by_key[0]["message_id"], id.as_str());
+    assert_eq!(get(&base, "/mq/api/messages?key=order-43").await, json!([]));
+
+    let trace = eventually_get(
+        &base,
+        &format!("/mq/api/messages/{id}/trace"),
+        "the failed delivery in the trace",
+        |t| kinds(t).iter().any(|k| k == "delivered:dead_lettered"),
+    )
+    .await;
+    assert_eq!(
+        kinds(&trace),
+        [
+            "stored:original",
+            "delivered:dead_lettered",
+            "stored:dead_letter"
+        ],
+        "{trace}"
+    );
+    let delivery = &trace["events"][1];
+    assert_eq!(delivery["group"], "g-admin-dlq");
+    assert_eq!(delivery["attempt"], 1);
+    assert_eq!(delivery["error"], "always fails (order-42)");
+    assert!(delivery["instance"].is_string(), "{delivery}");
+    assert!(delivery["duration_ms"].is_u64(), "{delivery}");
+
+    // Resent through the API: the trace shows the resend and the next delivery.
+    let seq = get(&base, "/mq/api/dead-letters/g-admin-dlq").await["items"][0]["seq"]
+        .as_u64()
+        .unwrap();
+    let resent = post(
+        &base,
+        &format!("/mq/api/dead-letters/g-admin-dlq/{seq}/resend"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(resent, (StatusCode::OK, json!({"resent": 1})));
+    let trace = eventually_get(
+        &base,
+        &format!("/mq/api/messages/{id}/trace"),
+        "the resend and its delivery in the trace",
+        |t| {
+            let k = kinds(t);
+            k.iter().any(|k| k == "resent")
+                && k.iter().filter(|k| *k == "delivered:dead_lettered").count() == 2
+        },
+    )
+    .await;
+    assert!(kinds(&trace).contains(&"resent".to_owned()), "{trace}");
+
+    // Bad and unknown ids, and a bad limit.
+    let bad = call(&base, Method::GET, "/mq/api/messages/xyz", None, None).await;
+    assert_error(&bad, StatusCode::BAD_REQUEST, "bad_request");
+    let unknown = format!("/mq/api/messages/{:032X}", 7);
+    assert_error(
+        &call(&base, Method::GET, &unknown, None, None).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    assert_error(
+        &call(&base, Method::GET, &format!("{unknown}/trace"), None, None).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    let zero = call(
+        &base,
+        Method::GET,
+        "/mq/api/messages?key=k&limit=0",
+        None,
+        None,
+    )
+    .await;
+    assert_error(&zero, StatusCode::BAD_REQUEST, "bad_request");
+    let no_key = call(&base, Method::GET, "/mq/api/messages", None, None).await;
+    assert_error(&no_key, StatusCode::BAD_REQUEST, "bad_request");
+    app.running.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openapi_document_lists_every_route_with_its_errors_and_the_token() {
     let app = start(&[], "", |a| a.with_state(Runs::default())).await;
@@ -808,6 +935,9 @@ async fn the_openapi_document_lists_every_route_with_its_errors_and_the_token() 
         "POST /mq/api/dead-letters/{group}/{seq}/resend",
         "POST /mq/api/dead-letters/{group}/resend",
         "GET /mq/api/openapi.json",
+        "GET /mq/api/messages",
+        "GET /mq/api/messages/{id}",
+        "GET /mq/api/messages/{id}/trace",
     ];
     expected.sort();
     assert_eq!(routes, expected);

@@ -19,5 +19,9 @@ async fn the_app_path_bench_runs_a_few_hundred_messages() {
         for f in figures {
             assert!(f.rate > 0.0 && f.p99_ms >= f.p50_ms, "{flush}: {f:?}");
         }
+        let traced = app_path::run_trace_pair(dir.path(), flush, load, 8, flush == "sync").await;
+        for f in traced {
+            assert!(f.rate > 0.0 && f.p99_ms >= f.p50_ms, "{flush} trace: {f:?}");
+        }
     }
 }

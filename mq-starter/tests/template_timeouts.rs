@@ -11,9 +11,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use mq_starter::config::Configuration;
 use mq_starter::core::{
-    Broker, BrokerError, Consumer, ConsumerOptions, DeadLetter, GroupStats, Message, Prepared,
-    QueueOffset, ResetTo, SendOptions, SendResult, Subscription, TopicStats, TransactionChecker,
-    TransactionId, TxState,
+    Broker, BrokerError, Consumer, ConsumerOptions, DeadLetter, GroupStats, Message, MessageId,
+    MessageView, Prepared, QueueOffset, ResetTo, SendOptions, SendResult, Subscription, TopicStats,
+    TransactionChecker, TransactionId, TxState,
 };
 use mq_starter::{Metrics, MqTemplate, SendError};
 
@@ -85,6 +85,15 @@ impl Broker for Silent {
     }
     async fn reset_offset(&self, _: &str, topic: &str, _: ResetTo) -> R<Vec<QueueOffset>> {
         Err(BrokerError::TopicNotFound(topic.into()))
+    }
+    async fn record_trace(&self, _: Vec<mq_core::trace::TraceEvent>) -> R<()> {
+        Ok(())
+    }
+    async fn messages_by_id(&self, _: MessageId) -> R<Vec<MessageView>> {
+        Ok(Vec::new())
+    }
+    async fn messages_by_key(&self, _: &str, _: Option<&str>, _: usize) -> R<Vec<MessageView>> {
+        Ok(Vec::new())
     }
     async fn health(&self) -> R<()> {
         Ok(())

@@ -54,6 +54,11 @@ impl DeadLetterBook {
         write_atomically(&self.path, &bytes)
     }
 
+    /// The dead letters re-sent or deleted, by group: still in the log, no longer there.
+    pub fn removed(&self) -> BTreeMap<String, BTreeSet<u64>> {
+        self.removed.lock().clone()
+    }
+
     fn is_removed(&self, group: &str, seq: u64) -> bool {
         self.removed
             .lock()

@@ -10,6 +10,7 @@
 //! config/consumer_offsets.json       committed progress of every group
 //! config/dead_letters.json           dead letters re-sent or deleted (the log is append-only)
 //! config/scheduler_fired.json        delayed messages already fired past the saved progress
+//! index/<20-digit position>.idx      sealed parts of the key index (key_index/mod.rs)
 //! ```
 //!
 //! ```
@@ -38,6 +39,7 @@ mod dead_letter;
 mod dispatch;
 mod flush;
 mod io;
+mod key_index;
 mod offsets;
 pub(crate) mod record;
 mod recovery;
@@ -45,6 +47,7 @@ mod retention;
 mod scheduler;
 mod store;
 pub(crate) mod system_topics;
+mod trace;
 mod transactions;
 
 use std::path::{Path, PathBuf};
@@ -69,7 +72,7 @@ use crate::broker::{
 use crate::clock::Clock;
 use crate::dead_letter::DeadLetter;
 use crate::error::{BackendErrorKind, BrokerError, Result};
-use crate::message::{validate_topic, Message};
+use crate::message::{validate_topic, Message, MessageId, MessageView};
 use crate::settings::BrokerSettings;
 use crate::stats::{GroupStats, QueueOffset, QueueStats, ResetTo, TopicStats};
 use crate::subscription::Subscription;
@@ -79,7 +82,7 @@ use dead_letter::DeadLetterBook;
 use dispatch::Groups;
 use offsets::OffsetStore;
 use scheduler::DelayScheduler;
-use store::{MessageStore, Outgoing};
+use store::{MessageStore, Outgoing, Query};
 use transactions::Transactions;
 
 /// RocketMQ's commit-log segment size: 1 GiB.
@@ -115,6 +118,13 @@ pub struct EmbeddedConfig {
     pub retention_check_interval: Duration,
     /// How often consumer progress is saved.
     pub offset_persist_interval: Duration,
+    /// Whether the key index finds messages by id and key (RocketMQ's `messageIndexEnable`,
+    /// default on). Off, [`Broker::messages_by_id`] and [`Broker::messages_by_key`] read the
+    /// whole log instead.
+    pub message_index: bool,
+    /// Entries of the key index kept in memory before they are sealed into a file
+    /// (65,536, 1 MiB; two per message with one key).
+    pub index_part_entries: usize,
 }
 
 impl EmbeddedConfig {
@@ -130,7 +140,21 @@ impl EmbeddedConfig {
             file_reserved_time: DEFAULT_FILE_RESERVED_TIME,
             retention_check_interval: DEFAULT_RETENTION_CHECK_INTERVAL,
             offset_persist_interval: DEFAULT_OFFSET_PERSIST_INTERVAL,
+            message_index: true,
+            index_part_entries: key_index::DEFAULT_SEAL_AT,
         }
+    }
+
+    /// Turns the key index on or off.
+    pub fn message_index(mut self, on: bool) -> Self {
+        self.message_index = on;
+        self
+    }
+
+    /// Sets how many key-index entries are kept in memory before they are sealed into a file.
+    pub fn index_part_entries(mut self, entries: usize) -> Self {
+        self.index_part_entries = entries;
+        self
     }
 
     /// Sets the flush policy.
@@ -174,6 +198,11 @@ impl EmbeddedConfig {
                 "segment-size {} must exceed max-message-size by 64 KiB at least ({need})",
                 self.segment_size
             )));
+        }
+        if self.index_part_entries == 0 {
+            return Err(BrokerError::InvalidConfig(
+                "key-index entries per part must be at least 1".into(),
+            ));
         }
         if self.consume_queue_entries == 0 {
             return Err(BrokerError::InvalidConfig(
@@ -306,6 +335,47 @@ impl EmbeddedBroker {
     /// The data directory.
     pub fn data_dir(&self) -> &Path {
         self.store.data_dir()
+    }
+
+    /// Key-index files found damaged or stale (at open or by a lookup) and rebuilt from the
+    /// commit log since open. Empty when the index is off.
+    pub fn key_index_repairs(&self) -> Vec<Corruption> {
+        self.store
+            .key_index()
+            .map(|index| index.repairs())
+            .unwrap_or_default()
+    }
+
+    /// Bytes of the key index on disk and its entries in memory; `None` when it is off.
+    pub fn key_index_footprint(&self) -> Option<(u64, usize)> {
+        self.store.key_index().map(|index| index.footprint())
+    }
+
+    /// Runs a lookup off the async workers (it reads files): the first `limit` copies in log
+    /// order, as views, oldest first. Dead letters re-sent or deleted are left out.
+    async fn lookup(&self, query: Query, limit: usize) -> Result<Vec<MessageView>> {
+        self.check_open()?;
+        let store = self.store.clone();
+        let removed = self.dead_letters.removed();
+        let mut views = tokio::task::spawn_blocking(move || {
+            let keep = |rec: &record::DecodedRecord| {
+                crate::system_topics::dlq_group(&rec.message.topic).is_none_or(|group| {
+                    !removed
+                        .get(group)
+                        .is_some_and(|seqs| seqs.contains(&rec.placement.queue_offset))
+                })
+            };
+            store.lookup(&query, limit, &keep)
+        })
+        .await
+        .map_err(|e| {
+            BrokerError::backend_caused("embedded", BackendErrorKind::Failed, "lookup task", e)
+        })??
+        .into_iter()
+        .map(|rec| system_topics::stored_view(rec.message))
+        .collect::<Vec<_>>();
+        crate::broker::sort_oldest_first(&mut views);
+        Ok(views)
     }
 
     /// What the commit-log writer has done since open: messages, batches and fsyncs, so
@@ -605,6 +675,31 @@ impl Broker for EmbeddedBroker {
         // Saved before returning: a restart must not bring the old position back.
         self.persist_groups("saving a reset offset").await?;
         Ok(offsets)
+    }
+
+    async fn record_trace(&self, events: Vec<crate::trace::TraceEvent>) -> Result<()> {
+        self.check_open()?;
+        trace::record(&self.store, &events).await
+    }
+
+    async fn messages_by_id(&self, id: MessageId) -> Result<Vec<MessageView>> {
+        self.lookup(Query::Id(id), usize::MAX).await
+    }
+
+    async fn messages_by_key(
+        &self,
+        key: &str,
+        topic: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<MessageView>> {
+        self.lookup(
+            Query::Key {
+                key: key.to_owned(),
+                topic: topic.map(str::to_owned),
+            },
+            limit,
+        )
+        .await
     }
 
     async fn health(&self) -> Result<()> {

@@ -4,8 +4,9 @@
 //! `file-reserved-time` (by its last write, default 72 h, RocketMQ's `fileReservedTime`) **and**
 //! every consumer group that ever subscribed to a topic has committed progress past every
 //! message of that segment. Consume-queue segments whose entries all point into deleted
-//! commit-log segments go with them. A group that never comes back keeps its backlog until it is
-//! removed from `config/consumer_offsets.json`.
+//! commit-log segments go with them, and so do key-index files whose whole range was deleted.
+//! A group that never comes back keeps its backlog until it is removed from
+//! `config/consumer_offsets.json`.
 
 use std::time::{Duration, SystemTime};
 
@@ -79,6 +80,9 @@ pub(crate) fn run(
             }
         }
         groups.offsets().save()?;
+        if let Some(index) = store.key_index() {
+            index.retain(min_position)?;
+        }
     }
     Ok(RetentionReport {
         segments_deleted: deleted,

@@ -42,6 +42,15 @@ pub(crate) fn user_view(mut view: MessageView) -> MessageView {
     view
 }
 
+/// A stored copy as a lookup shows it: under the topic it is stored in (a retry or
+/// dead-letter topic for those copies), reserved properties removed.
+pub(crate) fn stored_view(mut view: MessageView) -> MessageView {
+    let topic = stored_topic(&view).to_owned();
+    view.topic = topic;
+    view.properties.retain(|k, _| !k.starts_with('%'));
+    view
+}
+
 /// The topic whose index a stored record belongs to. A record waiting in the schedule names
 /// the schedule; one written before that rule (its real topic in the record, the schedule's
 /// reserved properties beside it) is still a schedule record, never one of the real topic.

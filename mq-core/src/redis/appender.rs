@@ -22,8 +22,8 @@ type Request = (Vec<Vec<u8>>, oneshot::Sender<Result<Vec<u64>>>);
 pub(crate) struct Appender(mpsc::UnboundedSender<Request>);
 
 impl Appender {
-    /// Starts the appender of the queue whose stream and counter keys are `keys`.
-    pub(crate) fn start(redis: Redis, clock: Clock, keys: [String; 2]) -> Self {
+    /// Starts the appender of the queue whose stream, counter and lookup keys are `keys`.
+    pub(crate) fn start(redis: Redis, clock: Clock, keys: [String; 3]) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         // On the broker's I/O runtime, so that it outlives any caller's runtime.
         redis.clone().spawn(run(redis, clock, keys, rx));
@@ -42,7 +42,7 @@ impl Appender {
 pub(crate) async fn append_now(
     redis: &Redis,
     clock: &Clock,
-    keys: &[String; 2],
+    keys: &[String; 3],
     blobs: Vec<Vec<u8>>,
 ) -> Result<Vec<u64>> {
     let mut args = Vec::with_capacity(blobs.len() + 1);
@@ -56,7 +56,7 @@ pub(crate) async fn append_now(
 async fn run(
     redis: Redis,
     clock: Clock,
-    keys: [String; 2],
+    keys: [String; 3],
     mut rx: mpsc::UnboundedReceiver<Request>,
 ) {
     while let Some(first) = rx.recv().await {

@@ -40,6 +40,12 @@ impl Keys {
         format!("{}:n", self.stream(topic, queue))
     }
 
+    /// The base of the lookup index of a queue: sorted sets `<base><bucket>` of ids and keys,
+    /// and `<base>low`, the lowest bucket retention left (see `scripts::APPEND`).
+    pub(crate) fn lookup(&self, topic: &str, queue: u32) -> String {
+        lookup_of(&self.stream(topic, queue))
+    }
+
     /// Sorted set: messages waiting to enter a queue, scored by due time (ms).
     pub(crate) fn delays(&self, topic: &str, queue: u32) -> String {
         format!("{}:delays", self.stream(topic, queue))
@@ -109,6 +115,11 @@ impl Keys {
     }
 }
 
+/// The lookup base of the queue whose stream key is `stream`.
+pub(crate) fn lookup_of(stream: &str) -> String {
+    format!("{stream}:ix:")
+}
+
 /// The member of the delay index naming a queue.
 pub(crate) fn index_member(topic: &str, queue: u32) -> String {
     format!("{queue}:{topic}")
@@ -150,6 +161,7 @@ mod tests {
             k.delay_seq("order", 3),
             k.attempts("order", 3, "g"),
             k.lease("order", 3, "g"),
+            k.lookup("order", 3),
         ] {
             assert_eq!(tag(&key), "order:3", "{key}");
         }

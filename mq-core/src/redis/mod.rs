@@ -27,9 +27,11 @@ mod envelope;
 mod group;
 mod io;
 mod keys;
+mod lookup;
 mod retention;
 mod scheduler;
 mod scripts;
+mod trace;
 mod transactions;
 
 use std::collections::HashMap;
@@ -49,7 +51,7 @@ use crate::broker::{
 use crate::clock::Clock;
 use crate::dead_letter::DeadLetter;
 use crate::error::{BackendErrorKind, BrokerError, Result};
-use crate::message::{validate_topic, Message};
+use crate::message::{validate_topic, Message, MessageId, MessageView};
 use crate::settings::BrokerSettings;
 use crate::stats::{GroupStats, QueueOffset, ResetTo, TopicStats};
 use crate::subscription::Subscription;
@@ -195,6 +197,8 @@ pub(crate) struct Shared {
     checkers: Mutex<HashMap<String, Arc<dyn TransactionChecker>>>,
     /// Live members of this broker (members key, instance): they leave at shutdown.
     members: Mutex<Vec<(String, String)>>,
+    /// Where this broker's trace appends were, for trimming `%TRACE%` (`trace.rs`).
+    trace_marks: trace::Marks,
     closed: AtomicBool,
 }
 
@@ -254,6 +258,7 @@ impl RedisBroker {
             checker_wake: Notify::new(),
             checkers: Mutex::new(HashMap::new()),
             members: Mutex::new(Vec::new()),
+            trace_marks: trace::Marks::default(),
             closed: AtomicBool::new(false),
         });
         let tasks = vec![
@@ -385,6 +390,7 @@ impl Shared {
             let keys = [
                 self.keys.stream(topic, queue),
                 self.keys.counter(topic, queue),
+                self.keys.lookup(topic, queue),
             ];
             let offsets = appender::append_now(&self.redis, &self.clock, &keys, blobs).await?;
             self.signal(topic).notify_waiters();
@@ -401,6 +407,7 @@ impl Shared {
                         [
                             self.keys.stream(topic, queue),
                             self.keys.counter(topic, queue),
+                            self.keys.lookup(topic, queue),
                         ],
                     );
                     appenders
@@ -595,6 +602,32 @@ impl Broker for RedisBroker {
         to: ResetTo,
     ) -> Result<Vec<QueueOffset>> {
         self.shared.reset_offset(group, topic, to).await
+    }
+
+    async fn record_trace(&self, events: Vec<crate::trace::TraceEvent>) -> Result<()> {
+        self.shared.check_open()?;
+        trace::record(&self.shared, &events).await
+    }
+
+    async fn messages_by_id(&self, id: MessageId) -> Result<Vec<MessageView>> {
+        self.shared.check_open()?;
+        let topics = self.shared.lookup_topics(None).await?;
+        self.shared
+            .lookup(lookup::Wanted::Id(id), topics, usize::MAX)
+            .await
+    }
+
+    async fn messages_by_key(
+        &self,
+        key: &str,
+        topic: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<MessageView>> {
+        self.shared.check_open()?;
+        let topics = self.shared.lookup_topics(topic).await?;
+        self.shared
+            .lookup(lookup::Wanted::Key(key), topics, limit)
+            .await
     }
 
     async fn health(&self) -> Result<()> {

@@ -1,5 +1,6 @@
 //! Stream retention: a queue's stream is trimmed (`XTRIM MINID`) below the first entry some
-//! group still needs: its oldest unacknowledged entry, or the first it has not read.
+//! group still needs: its oldest unacknowledged entry, or the first it has not read. The
+//! queue's lookup index (by id and key) loses the buckets wholly below that entry with it.
 
 use std::sync::Arc;
 
@@ -7,8 +8,8 @@ use ::redis::Value;
 
 use crate::error::Result;
 
-use super::keys::{entry_id, offset_of};
-use super::Shared;
+use super::keys::{entry_id, lookup_of, offset_of};
+use super::{scripts, Shared};
 
 /// What one trim pass removed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -155,7 +156,7 @@ async fn trim(shared: &Shared, stream: &str) -> Result<u64> {
     let Some(min) = keep.iter().map(|g| g.1).min() else {
         return Ok(0);
     };
-    shared
+    let removed = shared
         .redis
         .query(
             "trimming a stream",
@@ -165,7 +166,18 @@ async fn trim(shared: &Shared, stream: &str) -> Result<u64> {
                 .arg(entry_id(min))
                 .clone(),
         )
-        .await
+        .await?;
+    // The lookup index goes with the entries: the buckets wholly below what is kept.
+    let _: u64 = shared
+        .redis
+        .script(
+            "trimming the lookup index",
+            &scripts::TRIM_LOOKUP,
+            vec![lookup_of(stream)],
+            vec![min.to_string().into_bytes()],
+        )
+        .await?;
+    Ok(removed)
 }
 
 /// Trims every queue of every topic.

@@ -106,6 +106,7 @@ async fn move_due(shared: &Shared, topic: &str, queue: u32, now: u64) -> Result<
                 delays.clone(),
                 shared.keys.stream(topic, queue),
                 shared.keys.counter(topic, queue),
+                shared.keys.lookup(topic, queue),
             ],
             vec![
                 now.to_string().into_bytes(),

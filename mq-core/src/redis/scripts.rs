@@ -5,23 +5,121 @@ use std::sync::LazyLock;
 
 use ::redis::Script;
 
-/// Appends messages to a queue. KEYS: stream, counter. ARGV: store time (ms), then one encoded
-/// message each. Returns their offsets. (`string.format('%d')`, not `..`: concatenating a Lua
-/// number formats it as a float, slower and wrong above 10^14.)
+/// Offsets per bucket of a queue's lookup index (see [`LOOKUP`]).
+pub(crate) const LOOKUP_BUCKET: u64 = 65_536;
+
+/// The Lua function both storing scripts use to index an entry for lookups by id and key.
+/// The index of a queue is a sorted set per bucket of [`LOOKUP_BUCKET`] offsets, named
+/// `<base><bucket>` where the base is the queue's lookup key (same hash tag, so the same
+/// Redis Cluster slot as the stream); its members, all scored 0 so that they sort by bytes,
+/// are `i<id>\0<offset>` and `k<key>\0<offset>` with the offset as 16 hex digits.
+///
+/// The id and keys are read from the head of the envelope, a MessagePack array whose first
+/// fields are id, topic, tag (nil or a string) and keys (an array of strings): a few bytes
+/// parsed here, the body never touched (Redis's `cmsgpack` cannot decode the `bin` body, and
+/// would copy it).
+const LOOKUP: &str = r"
+local function len_at(b, p, width)
+  local n = 0
+  for i = 1, width do
+    n = n * 256 + string.byte(b, p + i)
+  end
+  return n
+end
+local function str_at(b, p)
+  local t = string.byte(b, p)
+  if t == 0xc0 then
+    return nil, p + 1
+  end
+  local n, skip
+  if t >= 0xa0 and t <= 0xbf then
+    n, skip = t - 0xa0, 1
+  elseif t == 0xd9 then
+    n, skip = len_at(b, p, 1), 2
+  elseif t == 0xda then
+    n, skip = len_at(b, p, 2), 3
+  elseif t == 0xdb then
+    n, skip = len_at(b, p, 4), 5
+  else
+    error('lookup index: the envelope holds MessagePack type ' .. t .. ' where a string belongs')
+  end
+  return string.sub(b, p + skip, p + skip + n - 1), p + skip + n
+end
+local function array_at(b, p)
+  local t = string.byte(b, p)
+  if t >= 0x90 and t <= 0x9f then
+    return t - 0x90, p + 1
+  elseif t == 0xdc then
+    return len_at(b, p, 2), p + 3
+  elseif t == 0xdd then
+    return len_at(b, p, 4), p + 5
+  end
+  error('lookup index: the envelope holds MessagePack type ' .. t .. ' where an array belongs')
+end
+local function index(base, n, blob)
+  local _, p = array_at(blob, 1)
+  local id
+  id, p = str_at(blob, p)
+  _, p = str_at(blob, p)
+  _, p = str_at(blob, p)
+  local keys
+  keys, p = array_at(blob, p)
+  local bucket = base .. string.format('%d', math.floor(n / BUCKET))
+  local at = string.format('%016x', n)
+  redis.call('ZADD', bucket, 0, 'i' .. id .. '\0' .. at)
+  for _ = 1, keys do
+    local key
+    key, p = str_at(blob, p)
+    redis.call('ZADD', bucket, 0, 'k' .. key .. '\0' .. at)
+  end
+end
+";
+
+fn with_lookup(body: &str) -> Script {
+    Script::new(&format!(
+        "{}{body}",
+        LOOKUP.replace("BUCKET", &LOOKUP_BUCKET.to_string())
+    ))
+}
+
+/// Appends messages to a queue and indexes them for lookups. KEYS: stream, counter, lookup
+/// base. ARGV: store time (ms), then one encoded message each. Returns their offsets.
+/// (`string.format('%d')`, not `..`: concatenating a Lua number formats it as a float, slower
+/// and wrong above 10^14.)
 pub(crate) static APPEND: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    with_lookup(
         r"
 local k = #ARGV - 1
 local n = redis.call('INCRBY', KEYS[2], k) - k
 local offsets = {}
 for i = 2, #ARGV do
   redis.call('XADD', KEYS[1], string.format('%d-1', n), 'm', ARGV[i], 't', ARGV[1])
+  index(KEYS[3], n, ARGV[i])
   offsets[i - 1] = n
   n = n + 1
 end
 return offsets
 ",
     )
+});
+
+/// Drops the lookup buckets of a queue that lie wholly below its first retained offset.
+/// KEYS: lookup base. ARGV: first retained offset. The lowest bucket left is kept in
+/// `<base>low`, so that each bucket is deleted once.
+pub(crate) static TRIM_LOOKUP: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        r"
+local upto = math.floor(tonumber(ARGV[1]) / {LOOKUP_BUCKET})
+local low = tonumber(redis.call('GET', KEYS[1] .. 'low') or '0')
+for b = low, upto - 1 do
+  redis.call('DEL', KEYS[1] .. string.format('%d', b))
+end
+if upto > low then
+  redis.call('SET', KEYS[1] .. 'low', string.format('%d', upto))
+end
+return upto
+"
+    ))
 });
 
 /// Stores delayed messages of a queue in send order. KEYS: delays, sequence. ARGV: due (ms),
@@ -40,16 +138,18 @@ return redis.call('ZCARD', KEYS[1])
     )
 });
 
-/// Moves the due members (see `PUT_DELAYED`) of a queue's delay set into its stream, in due order.
-/// KEYS: delays, stream, counter. ARGV: now (ms), at most this many.
-/// Returns {moved, earliest remaining due or -1}.
+/// Moves the due members (see `PUT_DELAYED`) of a queue's delay set into its stream, in due
+/// order, and indexes them for lookups. KEYS: delays, stream, counter, lookup base. ARGV: now
+/// (ms), at most this many. Returns {moved, earliest remaining due or -1}.
 pub(crate) static MOVE_DUE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    with_lookup(
         r"
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
 for _, m in ipairs(due) do
   local n = redis.call('INCR', KEYS[3]) - 1
-  redis.call('XADD', KEYS[2], string.format('%d-1', n), 'm', string.sub(m, 17), 't', ARGV[1])
+  local blob = string.sub(m, 17)
+  redis.call('XADD', KEYS[2], string.format('%d-1', n), 'm', blob, 't', ARGV[1])
+  index(KEYS[4], n, blob)
   redis.call('ZREM', KEYS[1], m)
 end
 local nxt = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')

@@ -17,13 +17,17 @@
 mod admin;
 mod delivery;
 mod health;
+mod lookup;
 mod scheduling;
+mod trace;
 mod transactions;
 
 pub use admin::*;
 pub use delivery::*;
 pub use health::*;
+pub use lookup::*;
 pub use scheduling::*;
+pub use trace::*;
 pub use transactions::*;
 
 use std::sync::Arc;
@@ -155,6 +159,14 @@ macro_rules! conformance_suite {
             reset_to_last_skips_backlog,
             reset_to_timestamp_redelivers_from_it,
             reset_survives_restart,
+            trace_of_a_message_retried_twice_then_acked,
+            trace_of_a_dead_letter_resent,
+            trace_records_hold_many_messages,
+            lookup_by_id_after_send,
+            lookup_by_id_finds_retry_and_dead_letter_copies,
+            lookup_by_key_with_several_keys,
+            lookup_by_key_topic_filter_and_limit,
+            lookup_after_restart,
             health_follows_the_broker_lifecycle,
         );
         $crate::conformance_suite!(@paused $harness, $guard;

@@ -117,6 +117,8 @@ struct Attempt {
     aux: String,
     /// The send (or prepare) returned Ok.
     ok: bool,
+    /// The broker's message id, printed with `SENT` (keyed sends only).
+    message_id: Option<String>,
 }
 
 /// Everything the children reported, and the violations seen while reading it.
@@ -154,6 +156,8 @@ pub struct Ledger {
     delivered_total: u64,
     /// The final child printed `DRAINED`.
     pub drained: bool,
+    /// Acknowledged sends a reopened child looked up by id and by key.
+    pub lookups_checked: u64,
     /// Where every line goes as read, prefixed by its run (`MQ_CRASH_KEEP=1`).
     pub log: Option<std::io::BufWriter<std::fs::File>>,
 }
@@ -179,6 +183,31 @@ fn push(list: &mut Vec<String>, text: String) {
 }
 
 impl Ledger {
+    /// The acknowledged keyed sends to look up after the next reopen, as `key id topic`
+    /// lines: every one of run `last` (the run just killed) up to `recent`, and `older`
+    /// drawn by `rng` from the runs before.
+    pub fn lookups(&self, last: u32, recent: usize, older: usize, rng: &mut Rng) -> String {
+        let mut keyed: Vec<(&String, &Attempt)> = self
+            .attempts
+            .iter()
+            .filter(|(_, a)| a.ok && a.message_id.is_some())
+            .collect();
+        // By id, so that the draw depends on the seed and the runs alone.
+        keyed.sort_by_key(|(_, a)| (a.run, a.seq));
+        let (latest, before): (Vec<_>, Vec<_>) =
+            keyed.into_iter().partition(|(_, a)| a.run == last);
+        let mut chosen: Vec<&(&String, &Attempt)> = latest.iter().rev().take(recent).collect();
+        for _ in 0..older.min(before.len()) {
+            chosen.push(&before[rng.range(0, before.len() as u64) as usize]);
+        }
+        let mut out = String::new();
+        for (key, a) in chosen {
+            let id = a.message_id.as_deref().unwrap_or("-");
+            let _ = writeln!(out, "{key} {id} {}", a.topic);
+        }
+        out
+    }
+
     /// Feeds one line printed by the child of run `run`; returns whether it was `OPENED`.
     pub fn feed(&mut self, run: u32, line: &str) -> bool {
         if let Some(log) = self.log.as_mut() {
@@ -226,12 +255,16 @@ impl Ledger {
                         crc: f.get(5)?.to_string(),
                         aux: f.get(6)?.to_string(),
                         ok: false,
+                        message_id: None,
                     },
                 );
             }
             "SENT" | "PREPARED" => {
-                self.attempts.get_mut(*f.get(1)?)?.ok = true;
+                let attempt = self.attempts.get_mut(*f.get(1)?)?;
+                attempt.ok = true;
+                attempt.message_id = f.get(2).map(|id| id.to_string());
             }
+            "LOOKUPS" => self.lookups_checked += f.get(1)?.parse::<u64>().ok()?,
             "COMMITTED" => self.committed += 1,
             "CHECKED" => self.checked += 1,
             "ENDFAILED" => self.end_failed += 1,
@@ -447,7 +480,7 @@ impl Ledger {
              messages={messages} (plain {}, delayed {}, nacked {}, orderly {}, tx committed {}, tx by check-back {}; {rolled_back_halves} halves rolled back) \
              deliveries={} lost={} early={} phantom={} rolled_back_delivered={} corrupt={} order={} corruption_reports={} errors={} \
              duplicates={duplicates} reopen p50={}ms p99={}ms max={}ms (open() p50={}ms p99={}ms) \
-             committed={} checked={} end_failed={} garbled_lines={}",
+             committed={} checked={} end_failed={} garbled_lines={} lookups_checked={}",
             self.kills.len(),
             self.kills_before_open,
             count('p'),
@@ -474,6 +507,7 @@ impl Ledger {
             self.checked,
             self.end_failed,
             self.garbled,
+            self.lookups_checked,
         );
         let mut bad = String::new();
         let sections: [(&str, &[String]); 9] = [

@@ -223,7 +223,8 @@ pub async fn resend(
 ) -> Result<Json<Resent>, AdminError> {
     check_group(&group)?;
     check_int64("seq", seq)?;
-    if s.broker.resend_dead_letter(&group, seq).await? {
+    // Through the trace's resend, so that the message's trace shows it.
+    if crate::trace::resend_dead_letter(&*s.broker, s.trace.as_ref(), &group, seq).await? {
         tracing::info!(%group, seq, "dead letter resent through the admin API");
         Ok(Json(Resent { resent: 1 }))
     } else {
@@ -246,7 +247,8 @@ pub async fn resend_all(
     PathParam(group): PathParam<String>,
 ) -> Result<Json<Resent>, AdminError> {
     check_group(&group)?;
-    let resent = s.broker.resend_all_dead_letters(&group).await?;
+    let resent =
+        crate::trace::resend_all_dead_letters(&*s.broker, s.trace.as_ref(), &group).await?;
     tracing::info!(%group, resent, "dead letters resent through the admin API");
     Ok(Json(Resent { resent }))
 }

@@ -15,7 +15,8 @@
 //! configured token only loopback clients are served. Errors are
 //! `{"error":{"code":"...","message":"..."}}`. [`openapi`] returns the document, for an
 //! application to merge into its own; the router serves it at `/mq/api/openapi.json`.
-//! Routes: `health.rs`, `listeners.rs`, `topics.rs`, `groups.rs`, `dead_letters.rs`;
+//! Routes: `health.rs`, `listeners.rs`, `topics.rs`, `groups.rs`, `dead_letters.rs`,
+//! `messages.rs` (lookup by id or key, and a message's trace);
 //! `auth.rs` decides who is served, `console.rs` serves the console's files.
 
 mod auth;
@@ -25,6 +26,7 @@ mod error;
 mod groups;
 mod health;
 mod listeners;
+mod messages;
 mod topics;
 
 use std::sync::Arc;
@@ -48,6 +50,8 @@ pub(crate) struct AdminState {
     broker: Arc<dyn Broker>,
     idempotency: Option<Arc<dyn IdempotencyStore>>,
     listeners: Arc<Vec<Arc<ListenerControl>>>,
+    /// Records resends in the message trace; `None` with `mq.trace.enabled: false`.
+    trace: Option<crate::trace::TraceRecorder>,
     /// `mq.admin.token`; `None`: loopback clients only.
     token: Option<Arc<str>>,
 }
@@ -95,6 +99,9 @@ fn api() -> OpenApiRouter<AdminState> {
         .routes(routes!(dead_letters::show, dead_letters::delete))
         .routes(routes!(dead_letters::resend))
         .routes(routes!(dead_letters::resend_all))
+        .routes(routes!(messages::by_key))
+        .routes(routes!(messages::by_id))
+        .routes(routes!(messages::trace))
         .routes(routes!(openapi_json))
 }
 
@@ -131,6 +138,7 @@ impl Running {
             broker: self.broker(),
             idempotency: self.idempotency.clone(),
             listeners: self.listeners.clone(),
+            trace: self.trace_recorder(),
             token,
         };
         let (api, _doc) = api().split_for_parts();

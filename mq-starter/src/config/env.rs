@@ -18,6 +18,7 @@ pub(crate) const MQ_SECTIONS: &[&str] = &[
     "consumer",
     "idempotency",
     "listeners",
+    "trace",
     "admin",
     "shutdown-timeout",
     "instance-name",

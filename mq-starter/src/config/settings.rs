@@ -25,6 +25,8 @@ pub struct MqSettings {
     pub idempotency: IdempotencySettings,
     /// Per-listener overrides, by listener name (the handler function's name).
     pub listeners: BTreeMap<String, ListenerSettings>,
+    /// The message trace.
+    pub trace: TraceSettings,
     /// The admin API (`Running::admin_router`).
     pub admin: AdminSettings,
     /// How long shutdown waits for handlers in flight.
@@ -43,6 +45,7 @@ impl Default for MqSettings {
             consumer: ConsumerSettings::default(),
             idempotency: IdempotencySettings::default(),
             listeners: BTreeMap::new(),
+            trace: TraceSettings::default(),
             admin: AdminSettings::default(),
             shutdown_timeout: Duration::from_secs(30),
             instance_name: None,
@@ -321,6 +324,25 @@ impl Default for IdempotencySettings {
             lease: Duration::from_secs(60),
             retention: Duration::from_secs(24 * 3600),
             capacity: 100_000,
+        }
+    }
+}
+
+/// `mq.trace`: the message trace (see [`crate::trace`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct TraceSettings {
+    /// Whether listeners trace their deliveries and resends are recorded.
+    pub enabled: bool,
+    /// Most trace events waiting to be stored; one more is dropped (and counted).
+    pub queue_capacity: usize,
+}
+
+impl Default for TraceSettings {
+    fn default() -> Self {
+        TraceSettings {
+            enabled: true,
+            queue_capacity: 10_000,
         }
     }
 }

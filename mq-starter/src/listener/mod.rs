@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
+use mq_core::trace::DeliveryOutcome;
 use mq_core::{BrokerError, Consumer, Delivery, Disposition, Failure, MessageView, Receipt};
 use tokio::sync::{OwnedSemaphorePermit, TryAcquireError};
 use tokio::task::JoinSet;
@@ -32,6 +33,7 @@ use crate::idempotency::Lease;
 use crate::metrics::Series;
 use crate::registry::IdempotencyKey;
 use crate::template::ReplyAddress;
+use crate::trace::{Seen, Tap};
 
 /// Shortest wait of a duplicate while another delivery holds its key. The wait is a quarter of
 /// the lease at least: if the holder died, its lease must run out before the retries do, or
@@ -42,6 +44,40 @@ const MAX_PER_TASK: usize = 64;
 
 /// The units of one fetch handed to one task, each with the permit it holds until settled.
 type Work = Vec<(Vec<Delivery>, OwnedSemaphorePermit)>;
+
+/// A unit whose handler succeeded (or that was a duplicate), left for its task to acknowledge
+/// with others; with its trace, when tracing, which waits for the acknowledgement's result.
+struct ToAck {
+    receipts: Vec<Receipt>,
+    traced: Option<Traced>,
+}
+
+/// The trace of a unit settled by acknowledgement.
+struct Traced {
+    seen: Vec<Seen>,
+    started: Instant,
+    outcome: DeliveryOutcome,
+    duration: Duration,
+}
+
+/// What the trace of a unit settled here (nack, dead letter) needs besides the outcome.
+#[derive(Clone, Copy)]
+struct Note<'a> {
+    seen: &'a [Seen],
+    started: Instant,
+    duration: Duration,
+}
+
+impl<'a> Note<'a> {
+    /// For a unit settled without running the handler.
+    fn untimed(seen: &'a [Seen]) -> Self {
+        Note {
+            seen,
+            started: Instant::now(),
+            duration: Duration::ZERO,
+        }
+    }
+}
 
 /// One listener on one topic, resolved and running.
 pub(crate) struct ListenerLoop {
@@ -55,12 +91,17 @@ pub(crate) struct ListenerLoop {
     pub idempotency: Option<Idempotency>,
     pub shutdown_timeout: Duration,
     pub consume_timeout: Duration,
+    /// Where settled deliveries are traced; `None` with `mq.trace.enabled: false`.
+    pub trace: Option<Tap>,
     /// Its permits and pause switch, shared with the admin API.
     pub control: Arc<ListenerControl>,
 }
 
 impl ListenerLoop {
     pub async fn run(self: Arc<Self>, consumer: Arc<dyn Consumer>, stop: CancellationToken) {
+        if let Some(tap) = &self.trace {
+            tap.joined(consumer.instance());
+        }
         let permits = self.control.permits.clone();
         // Tasks per fetch: two per worker thread, so that every thread has some to take and
         // one slow task does not leave a thread idle.
@@ -160,17 +201,31 @@ impl ListenerLoop {
             .map(|(unit, permit)| async move { (this.process(consumer, unit).await, permit) })
             .collect();
         let mut done: Vec<Receipt> = Vec::new();
+        let mut traced: Vec<Traced> = Vec::new();
         let mut settled: Vec<OwnedSemaphorePermit> = Vec::new();
-        while let Some((receipts, permit)) = running.next().await {
-            done.extend(receipts);
+        while let Some((to_ack, permit)) = running.next().await {
+            done.extend(to_ack.receipts);
+            traced.extend(to_ack.traced);
             settled.push(permit);
-            while let Some(Some((receipts, permit))) = running.next().now_or_never() {
-                done.extend(receipts);
+            while let Some(Some((to_ack, permit))) = running.next().now_or_never() {
+                done.extend(to_ack.receipts);
+                traced.extend(to_ack.traced);
                 settled.push(permit);
             }
             if !done.is_empty() {
-                this.ack(consumer, &done).await;
+                let acked = this.ack(consumer, &done).await;
                 done.clear();
+                if let Some(tap) = &this.trace {
+                    for t in traced.drain(..) {
+                        let (outcome, error) = match &acked {
+                            Ok(()) => (t.outcome, None),
+                            Err(e) => (DeliveryOutcome::Failed, Some(format!("ack failed: {e}"))),
+                        };
+                        for seen in t.seen {
+                            tap.delivered(seen, t.started, outcome, error.clone(), t.duration);
+                        }
+                    }
+                }
             }
             // Their permits go back only now: a unit is in flight until it is settled.
             settled.clear();
@@ -191,9 +246,12 @@ impl ListenerLoop {
 
     /// Runs the handler on one unit (a message, or a batch) and settles it: a failure here;
     /// a success is returned, for the caller to acknowledge with others.
-    async fn process(&self, consumer: &dyn Consumer, unit: Vec<Delivery>) -> Vec<Receipt> {
+    async fn process(&self, consumer: &dyn Consumer, unit: Vec<Delivery>) -> ToAck {
         let Some(first) = unit.first() else {
-            return Vec::new();
+            return ToAck {
+                receipts: Vec::new(),
+                traced: None,
+            };
         };
         let span = tracing::info_span!(
             "mq.delivery",
@@ -207,6 +265,11 @@ impl ListenerLoop {
         async {
             let mut receipts = Vec::with_capacity(unit.len());
             let mut views = Vec::with_capacity(unit.len());
+            // Taken before the handler owns the messages; nothing is allocated untraced.
+            let seen: Vec<Seen> = match self.trace {
+                Some(_) => unit.iter().map(|d| Seen::of(&d.message)).collect(),
+                None => Vec::new(),
+            };
             for d in unit {
                 self.series.delivered();
                 receipts.push(d.receipt);
@@ -219,7 +282,13 @@ impl ListenerLoop {
                     Ok(Lease::Acquired(token)) => key = Some((k, token)),
                     Ok(Lease::Done) => {
                         tracing::debug!(key = %k, "duplicate of a processed message; acknowledged");
-                        return receipts;
+                        let traced = self.trace.as_ref().map(|_| Traced {
+                            seen,
+                            started: Instant::now(),
+                            outcome: DeliveryOutcome::Duplicate,
+                            duration: Duration::ZERO,
+                        });
+                        return ToAck { receipts, traced };
                     }
                     Ok(Lease::Busy) => {
                         self.settle(
@@ -229,14 +298,16 @@ impl ListenerLoop {
                                 "another delivery holds the key",
                                 (idem.lease / 4).max(BUSY_RETRY),
                             ),
+                            Note::untimed(&seen),
                         )
                         .await;
-                        return Vec::new();
+                        return ToAck { receipts: Vec::new(), traced: None };
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "idempotency store still unavailable; the message will be retried");
-                        self.settle(consumer, &receipts, Failure::new(e.to_string())).await;
-                        return Vec::new();
+                        self.settle(consumer, &receipts, Failure::new(e.to_string()), Note::untimed(&seen))
+                            .await;
+                        return ToAck { receipts: Vec::new(), traced: None };
                     }
                 }
             }
@@ -259,7 +330,13 @@ impl ListenerLoop {
             let outcome = ran.unwrap_or_else(|panic| {
                 Outcome::retry(format!("handler panicked: {}", panic_message(&*panic)))
             });
-            self.series.observe(started.elapsed());
+            let took = started.elapsed();
+            self.series.observe(took);
+            let note = Note {
+                seen: &seen,
+                started,
+                duration: took,
+            };
             match outcome {
                 Outcome::Ack(reply) => {
                     if let Some(((k, token), idem)) = key.as_ref().zip(self.idempotency.as_ref()) {
@@ -270,7 +347,13 @@ impl ListenerLoop {
                             tracing::warn!(error = %e, "reply could not be sent");
                         }
                     }
-                    receipts
+                    let traced = self.trace.as_ref().map(|_| Traced {
+                        seen,
+                        started,
+                        outcome: DeliveryOutcome::Acked,
+                        duration: took,
+                    });
+                    ToAck { receipts, traced }
                 }
                 Outcome::Retry { reason, after } => {
                     if let Some(((k, token), idem)) = key.as_ref().zip(self.idempotency.as_ref()) {
@@ -286,21 +369,29 @@ impl ListenerLoop {
                             reason,
                             retry_after: after,
                         },
+                        note,
                     )
                     .await;
-                    Vec::new()
+                    ToAck { receipts: Vec::new(), traced: None }
                 }
                 Outcome::DeadLetter(reason) => {
                     if let Some(((k, token), idem)) = key.as_ref().zip(self.idempotency.as_ref()) {
                         let _ = idem.store.release(k, token).await;
                     }
-                    for r in &receipts {
-                        match consumer.dead_letter(r, &reason).await {
-                            Ok(()) => self.series.dead_lettered(),
-                            Err(e) => tracing::error!(error = %e, "dead-lettering failed"),
-                        }
+                    for (i, r) in receipts.iter().enumerate() {
+                        let outcome = match consumer.dead_letter(r, &reason).await {
+                            Ok(()) => {
+                                self.series.dead_lettered();
+                                DeliveryOutcome::DeadLettered
+                            }
+                            Err(e) => {
+                                tracing::error!(error = %e, "dead-lettering failed");
+                                DeliveryOutcome::Failed
+                            }
+                        };
+                        self.traced(note, i, outcome, &reason);
                     }
-                    Vec::new()
+                    ToAck { receipts: Vec::new(), traced: None }
                 }
             }
         }
@@ -308,8 +399,9 @@ impl ListenerLoop {
         .await
     }
 
-    async fn ack(&self, consumer: &dyn Consumer, receipts: &[Receipt]) {
-        match consumer.ack(receipts).await {
+    async fn ack(&self, consumer: &dyn Consumer, receipts: &[Receipt]) -> Result<(), BrokerError> {
+        let acked = consumer.ack(receipts).await;
+        match &acked {
             Ok(()) => self.series.acked_many(receipts.len() as u64),
             Err(e) => tracing::warn!(
                 listener = %self.name,
@@ -319,16 +411,49 @@ impl ListenerLoop {
                 "ack failed; the messages will come again"
             ),
         }
+        acked
     }
 
-    async fn settle(&self, consumer: &dyn Consumer, receipts: &[Receipt], failure: Failure) {
-        for r in receipts {
-            match consumer.nack(r, failure.clone()).await {
-                Ok(Disposition::Retry { .. }) => self.series.retried(),
-                Ok(Disposition::DeadLettered) => self.series.dead_lettered(),
-                Ok(Disposition::Stale) => {}
-                Err(e) => tracing::warn!(error = %e, "nack failed; the message will come again"),
-            }
+    async fn settle(
+        &self,
+        consumer: &dyn Consumer,
+        receipts: &[Receipt],
+        failure: Failure,
+        note: Note<'_>,
+    ) {
+        for (i, r) in receipts.iter().enumerate() {
+            let outcome = match consumer.nack(r, failure.clone()).await {
+                Ok(Disposition::Retry { retry, after }) => {
+                    self.series.retried();
+                    DeliveryOutcome::Retried {
+                        retry,
+                        after_ms: after.as_millis() as u64,
+                    }
+                }
+                Ok(Disposition::DeadLettered) => {
+                    self.series.dead_lettered();
+                    DeliveryOutcome::DeadLettered
+                }
+                Ok(Disposition::Stale) => DeliveryOutcome::Stale,
+                Err(e) => {
+                    tracing::warn!(error = %e, "nack failed; the message will come again");
+                    DeliveryOutcome::Failed
+                }
+            };
+            self.traced(note, i, outcome, &failure.reason);
+        }
+    }
+
+    /// Traces the settling of the `i`th message of a unit that failed with `reason`.
+    fn traced(&self, note: Note<'_>, i: usize, outcome: DeliveryOutcome, reason: &str) {
+        if let (Some(tap), Some(seen)) = (&self.trace, note.seen.get(i)) {
+            tap.delivered(
+                *seen,
+                note.started,
+                outcome,
+                Some(reason.to_owned()),
+                note.duration,
+            );
         }
     }
 }

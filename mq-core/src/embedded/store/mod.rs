@@ -5,6 +5,7 @@
 //! `sync.rs` syncing and the checkpoint, `stats.rs` the counts of the writer's work.
 
 mod append;
+mod lookup;
 mod read;
 mod stats;
 mod sync;
@@ -15,7 +16,7 @@ use std::collections::{HashMap, VecDeque};
 use std::fs;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
@@ -23,11 +24,13 @@ use tokio::sync::{mpsc, watch};
 
 use super::commit_log::{CommitLog, Corruption};
 use super::flush::{Checkpoint, FlushPolicy};
+use super::key_index::KeyIndex;
 use super::recovery;
 use super::EmbeddedConfig;
 use crate::error::{BrokerError, Result};
 
 pub(crate) use append::{Outgoing, Queued};
+pub(crate) use lookup::Query;
 use stats::WriteCounters;
 pub use stats::WriteStats;
 pub(crate) use topics::Topic;
@@ -73,6 +76,8 @@ pub(crate) struct MessageStore {
     sync_lock: Mutex<Option<u64>>,
     /// Held while open; released by [`MessageStore::stop`] so the directory can be reopened.
     lock: Mutex<Option<fs::File>>,
+    /// The key index, set once recovery is done (unless the settings turn it off).
+    key_index: OnceLock<Arc<KeyIndex>>,
 }
 
 impl std::fmt::Debug for MessageStore {
@@ -118,6 +123,7 @@ impl MessageStore {
             log_start: AtomicU64::new(0),
             sync_lock: Mutex::new(None),
             lock: Mutex::new(Some(lock)),
+            key_index: OnceLock::new(),
             config,
         };
         let checkpoint = Checkpoint::read(&store.checkpoint_path());
@@ -148,6 +154,15 @@ impl MessageStore {
         store.shared.dispatched.store(end, Ordering::Release);
         store.save_topic_table()?;
         store.sync_all(recovered.full_scan)?;
+        if store.config.message_index {
+            let index = KeyIndex::open(
+                &dir.join("index"),
+                &store.shared.commit_log,
+                end,
+                store.config.index_part_entries,
+            )?;
+            let _ = store.key_index.set(Arc::new(index));
+        }
         let store = Arc::new(store);
         let writer = Writer::new(
             store.shared.clone(),
@@ -158,6 +173,7 @@ impl MessageStore {
                 .ok_or(BrokerError::Closed)?,
             end,
             store.record_limit(),
+            store.key_index.get().cloned(),
         );
         *store.writer_task.lock() = WriterSlot::Idle(Some((writer, rx)));
         Ok(store)
@@ -197,6 +213,11 @@ impl MessageStore {
     /// What the writer has done since the store opened.
     pub fn write_stats(&self) -> WriteStats {
         self.shared.stats.read()
+    }
+
+    /// The key index, unless the settings turn it off.
+    pub fn key_index(&self) -> Option<&Arc<KeyIndex>> {
+        self.key_index.get()
     }
 
     /// The data directory.

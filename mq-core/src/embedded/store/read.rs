@@ -230,7 +230,7 @@ impl MessageStore {
         None
     }
 
-    fn check(&self, result: Result<DecodedRecord>) -> Result<DecodedRecord> {
+    pub(super) fn check(&self, result: Result<DecodedRecord>) -> Result<DecodedRecord> {
         if let Err(BrokerError::Corrupt {
             segment,
             offset,

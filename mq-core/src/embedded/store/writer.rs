@@ -14,6 +14,7 @@ use super::{MessageStore, Outgoing, Shared};
 use crate::embedded::commit_log::Segment;
 use crate::embedded::consume_queue::{tag_code, ConsumeQueue, CqEntry};
 use crate::embedded::flush::FlushPolicy;
+use crate::embedded::key_index::{self, KeyIndex};
 use crate::embedded::record::{self, Placement};
 use crate::error::{BackendErrorKind, BrokerError, Result};
 use crate::message::now_millis;
@@ -51,6 +52,9 @@ pub(super) struct Writer {
     /// Set after an I/O failure: the writer refuses appends until the store is reopened, so
     /// that recovery, not guesswork, decides what the log holds.
     failed: Option<String>,
+    /// The key index (unless turned off), and the entries of the batch being written.
+    index: Option<Arc<KeyIndex>>,
+    index_buf: Vec<key_index::Entry>,
 }
 
 /// Most requests one batch takes from the inbox.
@@ -63,6 +67,7 @@ impl Writer {
         active: Arc<Segment>,
         write_pos: u64,
         record_limit: usize,
+        index: Option<Arc<KeyIndex>>,
     ) -> Self {
         Writer {
             shared,
@@ -71,6 +76,8 @@ impl Writer {
             buf: Vec::with_capacity(1 << 20),
             record_limit,
             failed: None,
+            index,
+            index_buf: Vec::new(),
         }
     }
 
@@ -160,6 +167,8 @@ impl Writer {
         let mut queues: Vec<(Arc<ConsumeQueue>, Vec<u8>, u64)> = Vec::new();
         let mut results: Vec<Result<u64>> = Vec::with_capacity(batch.len());
         let mut failed: Option<BrokerError> = None;
+        let indexing = self.index.is_some();
+        self.index_buf.clear();
 
         for req in batch.iter() {
             let qi = match queues
@@ -210,6 +219,9 @@ impl Writer {
                     flags: 0,
                 };
                 record::encode_into(&mut self.buf, msg, &placement, len);
+                if indexing {
+                    key_index::entries_of(msg.id, &msg.keys, pos, &mut self.index_buf);
+                }
                 CqEntry {
                     position: pos,
                     size: len as u32,
@@ -236,6 +248,10 @@ impl Writer {
         };
         match outcome {
             Ok(()) => {
+                // Indexed before any sender is answered: a returned send is found by its id.
+                if let Some(index) = &self.index {
+                    index.add(&self.index_buf, self.write_pos);
+                }
                 self.shared
                     .dispatched
                     .store(self.write_pos, Ordering::Release);
@@ -340,6 +356,10 @@ impl MessageStore {
                 let _ = tokio::task::spawn_blocking(move || thread.join()).await;
             }
             WriterSlot::Idle(_) => {}
+        }
+        if let Some(index) = self.key_index().cloned() {
+            // Parts being sealed reach their files before the directory can be reopened.
+            let _ = tokio::task::spawn_blocking(move || index.finish()).await;
         }
         self.sync()
     }

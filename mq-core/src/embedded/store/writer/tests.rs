@@ -29,7 +29,7 @@ fn shared(dir: &Path, flush: FlushPolicy, segment_size: u64) -> Arc<Shared> {
 
 fn writer(shared: &Arc<Shared>) -> Writer {
     let active = shared.commit_log.segment_of(0).unwrap();
-    Writer::new(shared.clone(), active, 0, LIMIT)
+    Writer::new(shared.clone(), active, 0, LIMIT, None)
 }
 
 fn queue(dir: &Path, id: u32) -> Arc<ConsumeQueue> {
@@ -208,7 +208,7 @@ fn after_a_failed_write_every_append_fails_until_reopened() {
         path: good.path.clone(),
         file: std::fs::File::open(&good.path).unwrap(),
     });
-    let mut w = Writer::new(shared.clone(), read_only, 0, LIMIT);
+    let mut w = Writer::new(shared.clone(), read_only, 0, LIMIT, None);
     let appended = shared.appended.subscribe();
     let (a, mut ra) = request(&q, &["a"]);
     let (b, mut rb) = request(&q, &["b"]);

@@ -2,11 +2,9 @@
 //! `chromium` and `chromium-driver`), against an application on the embedded broker serving
 //! `running.admin_router()` on a free port. The test signs in with the token, reads the topics,
 //! groups (with lag) and listeners views, pauses and resumes a listener, resends and deletes
-//! dead letters, checking through the API that they were delivered again or removed. Each view
-//! is one step (a method of `Page`) run in order on one page; the message search (by id and by
-//! key, with the trace: `#search-by-key`, `#search-input`, `#search-submit`, rows
-//! `message-row`, `#trace-id`) becomes one more step once the router serves
-//! `/mq/api/messages`.
+//! dead letters, checking through the API that they were delivered again or removed, and finds
+//! the dead-lettered message by its id and by its key with its trace. Each view is one step (a
+//! method of `Page`) run in order on one page.
 //!
 //! Without chromedriver the test says so loudly and skips, unless `MQ_REQUIRE_BROWSER=1` (as in
 //! CI), where it fails. `MQ_CHROMEDRIVER` and `MQ_CHROMIUM` point at other binaries.
@@ -421,6 +419,43 @@ impl Page {
         .await;
     }
 
+    /// Finds the payment by its id and by its key, with its trace.
+    async fn message_search(&self, id: &str) {
+        self.click("#nav-messages").await;
+        let input = self
+            .browser
+            .find(Locator::Id("search-input"))
+            .await
+            .unwrap();
+        input.send_keys(id).await.unwrap();
+        self.click("#search-submit").await;
+        let row = format!(
+            r#"tr[data-testid="message-row"][data-message-id="{id}"][data-topic="{PAYMENTS}"] td[data-col="keys"]"#
+        );
+        self.text_becomes(&row, PAYMENT_KEY, false).await;
+        self.text_becomes("#trace-id", id, false).await;
+        // Oldest first: the original's store.
+        self.text_becomes(
+            r#"#trace-table tr[data-kind="stored"] td[data-col="topic"]"#,
+            PAYMENTS,
+            false,
+        )
+        .await;
+        self.no_error().await;
+
+        self.click("#search-by-key").await;
+        input.clear().await.unwrap();
+        input.send_keys(PAYMENT_KEY).await.unwrap();
+        self.click("#search-submit").await;
+        self.text_becomes(&row, PAYMENT_KEY, false).await;
+        self.click(&format!(
+            r#"tr[data-message-id="{id}"][data-topic="{PAYMENTS}"] button[data-testid="message-trace"]"#
+        ))
+        .await;
+        self.text_becomes("#trace-id", id, false).await;
+        self.no_error().await;
+    }
+
     /// Two more dead letters: one deleted (a second click confirms), the other resent with
     /// "Resend all".
     async fn delete_and_resend_all(&self) {
@@ -520,13 +555,15 @@ async fn the_console_shows_the_broker_and_resends_dead_letters() {
 
     let template = app.running.template();
     // Markup in a key and a body must reach the page as text.
-    template
+    let payment_id = template
         .message(PAYMENTS)
         .key(PAYMENT_KEY)
         .bytes(PAYMENT_BODY)
         .send()
         .await
-        .unwrap();
+        .unwrap()
+        .message_id
+        .to_string();
     for i in 0..3 {
         template
             .send_bytes(ORDERS, format!("order {i}"))
@@ -563,6 +600,7 @@ async fn the_console_shows_the_broker_and_resends_dead_letters() {
         page.listeners().await;
         page.dead_letters().await;
         page.delete_and_resend_all().await;
+        page.message_search(&payment_id).await;
     })
     .catch_unwind()
     .await;

@@ -130,7 +130,11 @@ impl Driver {
                          "--disable-dev-shm-usage", "--window-size=1400,1000"],
             }),
         );
-        ClientBuilder::native()
+        // Two rustls crypto providers are linked in (ring for Redis TLS, aws-lc for the
+        // WebDriver client): rustls then wants one chosen. A second install is refused; fine.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        ClientBuilder::rustls()
+            .expect("rustls' native roots")
             .capabilities(caps)
             .connect(&self.url)
             .await

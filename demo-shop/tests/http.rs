@@ -488,6 +488,9 @@ async fn openapi_documents_every_endpoint() {
         "DELETE /mq/api/dead-letters/{group}/{seq}",
         "POST /mq/api/dead-letters/{group}/{seq}/resend",
         "POST /mq/api/dead-letters/{group}/resend",
+        "GET /mq/api/messages",
+        "GET /mq/api/messages/{id}",
+        "GET /mq/api/messages/{id}/trace",
         "GET /mq/api/openapi.json",
     ];
     expected.sort();

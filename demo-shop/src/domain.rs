@@ -35,6 +35,10 @@ pub struct Order {
     pub created_at: String,
     /// When an unpaid order was cancelled.
     pub cancelled_at: Option<String>,
+    /// The business key of every message about this order (its reference, chosen before the
+    /// order had an id): the admin API's `GET /mq/api/messages?key=...`, `mqctl messages --key`
+    /// and the console's search find them all.
+    pub message_key: String,
 }
 
 /// A step of an order's timeline.
@@ -56,6 +60,9 @@ pub struct Fee {
     pub status: String,
     pub receipt_no: Option<String>,
     pub created_at: String,
+    /// The business key of the bill's `fee-paid` messages: the admin API's
+    /// `GET /mq/api/messages?key=...`, `mqctl messages --key` and the console's search find them.
+    pub message_key: String,
 }
 
 /// A ledger entry of a paid bill.

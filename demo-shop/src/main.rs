@@ -17,18 +17,8 @@ use serde::Deserialize;
 pub struct Shop {
     /// The shop's database.
     pub db: store::Db,
-    /// The database's identity, the first part of every idempotency key the shop sends.
-    pub instance: std::sync::Arc<str>,
     /// How long an order may stay unpaid.
     pub cancel_after: Duration,
-}
-
-impl Shop {
-    /// The key of a message about record `id` for an idempotent listener: unique across
-    /// database resets, which start ids at 1 again.
-    pub fn message_key(&self, id: i64) -> String {
-        format!("{}:{id}", self.instance)
-    }
 }
 
 /// `shop:` in the configuration.
@@ -107,13 +97,11 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         }
     };
     let db = store::open(&url).await?;
-    let instance: std::sync::Arc<str> = store::instance_id(&db).await?.into();
-    tracing::info!(database = %redact(&url), %instance, cancel_after = ?shop_settings.order.cancel_after, "shop database open");
+    tracing::info!(database = %redact(&url), cancel_after = ?shop_settings.order.cancel_after, "shop database open");
     let shop_db = db.clone();
     let shop = Shop {
         db: db.clone(),
         cancel_after: shop_settings.order.cancel_after,
-        instance,
     };
     let running = app
         .with_state(shop.clone())

@@ -33,6 +33,75 @@ async fn order(shop: &Shop, user: &str, sku: &str, quantity: i64) -> Value {
     body
 }
 
+/// The topics of the messages stored with business key `key`, as the admin API finds them,
+/// sorted, each once.
+async fn topics_with_key(shop: &Shop, key: &str) -> Vec<String> {
+    let found = shop.get(&format!("/mq/api/messages?key={key}")).await;
+    let mut topics: Vec<String> = found
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["topic"].as_str().unwrap().to_owned())
+        .collect();
+    topics.sort();
+    topics.dedup();
+    topics
+}
+
+/// The groups whose delivery of message `id` its trace shows acknowledged, sorted.
+async fn acked_by(shop: &Shop, id: &str) -> Vec<String> {
+    let (status, trace) = shop
+        .call("GET", &format!("/mq/api/messages/{id}/trace"), None)
+        .await;
+    if status != StatusCode::OK {
+        return Vec::new();
+    }
+    let mut groups: Vec<String> = trace["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "delivered" && e["outcome"]["type"] == "acked")
+        .map(|e| e["group"].as_str().unwrap().to_owned())
+        .collect();
+    groups.sort();
+    groups
+}
+
+/// Every message about an order carries its `message_key`: one key search finds its creation,
+/// its payment or cancellation and its timeline events, and the payment's trace shows each
+/// group that consumed it.
+async fn an_orders_messages_are_found_by_its_key(shop: &Shop, paid: &Value, unpaid: &Value) {
+    let paid_key = paid["message_key"].as_str().unwrap();
+    let unpaid_key = unpaid["message_key"].as_str().unwrap();
+    assert_ne!(paid_key, unpaid_key);
+    eventually("the paid order's messages by its key", async || {
+        topics_with_key(shop, paid_key).await
+            == [
+                "order-created",
+                "order-events",
+                "order-paid",
+                "order-timeout",
+            ]
+    })
+    .await;
+    eventually("the unpaid order's messages by its key", async || {
+        topics_with_key(shop, unpaid_key).await
+            == ["order-created", "order-events", "order-timeout"]
+    })
+    .await;
+    let found = shop
+        .get(&format!("/mq/api/messages?key={paid_key}&topic=order-paid"))
+        .await;
+    let payment = found.as_array().unwrap();
+    assert_eq!(payment.len(), 1, "{found}");
+    assert_eq!(payment[0]["keys"], json!([paid_key]));
+    let id = payment[0]["message_id"].as_str().unwrap();
+    eventually("the payment's trace to show its three groups", async || {
+        acked_by(shop, id).await == ["notify", "order-events-feed", "points"]
+    })
+    .await;
+}
+
 fn events(v: &Value) -> Vec<String> {
     v.as_array()
         .unwrap()
@@ -133,6 +202,7 @@ async fn orders_and_delayed_cancellation(shop: Shop) {
     );
     // 500 cents paid: 5 points, credited once.
     assert_eq!(shop.get("/api/users/u1/points").await["points"], 5);
+    an_orders_messages_are_found_by_its_key(&shop, &paid, &unpaid).await;
 
     let (status, body) = pay(unpaid_id, "pay-2").await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
@@ -209,6 +279,9 @@ async fn repeated_callbacks(shop: Shop) {
     assert_eq!(ledger.as_array().unwrap().len(), 1, "{ledger}");
     let fee = shop.get(&format!("/api/fees/{id}")).await;
     assert_eq!(fee["receipt_no"], ledger[0]["receipt_no"]);
+    // Each callback that got through sent its fee-paid message with the bill's key.
+    let key = fee["message_key"].as_str().unwrap();
+    assert_eq!(topics_with_key(&shop, key).await, ["fee-paid"]);
     let (status, _) = shop
         .post(
             "/api/fees",
@@ -560,7 +633,7 @@ async fn admin_routes_need_the_token() {
 }
 
 /// A fresh database on the same Redis idempotency store: the new order 1 is not a duplicate of
-/// the old order 1 (the keys carry the database's identity), so it is still cancelled.
+/// the old order 1 (its messages are keyed by its reference, not its id), so it is still cancelled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fresh_database_is_not_silenced_by_old_idempotency_keys() {
     if !redis_answers() {

@@ -85,7 +85,7 @@ pub async fn payment_notify(
     let sent = s
         .template
         .message("fee-paid")
-        .key(s.shop.message_key(id))
+        .key(fee.message_key.clone())
         .json(&paid)
         .map_err(ApiError::from)?
         .send_in_transaction("fee-paid", paid.clone())

@@ -172,7 +172,7 @@ pub async fn pay_order(
     let sent = s
         .template
         .message("order-paid")
-        .key(id.to_string())
+        .key(order.message_key.clone())
         .json(&OrderPaid {
             order_id: id,
             user_id: order.user_id.clone(),

@@ -8,21 +8,28 @@ use crate::domain::{
 use crate::store::{self, StoreError};
 use crate::Shop;
 
-/// Sends an event to the order's timeline, in order with its other events.
+/// Sends an event to the order's timeline, in order with its other events. `cause` is the
+/// message the event follows from: the event carries its keys (the order's ref), so that one
+/// key search finds every message about the order.
 pub async fn timeline_event(
     template: &MqTemplate,
     order_id: i64,
     event: &str,
+    cause: &MessageView,
 ) -> Result<(), String> {
-    template
-        .send_orderly(
-            "order-events",
-            &OrderEventMessage {
-                order_id,
-                event: event.into(),
-            },
-            &order_id.to_string(),
-        )
+    let mut message = template
+        .message("order-events")
+        .sharding_key(order_id.to_string());
+    for key in &cause.keys {
+        message = message.key(key.clone());
+    }
+    message
+        .json(&OrderEventMessage {
+            order_id,
+            event: event.into(),
+        })
+        .map_err(|e| e.to_string())?
+        .send()
         .await
         .map(|_| ())
         .map_err(|e| e.to_string())
@@ -43,7 +50,7 @@ async fn schedule_cancellation(
     let due = time_of_ms(c.placed_at_ms) + shop.cancel_after;
     template
         .message("order-timeout")
-        .key(shop.message_key(order_id))
+        .key(c.order_ref)
         .delay(Delay::At(due))
         .json(&OrderTimeout { order_id })
         .map_err(|e| e.to_string())?
@@ -59,6 +66,7 @@ async fn cancel_unpaid(
     State(shop): State<Shop>,
     Json(t): Json<OrderTimeout>,
     template: MqTemplate,
+    message: MessageView,
 ) -> Result<(), String> {
     let cancelled = store::cancel_if_unpaid(&shop.db, t.order_id)
         .await
@@ -70,7 +78,7 @@ async fn cancel_unpaid(
         if cancelled {
             tracing::info!(order = t.order_id, "unpaid order cancelled");
         }
-        timeline_event(&template, t.order_id, "CANCELLED").await?;
+        timeline_event(&template, t.order_id, "CANCELLED", &message).await?;
     }
     Ok(())
 }
@@ -96,8 +104,12 @@ async fn notify_paid(Json(p): Json<OrderPaid>) {
 
 /// Puts PAID on the order's timeline.
 #[mq_listener(topic = "order-paid", group = "order-events-feed")]
-async fn paid_to_timeline(Json(p): Json<OrderPaid>, template: MqTemplate) -> Result<(), String> {
-    timeline_event(&template, p.order_id, "PAID").await
+async fn paid_to_timeline(
+    Json(p): Json<OrderPaid>,
+    template: MqTemplate,
+    message: MessageView,
+) -> Result<(), String> {
+    timeline_event(&template, p.order_id, "PAID", &message).await
 }
 
 /// Records an order's timeline, one event at a time per order.

@@ -16,6 +16,7 @@ fn fee_of(r: &sqlx::any::AnyRow) -> Fee {
         status: r.get("status"),
         receipt_no: r.get("receipt_no"),
         created_at: r.get("created_at"),
+        message_key: r.get("ref"),
     }
 }
 
@@ -27,9 +28,10 @@ pub async fn create_fee(
     amount_cents: i64,
 ) -> Result<Fee, StoreError> {
     let row = sqlx::query(
-        "INSERT INTO fees (household, period, amount_cents, status, created_at) VALUES ($1, $2, $3, 'UNPAID', $4) \
+        "INSERT INTO fees (ref, household, period, amount_cents, status, created_at) VALUES ($1, $2, $3, $4, 'UNPAID', $5) \
          ON CONFLICT (household, period) DO NOTHING RETURNING *",
     )
+    .bind(uuid::Uuid::now_v7().to_string())
     .bind(household)
     .bind(period)
     .bind(amount_cents)

@@ -9,7 +9,7 @@ mod orders;
 use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use sqlx::{AnyPool, Executor, Row};
+use sqlx::{AnyPool, Executor};
 
 pub use fees::*;
 pub use orders::*;
@@ -82,24 +82,6 @@ fn sqlite_path(url: &str) -> Option<std::path::PathBuf> {
         .or_else(|| url.strip_prefix("sqlite:"))?;
     let path = rest.split('?').next()?;
     (!path.is_empty() && path != ":memory:").then(|| path.into())
-}
-
-/// This database's identity, made on first use: part of the shop's idempotency keys, so that
-/// after a database reset new orders (whose ids start at 1 again) are not taken for
-/// duplicates of the old ones.
-pub async fn instance_id(db: &Db) -> Result<String, StoreError> {
-    sqlx::query(
-        "INSERT INTO shop_instance (id) SELECT $1 WHERE NOT EXISTS (SELECT 1 FROM shop_instance)",
-    )
-    .bind(uuid::Uuid::now_v7().simple().to_string())
-    .execute(db)
-    .await?;
-    Ok(
-        sqlx::query("SELECT id FROM shop_instance ORDER BY id LIMIT 1")
-            .fetch_one(db)
-            .await?
-            .get("id"),
-    )
 }
 
 /// A business rule refused the change.

@@ -147,6 +147,7 @@ pub async fn create_order(
         payment_id: None,
         created_at,
         cancelled_at: None,
+        message_key: order_ref.to_owned(),
     })
 }
 
@@ -162,7 +163,7 @@ pub async fn order_id_by_ref(pool: &Db, order_ref: &str) -> Result<Option<i64>, 
 /// An order with its items.
 pub async fn get_order(pool: &Db, id: i64) -> Result<Option<Order>, StoreError> {
     let Some(row) = sqlx::query(
-        "SELECT id, user_id, status, total_cents, payment_id, created_at, cancelled_at FROM orders WHERE id = $1",
+        "SELECT id, ref, user_id, status, total_cents, payment_id, created_at, cancelled_at FROM orders WHERE id = $1",
     )
     .bind(id)
     .fetch_optional(pool)
@@ -192,6 +193,7 @@ pub async fn get_order(pool: &Db, id: i64) -> Result<Option<Order>, StoreError> 
         payment_id: row.get("payment_id"),
         created_at: row.get("created_at"),
         cancelled_at: row.get("cancelled_at"),
+        message_key: row.get("ref"),
     }))
 }
 

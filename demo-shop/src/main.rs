@@ -67,6 +67,8 @@ struct ServerSettings {
 #[tokio::main]
 async fn main() {
     tracing_subscriber::fmt()
+        // Colours only on a terminal, not in a file or a pipe.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "info,sqlx=warn".into()),

@@ -448,6 +448,11 @@ async fn three_shops_on_redis_and_postgres_share_the_work_through_a_kill() {
                 ("MQ_PROFILES".to_owned(), "redis-broker".to_owned()),
                 ("MQ__BROKER__REDIS__PREFIX".to_owned(), run.clone()),
                 ("MQ__IDEMPOTENCY__PREFIX".to_owned(), format!("{run}-idem")),
+                // What the settling below counts on: a killed process's idempotency leases
+                // run out in 3 s, not the default minute.
+                ("MQ__IDEMPOTENCY__LEASE".to_owned(), "3s".to_owned()),
+                // Kept by the harness and shown if the test fails.
+                ("RUST_LOG".to_owned(), "info,sqlx=warn".to_owned()),
                 ("MQ__INSTANCE_NAME".to_owned(), format!("shop-{i}")),
                 (
                     "MQ__BROKER__REDIS__HEARTBEAT_INTERVAL".to_owned(),

@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use crate::dead_letter::DeadLetter;
 use crate::delay::{Backoff, Delay};
 use crate::error::{BrokerError, Result};
-use crate::message::{Message, MessageId, MessageView};
+use crate::message::{Message, MessageId, MessageView, ScheduledMessage};
 use crate::stats::{GroupStats, QueueOffset, ResetTo, TopicStats};
 use crate::subscription::{ConsumeFrom, Subscription};
 use crate::trace::TraceEvent;
@@ -317,7 +317,7 @@ impl fmt::Debug for Receipt {
 pub struct Delivery {
     /// The message.
     pub message: MessageView,
-    /// Pass it to [`Consumer::ack`] or [`Consumer::redeliver`].
+    /// Pass it to [`Consumer::ack`], [`Consumer::nack`] or [`Consumer::dead_letter`].
     pub receipt: Receipt,
 }
 
@@ -342,6 +342,23 @@ pub(crate) fn sort_oldest_first(views: &mut [MessageView]) {
             b.queue_id,
             b.queue_offset,
         ))
+    });
+}
+
+/// Sorts scheduled lookups as [`Broker::scheduled_by_id`] promises: soonest due first, then
+/// by when they were scheduled, topic, queue and id (the one order of both backends).
+pub(crate) fn sort_soonest_due(found: &mut [ScheduledMessage]) {
+    found.sort_by(|a, b| {
+        let key = |s: &ScheduledMessage| {
+            (
+                s.due_ms,
+                s.message.store_timestamp,
+                s.message.topic.clone(),
+                s.message.queue_id,
+                s.message.id,
+            )
+        };
+        key(a).cmp(&key(b))
     });
 }
 
@@ -546,6 +563,26 @@ pub trait Broker: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<MessageView>>;
 
+    /// Every copy of message `id` waiting in the broker's schedule for its due time: the
+    /// message itself if it was sent delayed and is not due yet, and its retries that wait
+    /// for their back-off (see [`ScheduledMessage`]), soonest due first. Once due, a copy is
+    /// stored on its topic and found by [`messages_by_id`](Broker::messages_by_id) instead
+    /// (RocketMQ keeps a waiting one in its schedule topic; mq shows it under the topic it
+    /// will enter). A copy that fell due a moment ago may be in neither answer until the
+    /// backend has moved it. An unknown id gives an empty list.
+    async fn scheduled_by_id(&self, id: MessageId) -> Result<Vec<ScheduledMessage>>;
+
+    /// Messages with business key `key` waiting in the schedule, as in
+    /// [`scheduled_by_id`](Broker::scheduled_by_id): the `limit` soonest due, soonest first. `topic: Some(t)` keeps those that will enter `t` (a group's pending
+    /// retries enter its retry topic), `None` every topic but the internal ones. An unknown
+    /// key, or a `limit` of 0, gives an empty list.
+    async fn scheduled_by_key(
+        &self,
+        key: &str,
+        topic: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<ScheduledMessage>>;
+
     /// Whether the broker can do its work now: `Ok` when it is open and its storage answers
     /// (embedded: the commit-log writer is alive; Redis: a `PING` round trip within the
     /// command timeout). Fails with [`BrokerError::Closed`] after
@@ -556,7 +593,7 @@ pub trait Broker: Send + Sync + 'static {
     async fn flush(&self) -> Result<()>;
 
     /// Stops the broker: flushes, persists progress and releases its resources. Later calls
-    /// fail with [`BrokerError::Closed`](crate::BrokerError::Closed).
+    /// fail with [`BrokerError::Closed`].
     async fn shutdown(&self) -> Result<()>;
 }
 
@@ -570,7 +607,7 @@ pub trait Consumer: Send + Sync {
     fn instance(&self) -> &str;
 
     /// Up to `max` deliveries; waits up to `wait` for the first and returns an empty list if
-    /// none came. Fails with [`BrokerError::Closed`](crate::BrokerError::Closed) once closed.
+    /// none came. Fails with [`BrokerError::Closed`] once closed.
     async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>>;
 
     /// Acknowledges deliveries: they will not be delivered to this group (or, broadcasting,

@@ -61,7 +61,8 @@ pub use dead_letter::DeadLetter;
 pub use delay::{Backoff, Delay, DelayPolicy};
 pub use error::{BackendErrorKind, BrokerError, MessageError, RecordError};
 pub use message::{
-    Destination, Message, MessageId, MessageParts, MessageView, DEFAULT_MAX_MESSAGE_SIZE,
+    Destination, Message, MessageId, MessageParts, MessageView, ScheduledMessage,
+    DEFAULT_MAX_MESSAGE_SIZE,
 };
 pub use settings::BrokerSettings;
 pub use stats::{GroupQueueStats, GroupStats, QueueOffset, QueueStats, ResetTo, TopicStats};

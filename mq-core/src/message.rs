@@ -463,6 +463,20 @@ impl MessageView {
     }
 }
 
+/// A delayed message or a retry waiting in the broker's schedule for its due time, as
+/// [`Broker::scheduled_by_id`](crate::Broker::scheduled_by_id) and
+/// [`Broker::scheduled_by_key`](crate::Broker::scheduled_by_key) find it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduledMessage {
+    /// The message as it will be stored when due: `topic` and `queue_id` are where it goes
+    /// (the group's `%RETRY%<group>%<topic>` for a retry), `reconsume_times` the failed
+    /// deliveries before it, `store_timestamp` when it was scheduled. It has no place on its
+    /// topic yet: `queue_offset` is 0.
+    pub message: MessageView,
+    /// When it falls due (ms since the Unix epoch).
+    pub due_ms: u64,
+}
+
 /// Milliseconds since the Unix epoch, 0 if the clock is before it.
 pub fn now_millis() -> u64 {
     SystemTime::now()

@@ -28,7 +28,11 @@
 //! - **lookups**: after the kills, 400 plain sends that returned Ok (a seeded draw; plain
 //!   messages carry a key) are looked up by id and by key: found intact on their topic
 //!   exactly once, unless every group had settled them (retention may then have trimmed
-//!   them), and nothing else claims their key.
+//!   them), and nothing else claims their key; 400 delayed sends that returned Ok each wait
+//!   in the schedule once (intact, due no earlier than announced) or are stored on their
+//!   topic;
+//! - **waiting index**: once the drain has moved every delay, no member is left in the
+//!   delay sets' waiting indexes (what `MOVE_DUE` moved it also took out of the index).
 //!
 //! Short form (CI, 12 client kills, under a minute in a debug build):
 //! `cargo test -p mq-core --test redis_crash`
@@ -681,8 +685,76 @@ async fn check_lookups(
     {
         bad.push("a key never sent was found".to_owned());
     }
+    // Delayed sends: each waits in the schedule, intact and due no earlier than announced,
+    // or is stored on its topic (a moment of moving may show it in neither: looked at again).
+    let delayed: Vec<&String> = ledger
+        .order
+        .iter()
+        .filter(|id| {
+            let s = &ledger.sending[*id];
+            s.sent && s.fate == "delayed"
+        })
+        .collect();
+    for _ in 0..LOOKUP_SAMPLE.min(delayed.len()) {
+        let id = delayed[rng.range(0, delayed.len() as u64) as usize];
+        let message_id: mq_core::MessageId = id.parse().unwrap();
+        let due = ledger.sending[id].due;
+        let mut seen = false;
+        for look in 0..3 {
+            let waiting = broker.scheduled_by_id(message_id).await.unwrap();
+            let stored = broker.messages_by_id(message_id).await.unwrap();
+            let stored = stored.iter().filter(|v| v.topic == DELAYED).count();
+            for w in &waiting {
+                if w.message.id != message_id || w.message.topic != DELAYED || !body_ok(&w.message)
+                {
+                    bad.push(format!(
+                        "{id}: a waiting copy is not the message sent: {w:?}"
+                    ));
+                }
+                if (w.due_ms as i64) < due - 50 {
+                    bad.push(format!(
+                        "{id}: waits until {}, announced due {due}",
+                        w.due_ms
+                    ));
+                }
+            }
+            if waiting.len() > 1 || stored > 1 {
+                bad.push(format!(
+                    "{id}: {} waiting and {stored} stored copies",
+                    waiting.len()
+                ));
+            }
+            if !waiting.is_empty() || stored > 0 || ledger.settled_by_all(id) {
+                seen = true;
+                break;
+            }
+            if look < 2 {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        if !seen {
+            bad.push(format!(
+                "{id}: a delayed send is neither waiting nor stored"
+            ));
+        }
+        checked += 1;
+    }
     broker.shutdown().await.unwrap();
     (bad, checked)
+}
+
+/// Members left in the waiting indexes of the delay sets under `prefix`: none once nothing
+/// waits, else `MOVE_DUE` leaked what it moved.
+fn waiting_index_members(url: &str, prefix: &str) -> u64 {
+    let client = ::redis::Client::open(url).unwrap();
+    let mut con = client.get_connection().unwrap();
+    let keys: Vec<String> = ::redis::cmd("KEYS")
+        .arg(format!("{prefix}:*:dix"))
+        .query(&mut con)
+        .unwrap();
+    keys.iter()
+        .map(|k| ::redis::cmd("ZCARD").arg(k).query::<u64>(&mut con).unwrap())
+        .sum()
 }
 
 /// Runs the client as a child process; its stdout lines go to the returned channel.
@@ -1034,11 +1106,13 @@ async fn redis_kill_loop() {
         eprintln!("  lookup: {f}");
     }
     let (drained, drain_took) = drain(&url, &prefix, &ledger).await;
+    let leaked = waiting_index_members(&url, &prefix);
     let v = judge(&ledger, &drained);
     eprintln!(
         "redis kill loop: seed={seed} kills={kills} redis_kills={redis_kills} messages={} \
          deliveries={} lost={} ack_in_flight_at_kill={} early={} unsent={} corrupt={} out_of_order={} duplicates={} \
-         client_starts={} loop={:.1}s drain={:.1}s errors={:?} looked_up={looked_up} lookup_failures={}",
+         client_starts={} loop={:.1}s drain={:.1}s errors={:?} looked_up={looked_up} lookup_failures={} \
+         waiting_index_leaked={leaked}",
         v.messages,
         v.deliveries,
         v.lost.len(),
@@ -1088,6 +1162,10 @@ async fn redis_kill_loop() {
         lookup_failures.is_empty(),
         "{} lookups of acknowledged sends failed after the kills (seed {seed})",
         lookup_failures.len()
+    );
+    assert_eq!(
+        leaked, 0,
+        "waiting-index members left after every delay moved (seed {seed})"
     );
     let clean = v.lost.is_empty()
         && v.early.is_empty()

@@ -12,8 +12,8 @@ use async_trait::async_trait;
 use mq_starter::config::Configuration;
 use mq_starter::core::{
     Broker, BrokerError, Consumer, ConsumerOptions, DeadLetter, GroupStats, Message, MessageId,
-    MessageView, Prepared, QueueOffset, ResetTo, SendOptions, SendResult, Subscription, TopicStats,
-    TransactionChecker, TransactionId, TxState,
+    MessageView, Prepared, QueueOffset, ResetTo, ScheduledMessage, SendOptions, SendResult,
+    Subscription, TopicStats, TransactionChecker, TransactionId, TxState,
 };
 use mq_starter::{Metrics, MqTemplate, SendError};
 
@@ -93,6 +93,17 @@ impl Broker for Silent {
         Ok(Vec::new())
     }
     async fn messages_by_key(&self, _: &str, _: Option<&str>, _: usize) -> R<Vec<MessageView>> {
+        Ok(Vec::new())
+    }
+    async fn scheduled_by_id(&self, _: MessageId) -> R<Vec<ScheduledMessage>> {
+        Ok(Vec::new())
+    }
+    async fn scheduled_by_key(
+        &self,
+        _: &str,
+        _: Option<&str>,
+        _: usize,
+    ) -> R<Vec<ScheduledMessage>> {
         Ok(Vec::new())
     }
     async fn health(&self) -> R<()> {

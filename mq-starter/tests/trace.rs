@@ -21,7 +21,7 @@ use mq_starter::core::trace::{CopyKind, DeliveryOutcome, Trace, TraceEvent, Trac
 use mq_starter::core::transaction::{TransactionChecker, TxState};
 use mq_starter::core::{
     BackendErrorKind, Broker, BrokerError, Consumer, ConsumerOptions, Message, MessageId,
-    MessageView, Prepared, SendOptions, SendResult, Subscription, TransactionId,
+    MessageView, Prepared, ScheduledMessage, SendOptions, SendResult, Subscription, TransactionId,
 };
 use mq_starter::prelude::*;
 use mq_starter::{MqApplication, Running};
@@ -451,6 +451,17 @@ impl Broker for Faulty {
     }
     async fn messages_by_key(&self, k: &str, t: Option<&str>, limit: usize) -> R<Vec<MessageView>> {
         self.inner.messages_by_key(k, t, limit).await
+    }
+    async fn scheduled_by_id(&self, id: MessageId) -> R<Vec<ScheduledMessage>> {
+        self.inner.scheduled_by_id(id).await
+    }
+    async fn scheduled_by_key(
+        &self,
+        k: &str,
+        t: Option<&str>,
+        limit: usize,
+    ) -> R<Vec<ScheduledMessage>> {
+        self.inner.scheduled_by_key(k, t, limit).await
     }
     async fn record_trace(&self, events: Vec<TraceEvent>) -> R<()> {
         match self.next_fault() {

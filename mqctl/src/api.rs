@@ -257,8 +257,11 @@ pub struct StoredMessage {
     pub queue_offset: u64,
     /// When the producer made it (ms since the Unix epoch).
     pub born_timestamp: u64,
-    /// When the broker stored it (ms since the Unix epoch).
+    /// When the broker stored it, or scheduled it (ms since the Unix epoch).
     pub store_timestamp: u64,
+    /// For a copy waiting in the schedule: when it falls due (ms since the Unix epoch).
+    #[serde(default)]
+    pub due_ms: Option<u64>,
     /// How many times it was delivered again.
     pub reconsume_times: u64,
     /// The body, as UTF-8 (lossy).

@@ -21,7 +21,7 @@ Exit codes: 0 done; 1 bad --url or an answer mqctl cannot read; 2 bad arguments;
 #[derive(Debug, Clone, Parser)]
 #[command(name = "mqctl", version, after_help = AFTER_HELP)]
 pub struct Cli {
-    /// Base URL of the application serving the admin router (routes are under <url>/mq/api/).
+    /// Base URL of the application serving the admin router (routes are under URL/mq/api/).
     #[arg(
         long,
         global = true,

@@ -486,7 +486,8 @@ pub fn dead_letter_fields(d: &DeadLetter) -> String {
     text
 }
 
-/// `message <id>`, `messages --key`.
+/// `message <id>`, `messages --key`. A copy waiting in the schedule has no offset yet and
+/// shows its due time as `due <time>` in STORED.
 pub fn messages_table(messages: &[StoredMessage]) -> String {
     let mut t = Table::new([
         "MESSAGE ID",
@@ -505,11 +506,17 @@ pub fn messages_table(messages: &[StoredMessage]) -> String {
             m.message_id.clone(),
             m.topic.clone(),
             m.queue_id.to_string(),
-            m.queue_offset.to_string(),
+            match m.due_ms {
+                Some(_) => "-".to_owned(),
+                None => m.queue_offset.to_string(),
+            },
             opt(&m.tag),
             list(&m.keys),
             m.reconsume_times.to_string(),
-            timestamp::format(m.store_timestamp),
+            match m.due_ms {
+                Some(due) => format!("due {}", timestamp::format(due)),
+                None => timestamp::format(m.store_timestamp),
+            },
             preview(&m.body),
         ]);
     }
@@ -763,6 +770,30 @@ mod tests {
             cells(lines[5])[1..],
             ["resent", "-", "-", "-", "points", "-", "-"]
         );
+    }
+
+    #[test]
+    fn a_waiting_copy_shows_its_due_time_and_no_offset() {
+        let messages: Vec<StoredMessage> = serde_json::from_value(json!([
+            {"message_id": "01A2", "topic": "order-timeout", "tag": null, "keys": ["r-1"],
+             "properties": {}, "queue_id": 2, "queue_offset": 7, "born_timestamp": 1,
+             "store_timestamp": 1_733_300_000_000_u64, "reconsume_times": 0, "body": "{}"},
+            {"message_id": "01A3", "topic": "order-timeout", "tag": null, "keys": ["r-1"],
+             "properties": {}, "queue_id": 1, "queue_offset": 0, "born_timestamp": 1,
+             "store_timestamp": 1_733_300_000_000_u64, "due_ms": 1_733_301_800_000_u64,
+             "reconsume_times": 0, "body": "{}"}
+        ]))
+        .unwrap();
+        let text = messages_table(&messages);
+        let rows: Vec<Vec<&str>> = text
+            .lines()
+            .skip(1)
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(rows[0][3], "7");
+        assert_eq!(rows[0][7], "2024-12-04T08:13:20.000Z");
+        assert_eq!(rows[1][3], "-");
+        assert_eq!(rows[1][7..9], ["due", "2024-12-04T08:43:20.000Z"]);
     }
 
     #[test]

@@ -67,6 +67,9 @@ pub async fn create_order(
     let mut tx = pool.begin().await?;
     let mut total = 0i64;
     let mut lines = Vec::with_capacity(items.len());
+    // Products in sku order, as every transaction that changes several (see `lines_by_sku`).
+    let mut items: Vec<&(String, i64)> = items.iter().collect();
+    items.sort();
     for (sku, quantity) in items {
         let row = sqlx::query("SELECT price_cents FROM products WHERE sku = $1")
             .bind(sku)
@@ -261,13 +264,16 @@ pub async fn pay_order(pool: &Db, order_id: i64, payment_id: &str) -> Result<Pai
             ))),
         };
     }
-    sqlx::query(
-        "UPDATE products SET stock = stock - i.quantity, reserved = reserved - i.quantity \
-         FROM (SELECT sku, quantity FROM order_items WHERE order_id = $1) AS i WHERE products.sku = i.sku",
-    )
-    .bind(order_id)
-    .execute(&mut *tx)
-    .await?;
+    for (sku, quantity) in lines_by_sku(&mut tx, order_id).await? {
+        sqlx::query(
+            "UPDATE products SET stock = stock - $1, reserved = reserved - $2 WHERE sku = $3",
+        )
+        .bind(quantity)
+        .bind(quantity)
+        .bind(sku)
+        .execute(&mut *tx)
+        .await?;
+    }
     sqlx::query("INSERT INTO tx_log (tx_key, created_at) VALUES ($1, $2)")
         .bind(order_paid_key(order_id))
         .bind(now())
@@ -299,15 +305,33 @@ pub async fn cancel_if_unpaid(pool: &Db, order_id: i64) -> Result<bool, StoreErr
     if changed == 0 {
         return Ok(false);
     }
-    sqlx::query(
-        "UPDATE products SET reserved = reserved - i.quantity \
-         FROM (SELECT sku, quantity FROM order_items WHERE order_id = $1) AS i WHERE products.sku = i.sku",
-    )
-    .bind(order_id)
-    .execute(&mut *tx)
-    .await?;
+    for (sku, quantity) in lines_by_sku(&mut tx, order_id).await? {
+        sqlx::query("UPDATE products SET reserved = reserved - $1 WHERE sku = $2")
+            .bind(quantity)
+            .bind(sku)
+            .execute(&mut *tx)
+            .await?;
+    }
     tx.commit().await?;
     Ok(true)
+}
+
+/// The lines of an order, by sku: every transaction that changes several products changes
+/// them in this order (placing an order too), so that on PostgreSQL two of them never wait for
+/// each other's rows (a deadlock, which fails one of them).
+async fn lines_by_sku(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    order_id: i64,
+) -> Result<Vec<(String, i64)>, StoreError> {
+    Ok(
+        sqlx::query("SELECT sku, quantity FROM order_items WHERE order_id = $1 ORDER BY sku")
+            .bind(order_id)
+            .fetch_all(&mut **tx)
+            .await?
+            .into_iter()
+            .map(|r| (r.get("sku"), r.get("quantity")))
+            .collect(),
+    )
 }
 
 /// Credits points for an order, once per order. Returns whether it did now.

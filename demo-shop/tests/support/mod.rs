@@ -3,10 +3,11 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+use std::collections::VecDeque;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use reqwest::StatusCode;
@@ -14,12 +15,17 @@ use serde_json::Value;
 
 const CONFIG_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../config");
 
+/// Lines of a shop's log kept to show when a test fails while the shop runs.
+const LOG_TAIL: usize = 300;
+
 /// A running shop process.
 pub struct Shop {
     child: Child,
     /// `http://host:port` of the running process.
     pub base: String,
     lines: mpsc::Receiver<String>,
+    /// The last [`LOG_TAIL`] lines of its log (stdout), shown if the test fails.
+    tail: Arc<Mutex<VecDeque<String>>>,
     /// A client for requests of the test's own.
     pub http: reqwest::Client,
 }
@@ -42,11 +48,19 @@ impl Shop {
         let mut child = cmd.spawn().expect("start demo-shop");
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
+        let tail = Arc::new(Mutex::new(VecDeque::with_capacity(LOG_TAIL)));
+        let kept = tail.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
+                {
+                    let mut kept = kept.lock().unwrap_or_else(|p| p.into_inner());
+                    if kept.len() == LOG_TAIL {
+                        kept.pop_front();
+                    }
+                    kept.push_back(line.clone());
                 }
+                // The test stops listening once the shop is up; its log is still kept.
+                let _ = tx.send(line);
             }
         });
         let addr = loop {
@@ -61,6 +75,7 @@ impl Shop {
             child,
             base: addr,
             lines: rx,
+            tail,
             http: reqwest::Client::new(),
         }
     }
@@ -125,6 +140,18 @@ impl Shop {
 /// pipe open and its data directory busy).
 impl Drop for Shop {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            let tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
+            eprintln!(
+                "--- the last {} log lines of the shop at {} ---",
+                tail.len(),
+                self.base
+            );
+            for line in tail.iter() {
+                eprintln!("{line}");
+            }
+            eprintln!("--- end of the log of {} ---", self.base);
+        }
         if matches!(self.child.try_wait(), Ok(None)) {
             let _ = self.child.kill();
             let _ = self.child.wait();

@@ -72,7 +72,7 @@ use crate::broker::{
 use crate::clock::Clock;
 use crate::dead_letter::DeadLetter;
 use crate::error::{BackendErrorKind, BrokerError, Result};
-use crate::message::{validate_topic, Message, MessageId, MessageView};
+use crate::message::{validate_topic, Message, MessageId, MessageView, ScheduledMessage};
 use crate::settings::BrokerSettings;
 use crate::stats::{GroupStats, QueueOffset, QueueStats, ResetTo, TopicStats};
 use crate::subscription::Subscription;
@@ -82,7 +82,7 @@ use dead_letter::DeadLetterBook;
 use dispatch::Groups;
 use offsets::OffsetStore;
 use scheduler::DelayScheduler;
-use store::{MessageStore, Outgoing, Query};
+use store::{MessageStore, Outgoing, Query, Wanted};
 use transactions::Transactions;
 
 /// RocketMQ's commit-log segment size: 1 GiB.
@@ -351,14 +351,19 @@ impl EmbeddedBroker {
         self.store.key_index().map(|index| index.footprint())
     }
 
-    /// Runs a lookup off the async workers (it reads files): the first `limit` copies in log
-    /// order, as views, oldest first. Dead letters re-sent or deleted are left out.
-    async fn lookup(&self, query: Query, limit: usize) -> Result<Vec<MessageView>> {
+    /// Runs a lookup off the async workers (it reads files): the first `limit` records in
+    /// log order that answer `query`. Dead letters re-sent or deleted are left out, and so
+    /// are schedule records that have fired.
+    async fn find(&self, query: Query, limit: usize) -> Result<Vec<record::DecodedRecord>> {
         self.check_open()?;
         let store = self.store.clone();
         let removed = self.dead_letters.removed();
-        let mut views = tokio::task::spawn_blocking(move || {
+        let scheduler = self.scheduler.clone();
+        tokio::task::spawn_blocking(move || {
             let keep = |rec: &record::DecodedRecord| {
+                if query.scheduled {
+                    return scheduler.is_waiting(rec.placement.queue_offset);
+                }
                 crate::system_topics::dlq_group(&rec.message.topic).is_none_or(|group| {
                     !removed
                         .get(group)
@@ -370,12 +375,54 @@ impl EmbeddedBroker {
         .await
         .map_err(|e| {
             BrokerError::backend_caused("embedded", BackendErrorKind::Failed, "lookup task", e)
-        })??
-        .into_iter()
-        .map(|rec| system_topics::stored_view(rec.message))
-        .collect::<Vec<_>>();
+        })?
+    }
+
+    /// Stored copies answering `wanted` in `topic`, as views, oldest first.
+    async fn lookup(
+        &self,
+        wanted: Wanted,
+        topic: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<MessageView>> {
+        let query = Query {
+            wanted,
+            topic: topic.map(str::to_owned),
+            scheduled: false,
+        };
+        let mut views = self
+            .find(query, limit)
+            .await?
+            .into_iter()
+            .map(|rec| system_topics::stored_view(rec.message))
+            .collect::<Vec<_>>();
         crate::broker::sort_oldest_first(&mut views);
         Ok(views)
+    }
+
+    /// Schedule records answering `wanted` that still wait, bound for `topic`: the `limit`
+    /// soonest due, soonest first. Every waiting match is read to find them (a key's waiting
+    /// messages are few; its fired ones are read by the index but left out).
+    async fn scheduled(
+        &self,
+        wanted: Wanted,
+        topic: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<ScheduledMessage>> {
+        let query = Query {
+            wanted,
+            topic: topic.map(str::to_owned),
+            scheduled: true,
+        };
+        let mut found = self
+            .find(query, usize::MAX)
+            .await?
+            .into_iter()
+            .filter_map(|rec| system_topics::scheduled_view(rec.message))
+            .collect::<Vec<_>>();
+        crate::broker::sort_soonest_due(&mut found);
+        found.truncate(limit);
+        Ok(found)
     }
 
     /// What the commit-log writer has done since open: messages, batches and fsyncs, so
@@ -683,7 +730,7 @@ impl Broker for EmbeddedBroker {
     }
 
     async fn messages_by_id(&self, id: MessageId) -> Result<Vec<MessageView>> {
-        self.lookup(Query::Id(id), usize::MAX).await
+        self.lookup(Wanted::Id(id), None, usize::MAX).await
     }
 
     async fn messages_by_key(
@@ -692,14 +739,21 @@ impl Broker for EmbeddedBroker {
         topic: Option<&str>,
         limit: usize,
     ) -> Result<Vec<MessageView>> {
-        self.lookup(
-            Query::Key {
-                key: key.to_owned(),
-                topic: topic.map(str::to_owned),
-            },
-            limit,
-        )
-        .await
+        self.lookup(Wanted::Key(key.to_owned()), topic, limit).await
+    }
+
+    async fn scheduled_by_id(&self, id: MessageId) -> Result<Vec<ScheduledMessage>> {
+        self.scheduled(Wanted::Id(id), None, usize::MAX).await
+    }
+
+    async fn scheduled_by_key(
+        &self,
+        key: &str,
+        topic: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<ScheduledMessage>> {
+        self.scheduled(Wanted::Key(key.to_owned()), topic, limit)
+            .await
     }
 
     async fn health(&self) -> Result<()> {

@@ -137,6 +137,25 @@ impl DelayScheduler {
         p.heap.len() + (self.queue.max_offset() - p.loaded) as usize
     }
 
+    /// Whether the schedule record at `offset` still waits: not fired since it was stored
+    /// (before a restart: not in the saved fired set; a crash may fire again what fired since
+    /// the last save, and then it waits again).
+    pub fn is_waiting(&self, offset: u64) -> bool {
+        let p = self.pending.lock();
+        if offset < p.base {
+            return false;
+        }
+        if offset < p.loaded {
+            return p
+                .fired
+                .get((offset - p.base) as usize)
+                .is_some_and(|fired| !fired);
+        }
+        !p.fired_before
+            .iter()
+            .any(|(start, end)| (*start..*end).contains(&offset))
+    }
+
     /// Stores `out` for delivery to `queue` of `topic` at `due` (ms); writes it there at once
     /// if it is already due.
     pub async fn put(

@@ -6,7 +6,7 @@
 //! message. The retry and dead-letter topics of groups are named by
 //! [`crate::system_topics`], as on every backend.
 
-use crate::message::MessageView;
+use crate::message::{MessageView, ScheduledMessage};
 
 /// Delayed messages (and retries) waiting for their due time. One queue; each index entry
 /// holds the due time in place of the store time.
@@ -49,6 +49,26 @@ pub(crate) fn stored_view(mut view: MessageView) -> MessageView {
     view.topic = topic;
     view.properties.retain(|k, _| !k.starts_with('%'));
     view
+}
+
+/// A schedule record as a scheduled lookup shows it: under the topic and queue it will enter,
+/// with its due time, reserved properties removed. `None` for a record that names no
+/// destination or due time (never written so; reported by the scheduler when it fires).
+pub(crate) fn scheduled_view(mut view: MessageView) -> Option<ScheduledMessage> {
+    let topic = view.properties.get(REAL_TOPIC)?.clone();
+    let due_ms = view.properties.get(DUE)?.parse().ok()?;
+    view.queue_id = view
+        .properties
+        .get(REAL_QID)
+        .and_then(|q| q.parse().ok())
+        .unwrap_or(0);
+    view.topic = topic;
+    view.queue_offset = 0;
+    view.properties.retain(|k, _| !k.starts_with('%'));
+    Some(ScheduledMessage {
+        message: view,
+        due_ms,
+    })
 }
 
 /// The topic whose index a stored record belongs to. A record waiting in the schedule names

@@ -56,6 +56,12 @@ impl Keys {
         format!("{}:dseq", self.stream(topic, queue))
     }
 
+    /// Sorted set: the lookup index of a queue's delayed messages while they wait (see
+    /// `scripts::PUT_DELAYED`).
+    pub(crate) fn waiting(&self, topic: &str, queue: u32) -> String {
+        format!("{}:dix", self.stream(topic, queue))
+    }
+
     /// Hash: per offset, failed attempts a group made in place or lost to timeouts.
     pub(crate) fn attempts(&self, topic: &str, queue: u32, group: &str) -> String {
         format!("{}:attempts:{group}", self.stream(topic, queue))
@@ -159,6 +165,7 @@ mod tests {
             k.counter("order", 3),
             k.delays("order", 3),
             k.delay_seq("order", 3),
+            k.waiting("order", 3),
             k.attempts("order", 3, "g"),
             k.lease("order", 3, "g"),
             k.lookup("order", 3),

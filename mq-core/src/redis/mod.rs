@@ -51,7 +51,7 @@ use crate::broker::{
 use crate::clock::Clock;
 use crate::dead_letter::DeadLetter;
 use crate::error::{BackendErrorKind, BrokerError, Result};
-use crate::message::{validate_topic, Message, MessageId, MessageView};
+use crate::message::{validate_topic, Message, MessageId, MessageView, ScheduledMessage};
 use crate::settings::BrokerSettings;
 use crate::stats::{GroupStats, QueueOffset, ResetTo, TopicStats};
 use crate::subscription::Subscription;
@@ -627,6 +627,27 @@ impl Broker for RedisBroker {
         let topics = self.shared.lookup_topics(topic).await?;
         self.shared
             .lookup(lookup::Wanted::Key(key), topics, limit)
+            .await
+    }
+
+    async fn scheduled_by_id(&self, id: MessageId) -> Result<Vec<ScheduledMessage>> {
+        self.shared.check_open()?;
+        let topics = self.shared.lookup_topics(None).await?;
+        self.shared
+            .scheduled(lookup::Wanted::Id(id), topics, usize::MAX)
+            .await
+    }
+
+    async fn scheduled_by_key(
+        &self,
+        key: &str,
+        topic: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<ScheduledMessage>> {
+        self.shared.check_open()?;
+        let topics = self.shared.lookup_topics(topic).await?;
+        self.shared
+            .scheduled(lookup::Wanted::Key(key), topics, limit)
             .await
     }
 

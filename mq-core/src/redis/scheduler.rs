@@ -23,8 +23,9 @@ pub(crate) async fn put(
     blobs: Vec<Vec<u8>>,
 ) -> Result<Vec<u64>> {
     let count = blobs.len() as u64;
-    let mut args = Vec::with_capacity(blobs.len() + 1);
+    let mut args = Vec::with_capacity(blobs.len() + 2);
     args.push(due_ms.to_string().into_bytes());
+    args.push(shared.clock.now_ms().to_string().into_bytes());
     args.extend(blobs);
     let size: u64 = shared
         .redis
@@ -34,6 +35,7 @@ pub(crate) async fn put(
             vec![
                 shared.keys.delays(topic, queue),
                 shared.keys.delay_seq(topic, queue),
+                shared.keys.waiting(topic, queue),
             ],
             args,
         )
@@ -107,6 +109,7 @@ async fn move_due(shared: &Shared, topic: &str, queue: u32, now: u64) -> Result<
                 shared.keys.stream(topic, queue),
                 shared.keys.counter(topic, queue),
                 shared.keys.lookup(topic, queue),
+                shared.keys.waiting(topic, queue),
             ],
             vec![
                 now.to_string().into_bytes(),

@@ -8,11 +8,13 @@ use ::redis::Script;
 /// Offsets per bucket of a queue's lookup index (see [`LOOKUP`]).
 pub(crate) const LOOKUP_BUCKET: u64 = 65_536;
 
-/// The Lua function both storing scripts use to index an entry for lookups by id and key.
+/// The Lua functions the storing scripts use to index a message for lookups by id and key.
 /// The index of a queue is a sorted set per bucket of [`LOOKUP_BUCKET`] offsets, named
 /// `<base><bucket>` where the base is the queue's lookup key (same hash tag, so the same
 /// Redis Cluster slot as the stream); its members, all scored 0 so that they sort by bytes,
-/// are `i<id>\0<offset>` and `k<key>\0<offset>` with the offset as 16 hex digits.
+/// are `i<id>\0<offset>` and `k<key>\0<offset>` with the offset as 16 hex digits. A queue's
+/// delayed messages have an index of their own while they wait (see [`PUT_DELAYED`]), whose
+/// members end in their due time, sequence and schedule time instead of an offset.
 ///
 /// The id and keys are read from the head of the envelope, a MessagePack array whose first
 /// fields are id, topic, tag (nil or a string) and keys (an array of strings): a few bytes
@@ -56,7 +58,7 @@ local function array_at(b, p)
   end
   error('lookup index: the envelope holds MessagePack type ' .. t .. ' where an array belongs')
 end
-local function index(base, n, blob)
+local function tokens(blob)
   local _, p = array_at(blob, 1)
   local id
   id, p = str_at(blob, p)
@@ -64,14 +66,23 @@ local function index(base, n, blob)
   _, p = str_at(blob, p)
   local keys
   keys, p = array_at(blob, p)
-  local bucket = base .. string.format('%d', math.floor(n / BUCKET))
-  local at = string.format('%016x', n)
-  redis.call('ZADD', bucket, 0, 'i' .. id .. '\0' .. at)
+  local out = {'i' .. id .. '\0'}
   for _ = 1, keys do
     local key
     key, p = str_at(blob, p)
-    redis.call('ZADD', bucket, 0, 'k' .. key .. '\0' .. at)
+    out[#out + 1] = 'k' .. key .. '\0'
   end
+  return out
+end
+local function index(base, n, blob)
+  local bucket = base .. string.format('%d', math.floor(n / BUCKET))
+  local at = string.format('%016x', n)
+  for _, t in ipairs(tokens(blob)) do
+    redis.call('ZADD', bucket, 0, t .. at)
+  end
+end
+local function waiting_at(due, member, scheduled)
+  return string.format('%016x', tonumber(due)) .. string.sub(member, 1, 16) .. scheduled
 end
 ";
 
@@ -122,16 +133,25 @@ return upto
     ))
 });
 
-/// Stores delayed messages of a queue in send order. KEYS: delays, sequence. ARGV: due (ms),
-/// then one encoded message each. Each member is prefixed with 16 hex digits of a per-queue
-/// sequence, so that members due at the same time leave in the order they came. Returns the
-/// size of the set.
+/// Stores delayed messages of a queue in send order, and indexes them while they wait.
+/// KEYS: delays, sequence, waiting index. ARGV: due (ms), now (ms), then one encoded message
+/// each. Each member is prefixed with 16 hex digits of a per-queue sequence, so that members
+/// due at the same time leave in the order they came. The waiting index (scores 0) has, per
+/// message, `i<id>\0` and `k<key>\0` each followed by the due time, the sequence and the
+/// schedule time (16 hex digits each): enough to find the member by its score and prefix.
+/// Returns the size of the set.
 pub(crate) static PUT_DELAYED: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    with_lookup(
         r"
-for i = 2, #ARGV do
+local scheduled = string.format('%016x', tonumber(ARGV[2]))
+for i = 3, #ARGV do
   local n = redis.call('INCR', KEYS[2])
-  redis.call('ZADD', KEYS[1], ARGV[1], string.format('%016x', n) .. ARGV[i])
+  local member = string.format('%016x', n) .. ARGV[i]
+  redis.call('ZADD', KEYS[1], ARGV[1], member)
+  local at = waiting_at(ARGV[1], member, scheduled)
+  for _, t in ipairs(tokens(ARGV[i])) do
+    redis.call('ZADD', KEYS[3], 0, t .. at)
+  end
 end
 return redis.call('ZCARD', KEYS[1])
 ",
@@ -139,24 +159,34 @@ return redis.call('ZCARD', KEYS[1])
 });
 
 /// Moves the due members (see `PUT_DELAYED`) of a queue's delay set into its stream, in due
-/// order, and indexes them for lookups. KEYS: delays, stream, counter, lookup base. ARGV: now
-/// (ms), at most this many. Returns {moved, earliest remaining due or -1}.
+/// order, indexes them for lookups and takes them out of the waiting index. KEYS: delays,
+/// stream, counter, lookup base, waiting index. ARGV: now (ms), at most this many. Returns
+/// {moved, earliest remaining due or -1}.
 pub(crate) static MOVE_DUE: LazyLock<Script> = LazyLock::new(|| {
     with_lookup(
         r"
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
-for _, m in ipairs(due) do
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, ARGV[2])
+for i = 1, #due, 2 do
+  local m = due[i]
   local n = redis.call('INCR', KEYS[3]) - 1
   local blob = string.sub(m, 17)
   redis.call('XADD', KEYS[2], string.format('%d-1', n), 'm', blob, 't', ARGV[1])
   index(KEYS[4], n, blob)
+  local prefix = waiting_at(due[i + 1], m, '')
+  for _, t in ipairs(tokens(blob)) do
+    local from = '[' .. t .. prefix
+    local members = redis.call('ZRANGEBYLEX', KEYS[5], from, from .. '\255', 'LIMIT', 0, 1)
+    if #members > 0 then
+      redis.call('ZREM', KEYS[5], members[1])
+    end
+  end
   redis.call('ZREM', KEYS[1], m)
 end
 local nxt = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 if #nxt == 0 then
-  return {#due, -1}
+  return {#due / 2, -1}
 end
-return {#due, tonumber(nxt[2])}
+return {#due / 2, tonumber(nxt[2])}
 ",
     )
 });

@@ -1,6 +1,7 @@
 //! The conformance suite every [`Broker`] backend must pass (feature `testkit`).
 //!
-//! A backend's test crate implements [`Harness`] and expands [`conformance_suite!`]:
+//! A backend's test crate implements [`Harness`] and expands
+//! [`conformance_suite!`](crate::conformance_suite):
 //!
 //! ```ignore
 //! struct Embedded(tempfile::TempDir);
@@ -18,6 +19,7 @@ mod admin;
 mod delivery;
 mod health;
 mod lookup;
+mod scheduled_lookup;
 mod scheduling;
 mod trace;
 mod transactions;
@@ -26,6 +28,7 @@ pub use admin::*;
 pub use delivery::*;
 pub use health::*;
 pub use lookup::*;
+pub use scheduled_lookup::*;
 pub use scheduling::*;
 pub use trace::*;
 pub use transactions::*;
@@ -167,6 +170,9 @@ macro_rules! conformance_suite {
             lookup_by_key_with_several_keys,
             lookup_by_key_topic_filter_and_limit,
             lookup_after_restart,
+            scheduled_lookup_finds_delays_until_they_are_due,
+            scheduled_lookup_finds_waiting_retries,
+            scheduled_lookup_after_restart,
             health_follows_the_broker_lifecycle,
         );
         $crate::conformance_suite!(@paused $harness, $guard;

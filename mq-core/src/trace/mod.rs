@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::broker::Broker;
 use crate::error::Result;
-use crate::message::{MessageId, MessageView};
+use crate::message::{MessageId, MessageView, ScheduledMessage};
 use crate::system_topics::{topic_kind, TopicKind, TRACE_TOPIC};
 
 pub(crate) use record::trace_record;
@@ -105,6 +105,33 @@ pub enum TraceKind {
         /// Its position in that dead-letter queue.
         seq: u64,
     },
+    /// A copy waits in the broker's schedule: the message sent delayed and not due yet, or a
+    /// retry waiting for its back-off. [`trace`] builds these from
+    /// [`Broker::scheduled_by_id`] (`at_ms` is when it was scheduled); never recorded. Once
+    /// due, the copy is stored and shows as `Stored` instead.
+    Scheduled {
+        /// The topic it will enter (`%RETRY%…` for a retry).
+        topic: String,
+        /// The queue it will enter.
+        queue_id: u32,
+        /// Deliveries that had failed before it was scheduled.
+        reconsume_times: u32,
+        /// When it falls due (ms since the Unix epoch).
+        due_ms: u64,
+        /// When the producer built the message (ms since the Unix epoch).
+        born_ms: u64,
+    },
+}
+
+impl TraceKind {
+    /// Whether events of this kind are recorded in trace records; the others ([`Stored`],
+    /// [`Scheduled`]) are read from the broker's own state.
+    ///
+    /// [`Stored`]: TraceKind::Stored
+    /// [`Scheduled`]: TraceKind::Scheduled
+    pub fn is_recorded(&self) -> bool {
+        matches!(self, TraceKind::Delivered { .. } | TraceKind::Resent { .. })
+    }
 }
 
 /// What a stored copy of a message is, by the topic it is stored in.
@@ -240,6 +267,21 @@ fn stored(view: &MessageView) -> TraceEvent {
     }
 }
 
+/// The `Scheduled` event of a copy waiting in the schedule.
+fn scheduled(s: &ScheduledMessage) -> TraceEvent {
+    TraceEvent {
+        message_id: s.message.id,
+        at_ms: s.message.store_timestamp,
+        kind: TraceKind::Scheduled {
+            topic: s.message.topic.clone(),
+            queue_id: s.message.queue_id,
+            reconsume_times: s.message.reconsume_times,
+            due_ms: s.due_ms,
+            born_ms: s.message.born_timestamp,
+        },
+    }
+}
+
 /// Where a step comes among those of the same millisecond: in the order one causes the next.
 /// The send; a resend of its dead letter and the copy it made (delivered again from attempt
 /// 1); delivery `a`; the retry copy it made (reconsume count `a`), delivered as `a + 1`; the
@@ -259,14 +301,28 @@ fn step(kind: &TraceKind) -> u64 {
                 CopyKind::DeadLetter => 2 * r + 4,
             }
         }
+        // Scheduled like the copy it becomes: the send, or the retry of delivery `r`.
+        TraceKind::Scheduled {
+            reconsume_times: 0, ..
+        } => 0,
+        TraceKind::Scheduled {
+            reconsume_times, ..
+        } => 2 * u64::from(*reconsume_times) + 2,
         TraceKind::Resent { .. } => 1,
         TraceKind::Delivered { attempt, .. } => 2 * u64::from(*attempt) + 1,
     }
 }
 
-/// Puts the stored copies and recorded events of message `id` in one time line.
-pub fn assemble(id: MessageId, copies: &[MessageView], records: &[MessageView]) -> Trace {
+/// Puts the stored copies, the copies waiting in the schedule and the recorded events of
+/// message `id` in one time line.
+pub fn assemble(
+    id: MessageId,
+    copies: &[MessageView],
+    waiting: &[ScheduledMessage],
+    records: &[MessageView],
+) -> Trace {
     let mut events: Vec<TraceEvent> = copies.iter().filter(|c| c.id == id).map(stored).collect();
+    events.extend(waiting.iter().filter(|s| s.message.id == id).map(scheduled));
     for record in records {
         match decode_record(&record.body) {
             Ok(decoded) => events.extend(decoded.into_iter().filter(|e| e.message_id == id)),
@@ -288,14 +344,16 @@ pub fn assemble(id: MessageId, copies: &[MessageView], records: &[MessageView]) 
     }
 }
 
-/// The trace of message `id`, the same on every backend: its stored copies, then the events of
-/// the trace records whose key is its id, in time order. An unknown id has an empty trace.
+/// The trace of message `id`, the same on every backend: its stored copies, its copies
+/// waiting in the schedule, then the events of the trace records whose key is its id, in time
+/// order. An unknown id has an empty trace.
 pub async fn trace(broker: &dyn Broker, id: MessageId) -> Result<Trace> {
     let copies = broker.messages_by_id(id).await?;
+    let waiting = broker.scheduled_by_id(id).await?;
     let records = broker
         .messages_by_key(&id.to_string(), Some(TRACE_TOPIC), MAX_TRACE_RECORDS)
         .await?;
-    Ok(assemble(id, &copies, &records))
+    Ok(assemble(id, &copies, &waiting, &records))
 }
 
 #[cfg(test)]
@@ -347,7 +405,7 @@ mod tests {
             view(MessageId::new(), TRACE_TOPIC, 2, br#"{"v":2}"#.to_vec()),
             view(MessageId::new(), TRACE_TOPIC, 4, good),
         ];
-        let t = assemble(id, &[], &records);
+        let t = assemble(id, &[], &[], &records);
         assert_eq!(t.events, vec![delivered(id, 20, DeliveryOutcome::Acked)]);
     }
 
@@ -384,6 +442,7 @@ mod tests {
         let t = assemble(
             id,
             &copies,
+            &[],
             &[view(MessageId::new(), TRACE_TOPIC, 60, record)],
         );
         let line: Vec<(u64, &str)> = t
@@ -424,11 +483,64 @@ mod tests {
     }
 
     #[test]
+    fn waiting_copies_show_where_and_when_they_go_after_what_scheduled_them() {
+        let id = MessageId::new();
+        let mut retry = view(id, "%RETRY%g%order", 10, vec![]);
+        retry.reconsume_times = 1;
+        let waiting = [ScheduledMessage {
+            message: retry,
+            due_ms: 40,
+        }];
+        let record = encode_record(&[delivered(
+            id,
+            10,
+            DeliveryOutcome::Retried {
+                retry: 1,
+                after_ms: 30,
+            },
+        )])
+        .unwrap();
+        let t = assemble(
+            id,
+            &[view(id, "order", 10, vec![])],
+            &waiting,
+            &[view(MessageId::new(), TRACE_TOPIC, 60, record)],
+        );
+        let kinds: Vec<&str> = t
+            .events
+            .iter()
+            .map(|e| match &e.kind {
+                TraceKind::Stored { .. } => "stored",
+                TraceKind::Delivered { .. } => "delivered",
+                TraceKind::Scheduled { .. } => "scheduled",
+                _ => "other",
+            })
+            .collect();
+        assert_eq!(kinds, ["stored", "delivered", "scheduled"]);
+        assert_eq!(
+            t.events[2].kind,
+            TraceKind::Scheduled {
+                topic: "%RETRY%g%order".into(),
+                queue_id: 0,
+                reconsume_times: 1,
+                due_ms: 40,
+                born_ms: 10,
+            }
+        );
+        let json = serde_json::to_value(&t.events[2]).unwrap();
+        assert_eq!(json["kind"], "scheduled");
+        assert_eq!(json["due_ms"], 40);
+        // A scheduled copy is the broker's state, never written into a trace record.
+        assert!(trace_record(&t.events[2..]).unwrap().is_none());
+    }
+
+    #[test]
     fn the_json_of_a_trace_names_its_kinds() {
         let id = MessageId::new();
         let t = assemble(
             id,
             &[view(id, "order", 10, vec![])],
+            &[],
             &[view(
                 MessageId::new(),
                 TRACE_TOPIC,

@@ -140,7 +140,7 @@ pub fn encode_record(events: &[TraceEvent]) -> Result<Vec<u8>> {
                 g: group.into(),
                 seq: *seq,
             }),
-            TraceKind::Stored { .. } => {}
+            TraceKind::Stored { .. } | TraceKind::Scheduled { .. } => {}
         }
     }
     serde_json::to_vec(&RecordOut {
@@ -223,16 +223,13 @@ pub fn decode_record(body: &[u8]) -> std::result::Result<Vec<TraceEvent>, TraceD
 /// distinct message ids of the events, in first-seen order. `None` for no events to record.
 /// Backends store it through their internal path (user topics cannot start with `%`).
 pub(crate) fn trace_record(events: &[TraceEvent]) -> Result<Option<MessageParts>> {
-    if events
-        .iter()
-        .all(|e| matches!(e.kind, TraceKind::Stored { .. }))
-    {
+    if !events.iter().any(|e| e.kind.is_recorded()) {
         return Ok(None);
     }
     let mut keys: Vec<String> = Vec::new();
     let mut seen = std::collections::HashSet::with_capacity(events.len());
     for e in events {
-        if !matches!(e.kind, TraceKind::Stored { .. }) && seen.insert(e.message_id) {
+        if e.kind.is_recorded() && seen.insert(e.message_id) {
             keys.push(e.message_id.to_string());
         }
     }

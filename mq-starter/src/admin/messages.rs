@@ -1,12 +1,13 @@
-//! The message routes: every stored copy of a message by its id, messages by business key
-//! (RocketMQ's `queryMessage`), and a message's trace (`mq_core::trace`).
+//! The message routes: every copy of a message by its id, messages by business key
+//! (RocketMQ's `queryMessage`), each stored or waiting in the schedule, and a message's trace
+//! (`mq_core::trace`).
 
 use std::collections::BTreeMap;
 
 use axum::extract::State;
 use axum::Json;
 use mq_core::message::MessageId;
-use mq_core::MessageView;
+use mq_core::{MessageView, ScheduledMessage};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -18,13 +19,15 @@ const MAX_LIMIT: usize = 500;
 /// Messages a key search answers when the query does not say.
 const DEFAULT_LIMIT: usize = 50;
 
-/// One stored copy of a message: the original on its topic, a retry copy or a dead letter.
+/// One copy of a message: the original on its topic, a retry copy or a dead letter; or one
+/// waiting in the schedule (a delayed message not due yet, a retry waiting for its back-off),
+/// which has `due_ms`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct StoredMessage {
     /// Its id (32 hex digits); retry and dead-letter copies keep the original's.
     pub message_id: String,
     /// Where this copy is stored: the topic it was sent to, or `%RETRY%<group>%<topic>`, or
-    /// `%DLQ%<group>`.
+    /// `%DLQ%<group>`; for a waiting copy, the topic it will enter.
     pub topic: String,
     /// Its tag.
     pub tag: Option<String>,
@@ -32,14 +35,18 @@ pub struct StoredMessage {
     pub keys: Vec<String>,
     /// Its properties.
     pub properties: BTreeMap<String, String>,
-    /// The queue this copy is stored on.
+    /// The queue this copy is stored on (will enter, for a waiting copy).
     pub queue_id: u32,
-    /// Its offset in that queue.
+    /// Its offset in that queue (0 for a waiting copy: it has none yet).
     pub queue_offset: u64,
     /// When the producer made it (ms since the Unix epoch).
     pub born_timestamp: u64,
-    /// When this copy was stored (ms since the Unix epoch).
+    /// When this copy was stored, or scheduled for a waiting copy (ms since the Unix epoch).
     pub store_timestamp: u64,
+    /// Only for a copy waiting in the schedule: when it falls due and is stored on `topic`
+    /// (ms since the Unix epoch).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub due_ms: Option<u64>,
     /// Failed deliveries before this copy was made (0 for the original).
     pub reconsume_times: u32,
     /// The body as UTF-8 (bytes that are not UTF-8 become U+FFFD).
@@ -60,6 +67,16 @@ impl From<MessageView> for StoredMessage {
             born_timestamp: m.born_timestamp,
             store_timestamp: m.store_timestamp,
             reconsume_times: m.reconsume_times,
+            due_ms: None,
+        }
+    }
+}
+
+impl From<ScheduledMessage> for StoredMessage {
+    fn from(s: ScheduledMessage) -> Self {
+        StoredMessage {
+            due_ms: Some(s.due_ms),
+            ..StoredMessage::from(s.message)
         }
     }
 }
@@ -71,7 +88,8 @@ pub struct KeyQuery {
     /// The business key, compared exactly.
     #[param(min_length = 1)]
     pub key: String,
-    /// Only this topic (every topic but the broker's internal ones when not given).
+    /// Only this topic (every topic but the broker's internal ones when not given); a waiting
+    /// message is in the topic it will enter.
     pub topic: Option<String>,
     /// Most messages to answer, 1 to 500 (50 when not given).
     #[param(minimum = 1, maximum = 500)]
@@ -83,14 +101,15 @@ fn parse_id(id: &str) -> Result<MessageId, AdminError> {
         .map_err(|e: mq_core::MessageError| AdminError::bad_request(e.to_string()))
 }
 
-/// Every stored copy of a message, oldest first.
+/// Every copy of a message: the stored ones oldest first, then those waiting in the schedule,
+/// soonest due first.
 #[utoipa::path(get, path = "/mq/api/messages/{id}", tag = "mq", security(("bearer" = [])),
     params(("id" = String, Path, description = "the message id, 32 hex digits", pattern = r"^[0-9A-Fa-f]{32}$")),
     responses(
-        (status = 200, description = "the message on its topic, its retry copies and its dead letter, oldest first", body = Vec<StoredMessage>),
+        (status = 200, description = "the message on its topic, its retry copies and its dead letter, oldest first; then its copies waiting in the schedule (with due_ms), soonest due first", body = Vec<StoredMessage>),
         (status = 400, description = "not a message id", body = AdminErrorBody),
         (status = 401, description = "no or a wrong bearer token", body = AdminErrorBody),
-        (status = 404, description = "no stored copy (never sent, not yet committed or due, or removed by retention)", body = AdminErrorBody),
+        (status = 404, description = "no copy, stored or waiting (never sent, not yet committed, or removed by retention)", body = AdminErrorBody),
         (status = 500, description = "the broker failed", body = AdminErrorBody),
         (status = 503, description = "the broker is shut down or unreachable", body = AdminErrorBody),
     ))]
@@ -100,17 +119,25 @@ pub async fn by_id(
 ) -> Result<Json<Vec<StoredMessage>>, AdminError> {
     let id = parse_id(&id)?;
     let copies = s.broker.messages_by_id(id).await?;
-    if copies.is_empty() {
+    let waiting = s.broker.scheduled_by_id(id).await?;
+    if copies.is_empty() && waiting.is_empty() {
         return Err(AdminError::not_found(format!("no message {id} is stored")));
     }
-    Ok(Json(copies.into_iter().map(StoredMessage::from).collect()))
+    Ok(Json(
+        copies
+            .into_iter()
+            .map(StoredMessage::from)
+            .chain(waiting.into_iter().map(StoredMessage::from))
+            .collect(),
+    ))
 }
 
-/// Messages with a business key, oldest first.
+/// Messages with a business key: the stored ones oldest first, then those waiting in the
+/// schedule, soonest due first; `limit` counts both.
 #[utoipa::path(get, path = "/mq/api/messages", tag = "mq", security(("bearer" = [])),
     params(KeyQuery),
     responses(
-        (status = 200, description = "the messages with that key (an empty list when none)", body = Vec<StoredMessage>),
+        (status = 200, description = "the messages with that key, stored then waiting (with due_ms); an empty list when none", body = Vec<StoredMessage>),
         (status = 400, description = "no key, or a malformed limit", body = AdminErrorBody),
         (status = 401, description = "no or a wrong bearer token", body = AdminErrorBody),
         (status = 500, description = "the broker failed", body = AdminErrorBody),
@@ -132,11 +159,25 @@ pub async fn by_key(
             )))
         }
     };
-    let found = s
+    let stored = s
         .broker
         .messages_by_key(&q.key, q.topic.as_deref(), limit)
         .await?;
-    Ok(Json(found.into_iter().map(StoredMessage::from).collect()))
+    let waiting = match limit.saturating_sub(stored.len()) {
+        0 => Vec::new(),
+        left => {
+            s.broker
+                .scheduled_by_key(&q.key, q.topic.as_deref(), left)
+                .await?
+        }
+    };
+    Ok(Json(
+        stored
+            .into_iter()
+            .map(StoredMessage::from)
+            .chain(waiting.into_iter().map(StoredMessage::from))
+            .collect(),
+    ))
 }
 
 /// What happened to a message: when it was stored and where, each delivery (member, attempt,

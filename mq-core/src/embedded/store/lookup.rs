@@ -6,38 +6,55 @@
 use crate::broker::in_lookup_scope;
 use crate::embedded::key_index::{id_hash, key_hash};
 use crate::embedded::record::{self, DecodedRecord};
-use crate::embedded::system_topics::stored_topic;
+use crate::embedded::system_topics::{stored_topic, REAL_TOPIC, SCHEDULE_TOPIC};
 use crate::error::Result;
 use crate::message::MessageId;
 
 use super::MessageStore;
 
-/// What a lookup looks for.
+/// What a lookup looks for: records of a message id or of a business key.
 #[derive(Debug, Clone)]
-pub(crate) enum Query {
-    /// Every copy of a message, outside internal topics.
+pub(crate) enum Wanted {
     Id(MessageId),
-    /// Messages with a key, in one topic or in every topic but the internal ones.
-    Key { key: String, topic: Option<String> },
+    Key(String),
+}
+
+/// A lookup: what, in which topic (every topic but the internal ones when `None`), and
+/// whether among the stored copies or among the records waiting in the schedule.
+#[derive(Debug, Clone)]
+pub(crate) struct Query {
+    pub wanted: Wanted,
+    /// For a scheduled record, the topic it will enter.
+    pub topic: Option<String>,
+    pub scheduled: bool,
 }
 
 impl Query {
     fn hash(&self) -> u64 {
-        match self {
-            Query::Id(id) => id_hash(*id),
-            Query::Key { key, .. } => key_hash(key),
+        match &self.wanted {
+            Wanted::Id(id) => id_hash(*id),
+            Wanted::Key(key) => key_hash(key),
         }
     }
 
-    /// Whether a stored record answers the query.
+    /// Whether a stored record answers the query. A scheduled record answers it whether or
+    /// not it has fired since: the delay scheduler knows which are still waiting.
     pub fn matches(&self, rec: &DecodedRecord) -> bool {
+        let hit = match &self.wanted {
+            Wanted::Id(id) => rec.message.id == *id,
+            Wanted::Key(key) => rec.message.keys.iter().any(|k| k == key),
+        };
         let topic = stored_topic(&rec.message);
-        match self {
-            Query::Id(id) => rec.message.id == *id && in_lookup_scope(topic, None),
-            Query::Key { key, topic: wanted } => {
-                in_lookup_scope(topic, wanted.as_deref())
-                    && rec.message.keys.iter().any(|k| k == key)
-            }
+        let wanted = self.topic.as_deref();
+        hit && if self.scheduled {
+            topic == SCHEDULE_TOPIC
+                && rec
+                    .message
+                    .properties
+                    .get(REAL_TOPIC)
+                    .is_some_and(|real| in_lookup_scope(real, wanted))
+        } else {
+            in_lookup_scope(topic, wanted)
         }
     }
 }

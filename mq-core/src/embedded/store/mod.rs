@@ -30,7 +30,7 @@ use super::EmbeddedConfig;
 use crate::error::{BrokerError, Result};
 
 pub(crate) use append::{Outgoing, Queued};
-pub(crate) use lookup::Query;
+pub(crate) use lookup::{Query, Wanted};
 use stats::WriteCounters;
 pub use stats::WriteStats;
 pub(crate) use topics::Topic;

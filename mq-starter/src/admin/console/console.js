@@ -395,8 +395,11 @@
       cell(tr, "tag", m.tag);
       cell(tr, "keys", m.keys);
       cell(tr, "queue_id", m.queue_id, "num");
-      cell(tr, "queue_offset", m.queue_offset, "num");
-      cell(tr, "store_timestamp", time(m.store_timestamp));
+      // A copy waiting in the schedule has no offset yet; it shows when it falls due.
+      const waiting = m.due_ms !== undefined && m.due_ms !== null;
+      if (waiting) tr.dataset.waiting = "true";
+      cell(tr, "queue_offset", waiting ? null : m.queue_offset, "num");
+      cell(tr, "store_timestamp", waiting ? "due " + time(m.due_ms) : time(m.store_timestamp));
       cell(tr, "reconsume_times", m.reconsume_times, "num");
       cell(tr, "body", m.body, "body");
       buttonCell(tr, button("Trace", "message-trace", async () => showTrace(m.message_id)));

@@ -3,8 +3,9 @@
 //! `running.admin_router()` on a free port. The test signs in with the token, reads the topics,
 //! groups (with lag) and listeners views, pauses and resumes a listener, resends and deletes
 //! dead letters, checking through the API that they were delivered again or removed, and finds
-//! the dead-lettered message by its id and by its key with its trace. Each view is one step (a
-//! method of `Page`) run in order on one page.
+//! the dead-lettered message by its id and by its key with its trace, and a delayed message by
+//! its key while it waits, with its due time. Each view is one step (a method of `Page`) run in
+//! order on one page.
 //!
 //! Without chromedriver the test says so loudly and skips, unless `MQ_REQUIRE_BROWSER=1` (as in
 //! CI), where it fails. `MQ_CHROMEDRIVER` and `MQ_CHROMIUM` point at other binaries.
@@ -36,6 +37,9 @@ const PAYMENT_KEY: &str = "<b>pay-1</b>";
 const PAYMENT_BODY: &str = "<img src=x onerror=\"document.title='injected'\">";
 const ORDERS: &str = "console-orders";
 const ORDERS_GROUP: &str = "console-orders-group";
+/// A topic no listener reads, for a message that waits an hour in the schedule.
+const REMINDERS: &str = "console-reminders";
+const REMINDER_KEY: &str = "reminder-1";
 
 /// What the listeners share with the test.
 #[derive(Clone)]
@@ -460,6 +464,42 @@ impl Page {
         self.no_error().await;
     }
 
+    /// Finds a delayed message by its key while it waits: no offset yet, its due time in the
+    /// "Stored (or due)" column, and a trace that says it is scheduled.
+    async fn waiting_message_search(&self, id: &str, due: &str) {
+        self.click("#nav-messages").await;
+        self.click("#search-by-key").await;
+        let input = self
+            .browser
+            .find(Locator::Id("search-input"))
+            .await
+            .unwrap();
+        input.clear().await.unwrap();
+        input.send_keys(REMINDER_KEY).await.unwrap();
+        self.click("#search-submit").await;
+        let row = format!(
+            r#"tr[data-testid="message-row"][data-message-id="{id}"][data-topic="{REMINDERS}"][data-waiting="true"]"#
+        );
+        self.text_becomes(
+            &format!(r#"{row} td[data-col="store_timestamp"]"#),
+            &format!("due {due}"),
+            false,
+        )
+        .await;
+        self.text_becomes(&format!(r#"{row} td[data-col="queue_offset"]"#), "–", false)
+            .await;
+        self.click(&format!(r#"{row} button[data-testid="message-trace"]"#))
+            .await;
+        self.text_becomes("#trace-id", id, false).await;
+        self.text_becomes(
+            r#"#trace-table tr[data-kind="scheduled"] td[data-col="topic"]"#,
+            REMINDERS,
+            false,
+        )
+        .await;
+        self.no_error().await;
+    }
+
     /// Two more dead letters: one deleted (a second click confirms), the other resent with
     /// "Resend all".
     async fn delete_and_resend_all(&self) {
@@ -574,6 +614,26 @@ async fn the_console_shows_the_broker_and_resends_dead_letters() {
             .await
             .unwrap();
     }
+    // Due in an hour, to the millisecond (the console shows times in milliseconds).
+    let due = std::time::UNIX_EPOCH
+        + Duration::from_millis(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as u64
+                + 3_600_000,
+        );
+    let reminder_id = template
+        .message(REMINDERS)
+        .key(REMINDER_KEY)
+        .delay(Delay::At(due))
+        .bytes("call back")
+        .send()
+        .await
+        .unwrap()
+        .message_id
+        .to_string();
+    let due = humantime::format_rfc3339_millis(due).to_string();
     let broker = app.running.broker();
     let deadline = tokio::time::Instant::now() + WAIT;
     while !broker
@@ -605,6 +665,7 @@ async fn the_console_shows_the_broker_and_resends_dead_letters() {
         page.dead_letters().await;
         page.delete_and_resend_all().await;
         page.message_search(&payment_id).await;
+        page.waiting_message_search(&reminder_id, &due).await;
     })
     .catch_unwind()
     .await;

@@ -16,7 +16,7 @@ use serde_json::Value;
 const CONFIG_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../config");
 
 /// Lines of a shop's log kept to show when a test fails while the shop runs.
-const LOG_TAIL: usize = 300;
+const LOG_TAIL: usize = 1000;
 
 /// A running shop process.
 pub struct Shop {

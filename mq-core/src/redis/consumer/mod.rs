@@ -36,6 +36,29 @@ use super::keys::offset_of;
 use super::Shared;
 
 use heartbeat::{heartbeat, Presence};
+
+/// How long a consumer step may wait before it says so in the log.
+const SLOW_STEP: Duration = Duration::from_secs(10);
+
+/// Awaits `step`, warning every [`SLOW_STEP`] while it has not finished, so that a step that
+/// hangs (a lock never released, a reply that never comes) says which one it is.
+pub(super) async fn watched<T>(
+    group: &str,
+    what: &'static str,
+    step: impl std::future::Future<Output = T>,
+) -> T {
+    tokio::pin!(step);
+    let mut waited = Duration::ZERO;
+    loop {
+        match tokio::time::timeout(SLOW_STEP, &mut step).await {
+            Ok(v) => return v,
+            Err(_) => {
+                waited += SLOW_STEP;
+                tracing::warn!(group, step = what, waited = ?waited, "a consumer step is taking long");
+            }
+        }
+    }
+}
 use state::{Flow, InFlight, State};
 
 /// Entries taken over from dead members per stream and pass.
@@ -324,9 +347,11 @@ impl Consumer for RedisConsumer {
             stored.as_mut().enable();
             retried.as_mut().enable();
             settled.as_mut().enable();
+            let group = self.subscription.group.as_str();
             let (got, wake) = {
-                let mut st = self.state.lock().await;
-                let got = self.fetch(&mut st, max).await?;
+                let mut st =
+                    watched(group, "receive: waiting for the state", self.state.lock()).await;
+                let got = watched(group, "receive: fetching", self.fetch(&mut st, max)).await?;
                 (got, st.next_wake())
             };
             if !got.is_empty() {
@@ -353,8 +378,9 @@ impl Consumer for RedisConsumer {
     async fn ack(&self, receipts: &[Receipt]) -> Result<()> {
         self.check_open()?;
         let mut by_source: HashMap<usize, Vec<(u64, InFlight)>> = HashMap::new();
+        let group = self.subscription.group.as_str();
         {
-            let mut st = self.state.lock().await;
+            let mut st = watched(group, "ack: waiting for the state", self.state.lock()).await;
             for r in receipts {
                 if let Some((i, flight)) = st.settle(r) {
                     by_source.entry(i).or_default().push((r.offset, flight));
@@ -375,7 +401,12 @@ impl Consumer for RedisConsumer {
                 .collect();
             self.ack_commands(&mut pipe, *i, &offsets, &failed);
         }
-        let acked = self.shared.reader.pipe::<()>("acknowledging", pipe).await;
+        let acked = watched(
+            group,
+            "ack: acknowledging",
+            self.shared.reader.pipe::<()>("acknowledging", pipe),
+        )
+        .await;
         self.wake.notify_waiters();
         if let Err(e) = acked {
             let unsettled = by_source

@@ -13,7 +13,7 @@ use super::super::dead_letter::decode_entry;
 use super::super::keys::offset_of;
 use super::reply::entries_of;
 use super::state::{Fetched, State};
-use super::RedisConsumer;
+use super::{watched, RedisConsumer};
 
 impl RedisConsumer {
     /// Decodes entries into the backlog of source `i`, in offset order; filtered-out and
@@ -85,15 +85,16 @@ impl RedisConsumer {
     /// One pass: due in-place retries, then taken-over and pending entries, then new ones.
     pub(super) async fn fetch(&self, st: &mut State, max: usize) -> Result<Vec<Delivery>> {
         let now = Instant::now();
+        let group = self.subscription.group.as_str();
         if st.next_refresh.is_none_or(|t| now >= t) {
-            self.refresh(st).await?;
+            watched(group, "fetch: refreshing the group", self.refresh(st)).await?;
         }
         if st.next_timeout_scan.is_none_or(|t| now >= t) {
-            self.timeout_scan(st).await?;
+            watched(group, "fetch: scanning for timeouts", self.timeout_scan(st)).await?;
         }
         for i in 0..self.sources.len() {
             if st.sources[i].owned && st.sources[i].unsure {
-                self.recover(st, i).await?;
+                watched(group, "fetch: recovering own entries", self.recover(st, i)).await?;
             }
         }
         let mut out = Vec::new();
@@ -136,7 +137,13 @@ impl RedisConsumer {
                 reads.push((i, room));
             }
         }
-        if let Err(e) = self.read_new(st, reads, max, &mut out).await {
+        if let Err(e) = watched(
+            group,
+            "fetch: reading new entries",
+            self.read_new(st, reads, max, &mut out),
+        )
+        .await
+        {
             if out.is_empty() {
                 return Err(e);
             }

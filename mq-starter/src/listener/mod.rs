@@ -193,6 +193,12 @@ impl ListenerLoop {
 
     /// Runs the units of `work` concurrently; what they leave to acknowledge is acknowledged
     /// as they finish, together with whatever else finished by then.
+    ///
+    /// The units still running are polled while an acknowledgement waits. They must be: the
+    /// consumer's own lock, released by a receive, goes to the first waiter, and when that is
+    /// a unit of this task (settling a failure) it takes the lock only when polled. Awaiting
+    /// the acknowledgement alone then waits for that lock forever, and so does every later
+    /// receive of the listener (a "futurelock"; a demo-shop run on Redis stopped so).
     async fn run_part(self: Arc<Self>, consumer: Arc<dyn Consumer>, work: Work) {
         let this = &*self;
         let consumer = &*consumer;
@@ -200,35 +206,55 @@ impl ListenerLoop {
             .into_iter()
             .map(|(unit, permit)| async move { (this.process(consumer, unit).await, permit) })
             .collect();
+        // Finished units waiting for the next acknowledgement, with their permits: a unit is
+        // in flight until it is settled.
         let mut done: Vec<Receipt> = Vec::new();
         let mut traced: Vec<Traced> = Vec::new();
         let mut settled: Vec<OwnedSemaphorePermit> = Vec::new();
-        while let Some((to_ack, permit)) = running.next().await {
-            done.extend(to_ack.receipts);
-            traced.extend(to_ack.traced);
-            settled.push(permit);
-            while let Some(Some((to_ack, permit))) = running.next().now_or_never() {
-                done.extend(to_ack.receipts);
-                traced.extend(to_ack.traced);
-                settled.push(permit);
+        let mut acking = None;
+        loop {
+            if acking.is_none() && !done.is_empty() {
+                let receipts = std::mem::take(&mut done);
+                let traced = std::mem::take(&mut traced);
+                let permits = std::mem::take(&mut settled);
+                acking = Some(Box::pin(async move {
+                    let acked = this.ack(consumer, &receipts).await;
+                    this.trace_acked(traced, &acked);
+                    drop(permits);
+                }));
             }
-            if !done.is_empty() {
-                let acked = this.ack(consumer, &done).await;
-                done.clear();
-                if let Some(tap) = &this.trace {
-                    for t in traced.drain(..) {
-                        let (outcome, error) = match &acked {
-                            Ok(()) => (t.outcome, None),
-                            Err(e) => (DeliveryOutcome::Failed, Some(format!("ack failed: {e}"))),
-                        };
-                        for seen in t.seen {
-                            tap.delivered(seen, t.started, outcome, error.clone(), t.duration);
+            tokio::select! {
+                next = running.next(), if !running.is_empty() => {
+                    if let Some((to_ack, permit)) = next {
+                        if to_ack.receipts.is_empty() {
+                            // Settled by the unit itself: its permit goes back now.
+                            drop(permit);
+                        } else {
+                            done.extend(to_ack.receipts);
+                            traced.extend(to_ack.traced);
+                            settled.push(permit);
                         }
                     }
                 }
+                () = until_done(&mut acking), if acking.is_some() => acking = None,
+                else => break,
             }
-            // Their permits go back only now: a unit is in flight until it is settled.
-            settled.clear();
+        }
+    }
+
+    /// Traces the units of one acknowledgement with its result.
+    fn trace_acked(&self, traced: Vec<Traced>, acked: &Result<(), BrokerError>) {
+        let Some(tap) = &self.trace else {
+            return;
+        };
+        for t in traced {
+            let (outcome, error) = match acked {
+                Ok(()) => (t.outcome, None),
+                Err(e) => (DeliveryOutcome::Failed, Some(format!("ack failed: {e}"))),
+            };
+            for seen in t.seen {
+                tap.delivered(seen, t.started, outcome, error.clone(), t.duration);
+            }
         }
     }
 
@@ -459,6 +485,14 @@ impl ListenerLoop {
 }
 
 /// The text of a panic's payload (what `panic!` was given, when it was text).
+/// Awaits the future in `slot`; never finishes for an empty slot.
+async fn until_done<F: std::future::Future<Output = ()> + Unpin>(slot: &mut Option<F>) {
+    match slot {
+        Some(f) => f.await,
+        None => std::future::pending().await,
+    }
+}
+
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
     payload
         .downcast_ref::<&str>()

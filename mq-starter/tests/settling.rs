@@ -15,17 +15,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use mq_starter::core::dead_letter::DeadLetter;
 use mq_starter::core::embedded::{EmbeddedBroker, EmbeddedConfig};
-use mq_starter::core::stats::{GroupStats, QueueOffset, ResetTo, TopicStats};
-use mq_starter::core::trace::TraceEvent;
-use mq_starter::core::transaction::{TransactionChecker, TxState};
 use mq_starter::core::{
-    Broker, BrokerError, Consumer, ConsumerOptions, Delivery, Disposition, Failure, Message,
-    MessageId, MessageView, Prepared, Receipt, ScheduledMessage, SendOptions, SendResult,
-    Subscription, TransactionId,
+    Broker, Consumer, ConsumerOptions, Delivery, Disposition, Failure, MessageView, Receipt,
+    Subscription,
 };
 use mq_starter::prelude::*;
+use support::wrapped::{Hooks, Wrapped, R};
 use support::{config, eventually};
 
 /// Messages whose body starts with "fail" fail once; the rest succeed. Records who ran.
@@ -49,9 +45,22 @@ async fn some_fail(msg: MessageView) -> Outcome {
     Outcome::ack()
 }
 
-/// The embedded broker, its consumers wrapped in [`LockingConsumer`].
-struct Locking {
-    inner: Arc<dyn Broker>,
+/// Consumers wrapped in [`LockingConsumer`].
+struct LockConsumers;
+
+#[async_trait]
+impl Hooks for LockConsumers {
+    async fn subscribe(
+        &self,
+        inner: &dyn Broker,
+        s: Subscription,
+        o: ConsumerOptions,
+    ) -> R<Box<dyn Consumer>> {
+        Ok(Box::new(LockingConsumer {
+            inner: inner.subscribe(s, o).await?,
+            state: tokio::sync::Mutex::new(()),
+        }))
+    }
 }
 
 /// A consumer that holds an async lock while it receives (up to the receive's wait when
@@ -93,101 +102,6 @@ impl Consumer for LockingConsumer {
     }
 }
 
-type R<T> = Result<T, BrokerError>;
-
-#[async_trait]
-impl Broker for Locking {
-    fn backend(&self) -> &'static str {
-        self.inner.backend()
-    }
-    async fn create_topic(&self, t: &str, n: u32) -> R<()> {
-        self.inner.create_topic(t, n).await
-    }
-    async fn queue_count(&self, t: &str) -> R<Option<u32>> {
-        self.inner.queue_count(t).await
-    }
-    async fn send(&self, m: Message, o: SendOptions) -> R<SendResult> {
-        self.inner.send(m, o).await
-    }
-    async fn send_batch(&self, m: Vec<Message>, o: SendOptions) -> R<Vec<SendResult>> {
-        self.inner.send_batch(m, o).await
-    }
-    async fn subscribe(&self, s: Subscription, o: ConsumerOptions) -> R<Box<dyn Consumer>> {
-        Ok(Box::new(LockingConsumer {
-            inner: self.inner.subscribe(s, o).await?,
-            state: tokio::sync::Mutex::new(()),
-        }))
-    }
-    async fn prepare(&self, m: Message, o: SendOptions, p: &str) -> R<Prepared> {
-        self.inner.prepare(m, o, p).await
-    }
-    async fn end_transaction(&self, t: &TransactionId, s: TxState) -> R<Option<SendResult>> {
-        self.inner.end_transaction(t, s).await
-    }
-    async fn register_checker(&self, p: &str, c: Arc<dyn TransactionChecker>) -> R<()> {
-        self.inner.register_checker(p, c).await
-    }
-    async fn dead_letters(&self, g: &str, from: u64, limit: usize) -> R<Vec<DeadLetter>> {
-        self.inner.dead_letters(g, from, limit).await
-    }
-    async fn dead_letter_counts(&self) -> R<Vec<(String, u64)>> {
-        self.inner.dead_letter_counts().await
-    }
-    async fn resend_dead_letter(&self, g: &str, seq: u64) -> R<bool> {
-        self.inner.resend_dead_letter(g, seq).await
-    }
-    async fn delete_dead_letter(&self, g: &str, seq: u64) -> R<bool> {
-        self.inner.delete_dead_letter(g, seq).await
-    }
-    async fn lag(&self, g: &str, t: &str) -> R<Option<u64>> {
-        self.inner.lag(g, t).await
-    }
-    async fn topics(&self) -> R<Vec<String>> {
-        self.inner.topics().await
-    }
-    async fn topic_stats(&self, t: &str) -> R<TopicStats> {
-        self.inner.topic_stats(t).await
-    }
-    async fn groups(&self) -> R<Vec<String>> {
-        self.inner.groups().await
-    }
-    async fn group_stats(&self, g: &str) -> R<GroupStats> {
-        self.inner.group_stats(g).await
-    }
-    async fn reset_offset(&self, g: &str, t: &str, to: ResetTo) -> R<Vec<QueueOffset>> {
-        self.inner.reset_offset(g, t, to).await
-    }
-    async fn messages_by_id(&self, id: MessageId) -> R<Vec<MessageView>> {
-        self.inner.messages_by_id(id).await
-    }
-    async fn messages_by_key(&self, k: &str, t: Option<&str>, limit: usize) -> R<Vec<MessageView>> {
-        self.inner.messages_by_key(k, t, limit).await
-    }
-    async fn scheduled_by_id(&self, id: MessageId) -> R<Vec<ScheduledMessage>> {
-        self.inner.scheduled_by_id(id).await
-    }
-    async fn scheduled_by_key(
-        &self,
-        k: &str,
-        t: Option<&str>,
-        limit: usize,
-    ) -> R<Vec<ScheduledMessage>> {
-        self.inner.scheduled_by_key(k, t, limit).await
-    }
-    async fn record_trace(&self, events: Vec<TraceEvent>) -> R<()> {
-        self.inner.record_trace(events).await
-    }
-    async fn health(&self) -> R<()> {
-        self.inner.health().await
-    }
-    async fn flush(&self) -> R<()> {
-        self.inner.flush().await
-    }
-    async fn shutdown(&self) -> R<()> {
-        self.inner.shutdown().await
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failures_settle_while_their_neighbours_are_acknowledged() {
     let (cfg, dir) = config(&["lock"], "");
@@ -196,7 +110,10 @@ async fn failures_settle_while_their_neighbours_are_acknowledged() {
         .unwrap();
     let running = MqApplication::new(cfg)
         .unwrap()
-        .with_broker(Arc::new(Locking { inner }))
+        .with_broker(Arc::new(Wrapped {
+            inner,
+            hooks: LockConsumers,
+        }))
         .start()
         .await
         .unwrap();

@@ -14,17 +14,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use mq_starter::core::dead_letter::DeadLetter;
 use mq_starter::core::embedded::{EmbeddedBroker, EmbeddedConfig};
-use mq_starter::core::stats::{GroupStats, QueueOffset, ResetTo, TopicStats};
 use mq_starter::core::trace::{CopyKind, DeliveryOutcome, Trace, TraceEvent, TraceKind};
-use mq_starter::core::transaction::{TransactionChecker, TxState};
-use mq_starter::core::{
-    BackendErrorKind, Broker, BrokerError, Consumer, ConsumerOptions, Message, MessageId,
-    MessageView, Prepared, ScheduledMessage, SendOptions, SendResult, Subscription, TransactionId,
-};
+use mq_starter::core::{BackendErrorKind, Broker, BrokerError, MessageId, MessageView};
 use mq_starter::prelude::*;
 use mq_starter::{MqApplication, Running};
+use support::wrapped::{Hooks, Wrapped, R};
 use support::{config, eventually, start};
 use tokio::sync::Notify;
 
@@ -356,10 +351,9 @@ enum Fault {
     Stall,
 }
 
-/// An embedded broker whose `record_trace` fails or stalls as the seed says; everything else
-/// is the embedded broker's.
+/// Trace storage that fails or stalls as the seed says (the hooks of a [`Wrapped`] embedded
+/// broker; everything else is the embedded broker's).
 struct Faulty {
-    inner: Arc<dyn Broker>,
     rng: Mutex<Rng>,
     release: Notify,
     released: std::sync::atomic::AtomicBool,
@@ -385,85 +379,9 @@ impl Faulty {
     }
 }
 
-type R<T> = Result<T, BrokerError>;
-
 #[async_trait]
-impl Broker for Faulty {
-    fn backend(&self) -> &'static str {
-        self.inner.backend()
-    }
-    async fn create_topic(&self, t: &str, n: u32) -> R<()> {
-        self.inner.create_topic(t, n).await
-    }
-    async fn queue_count(&self, t: &str) -> R<Option<u32>> {
-        self.inner.queue_count(t).await
-    }
-    async fn send(&self, m: Message, o: SendOptions) -> R<SendResult> {
-        self.inner.send(m, o).await
-    }
-    async fn send_batch(&self, m: Vec<Message>, o: SendOptions) -> R<Vec<SendResult>> {
-        self.inner.send_batch(m, o).await
-    }
-    async fn subscribe(&self, s: Subscription, o: ConsumerOptions) -> R<Box<dyn Consumer>> {
-        self.inner.subscribe(s, o).await
-    }
-    async fn prepare(&self, m: Message, o: SendOptions, p: &str) -> R<Prepared> {
-        self.inner.prepare(m, o, p).await
-    }
-    async fn end_transaction(&self, t: &TransactionId, s: TxState) -> R<Option<SendResult>> {
-        self.inner.end_transaction(t, s).await
-    }
-    async fn register_checker(&self, p: &str, c: Arc<dyn TransactionChecker>) -> R<()> {
-        self.inner.register_checker(p, c).await
-    }
-    async fn dead_letters(&self, g: &str, from: u64, limit: usize) -> R<Vec<DeadLetter>> {
-        self.inner.dead_letters(g, from, limit).await
-    }
-    async fn dead_letter_counts(&self) -> R<Vec<(String, u64)>> {
-        self.inner.dead_letter_counts().await
-    }
-    async fn resend_dead_letter(&self, g: &str, seq: u64) -> R<bool> {
-        self.inner.resend_dead_letter(g, seq).await
-    }
-    async fn delete_dead_letter(&self, g: &str, seq: u64) -> R<bool> {
-        self.inner.delete_dead_letter(g, seq).await
-    }
-    async fn lag(&self, g: &str, t: &str) -> R<Option<u64>> {
-        self.inner.lag(g, t).await
-    }
-    async fn topics(&self) -> R<Vec<String>> {
-        self.inner.topics().await
-    }
-    async fn topic_stats(&self, t: &str) -> R<TopicStats> {
-        self.inner.topic_stats(t).await
-    }
-    async fn groups(&self) -> R<Vec<String>> {
-        self.inner.groups().await
-    }
-    async fn group_stats(&self, g: &str) -> R<GroupStats> {
-        self.inner.group_stats(g).await
-    }
-    async fn reset_offset(&self, g: &str, t: &str, to: ResetTo) -> R<Vec<QueueOffset>> {
-        self.inner.reset_offset(g, t, to).await
-    }
-    async fn messages_by_id(&self, id: MessageId) -> R<Vec<MessageView>> {
-        self.inner.messages_by_id(id).await
-    }
-    async fn messages_by_key(&self, k: &str, t: Option<&str>, limit: usize) -> R<Vec<MessageView>> {
-        self.inner.messages_by_key(k, t, limit).await
-    }
-    async fn scheduled_by_id(&self, id: MessageId) -> R<Vec<ScheduledMessage>> {
-        self.inner.scheduled_by_id(id).await
-    }
-    async fn scheduled_by_key(
-        &self,
-        k: &str,
-        t: Option<&str>,
-        limit: usize,
-    ) -> R<Vec<ScheduledMessage>> {
-        self.inner.scheduled_by_key(k, t, limit).await
-    }
-    async fn record_trace(&self, events: Vec<TraceEvent>) -> R<()> {
+impl Hooks for Faulty {
+    async fn record_trace(&self, inner: &dyn Broker, events: Vec<TraceEvent>) -> R<()> {
         match self.next_fault() {
             Fault::Store => {}
             Fault::Fail => {
@@ -482,16 +400,7 @@ impl Broker for Faulty {
                 }
             }
         }
-        self.inner.record_trace(events).await
-    }
-    async fn health(&self) -> R<()> {
-        self.inner.health().await
-    }
-    async fn flush(&self) -> R<()> {
-        self.inner.flush().await
-    }
-    async fn shutdown(&self) -> R<()> {
-        self.inner.shutdown().await
+        inner.record_trace(events).await
     }
 }
 
@@ -510,13 +419,15 @@ async fn a_failing_trace_store_costs_no_message() {
     let inner = EmbeddedBroker::open(EmbeddedConfig::new(dir.path().join("mq")))
         .await
         .unwrap();
-    let faulty = Arc::new(Faulty {
+    let faulty = Arc::new(Wrapped {
         inner,
-        rng: Mutex::new(Rng(seed)),
-        release: Notify::new(),
-        released: Default::default(),
-        stalls: AtomicU64::new(0),
-        failures: AtomicU64::new(0),
+        hooks: Faulty {
+            rng: Mutex::new(Rng(seed)),
+            release: Notify::new(),
+            released: Default::default(),
+            stalls: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+        },
     });
     let running = MqApplication::new(cfg)
         .unwrap()
@@ -564,7 +475,7 @@ async fn a_failing_trace_store_costs_no_message() {
         handled, sent,
         "seed {seed}: every message reached the handler"
     );
-    faulty.release();
+    faulty.hooks.release();
     running.shutdown().await.unwrap();
 
     let (full, failed) = metrics.trace().dropped_counts();
@@ -572,8 +483,8 @@ async fn a_failing_trace_store_costs_no_message() {
     println!(
         "seed {seed}: {} events: {recorded} stored, {full} dropped on a full queue, {failed} refused; {} stalls, {} refusals",
         expected_calls(),
-        faulty.stalls.load(Ordering::Relaxed),
-        faulty.failures.load(Ordering::Relaxed)
+        faulty.hooks.stalls.load(Ordering::Relaxed),
+        faulty.hooks.failures.load(Ordering::Relaxed)
     );
     assert_eq!(
         recorded + full + failed,
